@@ -1,0 +1,58 @@
+# The README's two commands: `make lab` and `make test`. Both set everything up on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+PIPQ := $(BIN)/pip install -q --disable-pip-version-check
+# Build tools must be in the venv first: the package is installed without build isolation
+# so that the labextension build reuses the venv's jupyterlab (saves ~20 s and a second download).
+BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" editables "jupyterlab>=4.6,<5"
+STAMP := $(VENV)/.gradsight-installed
+EXT_SRC := $(wildcard extension/*.ts extension/*.tsx style/*) package.json yarn.lock tsconfig.json
+
+.PHONY: lab test setup test-py test-js lint demo bench chromium clean
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=examples
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile $(EXT_SRC)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIPQ) --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIPQ) "$(TORCH)" $(BUILD_DEPS) 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, jupyterlab" # fail loudly if the installs above failed
+	$(PIPQ) --no-build-isolation -e ".[lab,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import gradsight"
+	cd . && $(BIN)/jlpm install && $(BIN)/jlpm build
+	$(BIN)/jupyter labextension develop --overwrite . >/dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (gradsight)" >/dev/null
+	$(BIN)/jupyter labextension list 2>&1 | grep -q "gradsight.*enabled.*OK"
+	touch $(STAMP)
+
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends chromium fonts-liberation; }
+
+test: setup chromium lint test-js test-py
+
+lint:
+	$(BIN)/ruff check gradsight tests benchmarks examples
+
+test-js:
+	$(BIN)/jlpm test
+
+test-py:
+	$(BIN)/python -m pytest -q tests
+
+demo: setup
+	$(BIN)/python -m gradsight.demo examples
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/gradcheck.py
+
+clean:
+	rm -rf $(VENV) node_modules lib gradsight/labextension tsconfig.tsbuildinfo test-artifacts

@@ -1,0 +1,48 @@
+"""gradsight — a gradient debugger for PyTorch that lives in Jupyter.
+
+    import gradsight as gs
+    w = gs.watch(model, optimizer=opt)
+    ... train ...
+    w.findings(); w.layers(); w.history("grad_norm"); w.histogram("fc1", of="grad")
+"""
+
+from .kernel_hooks.histogram import Histogram
+from .warnings import GradsightWarning
+from .watcher import Watcher, watch
+
+__all__ = ["watch", "Watcher", "Histogram", "gradcheck", "GradcheckReport", "GradsightWarning",
+           "load_ipython_extension"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # gradcheck loads on first use: `import gradsight` stays cheap inside training scripts
+    if name in ("gradcheck", "GradcheckReport"):
+        from . import gradcheck as _gc
+
+        return getattr(_gc, name)
+    raise AttributeError(f"module 'gradsight' has no attribute {name!r}")
+
+
+def _jupyter_labextension_paths():
+    """Where the prebuilt JupyterLab panel lives (used by `jupyter labextension develop`)."""
+    return [{"src": "labextension", "dest": "gradsight"}]
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext gradsight``: register the panel's comm target in this kernel."""
+    from . import comm
+
+    comm.register(ipython)
+
+
+def _register_panel_target() -> None:
+    try:
+        from . import comm
+
+        comm.register_if_ipython()
+    except Exception:  # importing gradsight must never fail because of the panel
+        pass
+
+
+_register_panel_target()

@@ -1,0 +1,5 @@
+"""Detectors: pure functions of step records that produce findings (issue 3)."""
+
+from .engine import FINDING_COLUMNS, DetectorEngine
+
+__all__ = ["FINDING_COLUMNS", "DetectorEngine"]

@@ -1,0 +1,1 @@
+"""Everything that touches the live model: hooks, device summaries, the step buffer."""

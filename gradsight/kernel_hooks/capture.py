@@ -1,0 +1,453 @@
+"""The hooks: everything that touches the live model during a training step.
+
+Forward hooks summarise module outputs and place tensor hooks on them, so the gradient
+w.r.t. each output is summarised when backward reaches it (``register_full_backward_hook``
+breaks on in-place ops such as ``ReLU(inplace=True)``; tensor hooks do not).
+Parameter gradients come from ``register_post_accumulate_grad_hook``, which sees the
+accumulated value before any clipping. All summaries are written into one
+:class:`~.step_buffer.StepBuffer` on the device and cross to the host once, in
+:meth:`Capture.harvest`.
+
+State lives here, keyed by module index — never on the user's modules or tensors.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..records.step_record import StepRecord
+from .histogram import octave_counts, rebin
+from .step_buffer import StepBuffer
+from .summary import F, summarize
+from .tensors import float_tensors, tensor_key
+
+# Units of these can "die": no positive output for any sample.
+RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU,
+               nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
+# Bounded activations whose gradient vanishes near the limits: (low, high) of the output.
+SATURATING = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.Softsign: (-1.0, 1.0),
+              nn.Hardsigmoid: (0.0, 1.0)}
+SATURATION_MARGIN = 0.01  # "pinned": within 1% of the output range from a limit
+
+# What the in-model gradcheck keeps of each layer's last inputs.
+MAX_SAMPLES = 4
+MAX_INPUT_BYTES = 8 * 2**20
+
+
+def _in_backward() -> bool:
+    return torch._C._current_graph_task_id() != -1
+
+
+def _unit_dims(ndim: int) -> tuple[int, ...] | None:
+    """Dimensions to reduce so that one value per unit remains.
+
+    (N, F) and (N, L, F): features are last; (N, C, H[, W[, D]]): channels are dim 1.
+    """
+    if ndim == 2:
+        return (0,)
+    if ndim == 3:
+        return (0, 1)
+    if ndim >= 4:
+        return (0,) + tuple(range(2, ndim))
+    return None
+
+
+def _slice_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Detached copies of the first MAX_SAMPLES samples of every tensor argument."""
+    batch = None
+    for t in float_tensors((args, kwargs)):
+        if t.dim() > 0:
+            batch = t.shape[0]
+            break
+
+    def cut(obj):
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach()
+            if batch is not None and t.dim() > 0 and t.shape[0] == batch:
+                t = t[:MAX_SAMPLES]
+            return t.clone()
+        if isinstance(obj, tuple):
+            return tuple(cut(o) for o in obj)
+        if isinstance(obj, list):
+            return [cut(o) for o in obj]
+        if isinstance(obj, dict):
+            return {k: cut(v) for k, v in obj.items()}
+        return obj
+
+    sliced = cut(args), cut(kwargs)
+    size = sum(t.numel() * t.element_size() for t in float_tensors(sliced))
+    return sliced if size <= MAX_INPUT_BYTES else None
+
+
+class Capture:
+    """Hooks on one model and the device buffer they fill. Owned by a Watcher."""
+
+    def __init__(self, model: nn.Module, *, activations: bool, bins: int,
+                 on_error: Callable[[str, BaseException], None]):
+        self._model = weakref.ref(model)
+        self.activations = activations
+        self.bins = bins
+        self._on_error = on_error
+        self.names: list[str] = [name for name, _ in model.named_modules()]
+        self.types: list[str] = [type(m).__name__ for _, m in model.named_modules()]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        L = len(self.names)
+        modules = [m for _, m in model.named_modules()]
+        self.relu_rows = {i for i, m in enumerate(modules) if isinstance(m, RELU_FAMILY)}
+        self.sat_limits = {i: SATURATING[type(m)] for i, m in enumerate(modules) if type(m) in SATURATING}
+        for i, m in enumerate(modules):
+            if isinstance(m, nn.Hardtanh):
+                self.sat_limits[i] = (float(m.min_val), float(m.max_val))
+        # nn.MultiheadAttention uses out_proj's weights without calling it: its output *is*
+        # the attention output, so that row mirrors the attention module's activations.
+        self.aliases: dict[int, int] = {}
+        for i, (name, m) in enumerate(model.named_modules()):
+            if isinstance(m, nn.MultiheadAttention):
+                child = f"{name}.out_proj" if name else "out_proj"
+                if child in self.index:
+                    self.aliases[self.index[child]] = i
+
+        # parameters: each owned by the module that registers it directly
+        self.param_names: list[str] = []
+        owner: list[int] = []
+        self._params: list[weakref.ref] = []
+        seen: set[int] = set()
+        for i, m in enumerate(modules):
+            for pname, p in m.named_parameters(recurse=False):
+                if id(p) in seen:  # tied weights count once, at their first owner
+                    continue
+                seen.add(id(p))
+                self.param_names.append(f"{self.names[i]}.{pname}" if self.names[i] else pname)
+                owner.append(i)
+                self._params.append(weakref.ref(p))
+        if not self._params:
+            raise ValueError(
+                f"gradsight.watch: the model ({type(model).__name__}) has no parameters, so there are no "
+                "gradients to watch. Pass the nn.Module you train (the one whose parameters the optimizer updates)."
+            )
+        self.param_layer = np.asarray(owner, dtype=np.int64)
+        self.layers_with_params = sorted(set(owner))
+        device = next(model.parameters()).device
+        hist_keys = [(i, of) for of in ("activation", "grad") for i in range(L)]
+        hist_keys += [(i, "weight") for i in self.layers_with_params]
+        self.buffer = StepBuffer(L, len(self._params), device, hist_keys)
+
+        self._handles: list = []
+        self._tensor_handles: list = []
+        self._closed = False
+        self.capturing = False       # this step is sampled (step % every == 0)
+        self.histograms = False      # this step takes histograms
+        self.measure_update = False  # this step measures update norms
+        self._reset_step_state()
+        self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
+        self.on_root_forward: Callable[[], None] | None = None
+        self._register(model, modules)
+
+    # --- registration ---------------------------------------------------------------
+    def _register(self, model: nn.Module, modules: list[nn.Module]) -> None:
+        for i, m in enumerate(modules):
+            self._handles.append(m.register_forward_pre_hook(self._make_pre_hook(i), with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._make_forward_hook(i)))
+        for j, ref in enumerate(self._params):
+            p = ref()
+            if p is not None and p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._make_param_hook(j)))
+
+    def remove(self) -> None:
+        """Remove every hook this capture placed: modules, parameters and live tensors."""
+        self._closed = True
+        for h in self._handles + self._tensor_handles:
+            h.remove()
+        self._handles.clear()
+        self._tensor_handles.clear()
+        self._produced.clear()
+        self.last_inputs.clear()
+
+    # --- per-step state ---------------------------------------------------------------
+    def _reset_step_state(self) -> None:
+        self._produced: dict[tuple[int, int], tuple[weakref.ref, torch.Tensor, int]] = {}
+        self._grad_rows: dict[tuple[int, int], tuple[weakref.ref, list[int]]] = {}
+        self._input_sources: dict[int, set[int]] = {}
+        self._pending_units: dict[int, torch.Tensor] = {}
+        self._snapshot: list[torch.Tensor | None] | None = None
+        self.forward_order: list[int] = []
+        self.backward_order: list[int] = []
+        self._fwd_seen: set[int] = set()
+        self._bwd_seen: set[int] = set()
+        self.dtypes: dict[int, str] = {}
+        self.grad_dtypes: dict[int, str] = {}
+        self.forward_s = 0.0
+        self._fwd_start: float | None = None
+        self._bwd_first: float | None = None
+        self._bwd_last: float | None = None
+        self.backward_passes = 0
+        self.forward_passes = 0
+        self.touched = False  # any hook did something this step
+
+    def _live(self) -> bool:
+        """Capture only training forwards: grad enabled and the model in train mode."""
+        if self._closed or not self.capturing or not torch.is_grad_enabled():
+            return False
+        model = self._model()
+        return model is not None and model.training
+
+    # --- hooks ----------------------------------------------------------------------
+    def _make_pre_hook(self, i: int):
+        def pre_hook(module, args, kwargs):
+            if i == 0 and self.on_root_forward is not None and not self._closed \
+                    and torch.is_grad_enabled() and not _in_backward():
+                self.on_root_forward()  # the watcher may close a step a GradScaler skipped
+            if not self._live():
+                return None
+            try:
+                in_bwd = _in_backward()
+                if in_bwd and i in self._fwd_seen:
+                    return None  # activation checkpointing recomputes: counted once
+                if i == 0 and not in_bwd:
+                    self._fwd_start = time.perf_counter()
+                    self.forward_passes += 1
+                    if self.measure_update and self._snapshot is None:
+                        self._take_snapshot()
+                sources = self._input_sources.setdefault(i, set())
+                for t in float_tensors((args, kwargs)):
+                    hit = self._produced.get(tensor_key(t))
+                    if hit is not None and hit[0]() is t:
+                        sources.add(hit[2])
+                    elif t.numel():
+                        # an input no watched module produced: one pass tells finite or not
+                        self.buffer.add_input(i, t.detach().sum(dtype=torch.float32))
+                if not in_bwd:
+                    sliced = _slice_inputs(args, kwargs)
+                    if sliced is not None:
+                        self.last_inputs[i] = (-1, *sliced)  # step filled in at harvest
+            except Exception as exc:  # a debugger must never break the training step
+                self._on_error(self.names[i], exc)
+            return None
+
+        return pre_hook
+
+    def _make_forward_hook(self, i: int):
+        def forward_hook(module, args, output):
+            if not self._live():
+                return None
+            try:
+                in_bwd = _in_backward()
+                if in_bwd and i in self._fwd_seen:
+                    return None
+                self.touched = True
+                if i not in self._fwd_seen:
+                    self._fwd_seen.add(i)
+                    self.forward_order.append(i)
+                if i == 0 and self._fwd_start is not None and not in_bwd:
+                    self.forward_s += time.perf_counter() - self._fwd_start
+                tensors = list(float_tensors(output))
+                if not tensors:
+                    return None
+                self.dtypes.setdefault(i, str(tensors[0].dtype).replace("torch.", ""))
+                rows = [i] + [a for a, parent in self.aliases.items() if parent == i]
+                for t in tensors:
+                    key = tensor_key(t)
+                    hit = self._produced.get(key)
+                    if hit is not None and hit[0]() is t:
+                        summary = hit[1]  # same tensor as a child's output: reuse
+                    else:
+                        summary = summarize(t)
+                        self._produced[key] = (weakref.ref(t), summary, i)
+                    if self.activations:
+                        for r in rows:
+                            self.buffer.write_stats(r, summary, t.numel())
+                    if t.requires_grad:
+                        self._watch_grad(t, key, rows)
+                if self.activations:
+                    if self.histograms:
+                        counts = octave_counts(tensors)
+                        for r in rows:
+                            self.buffer.add_hist((r, "activation"), counts)
+                    if i in self.relu_rows:
+                        self._units(i, tensors[0])
+                    if i in self.sat_limits:
+                        self._saturation(i, tensors[0])
+            except Exception as exc:
+                self._on_error(self.names[i], exc)
+            return None
+
+        return forward_hook
+
+    def _watch_grad(self, t: torch.Tensor, key: tuple[int, int], rows: list[int]) -> None:
+        hit = self._grad_rows.get(key)
+        if hit is not None and hit[0]() is t:  # one hook per tensor, fanned out to every module returning it
+            hit[1].extend(r for r in rows if r not in hit[1])
+            return
+        targets = list(rows)
+        self._grad_rows[key] = (weakref.ref(t), targets)
+        self._tensor_handles.append(t.register_hook(self._make_grad_hook(targets)))
+
+    def _make_grad_hook(self, rows: list[int]):
+        L = len(self.names)
+
+        def grad_hook(grad):
+            if self._closed or grad is None:
+                return None
+            try:
+                now = time.perf_counter()
+                if self._bwd_first is None:
+                    self._bwd_first = now
+                self._bwd_last = now
+                self.touched = True
+                if 0 in rows:
+                    self.backward_passes += 1
+                summary = summarize(grad)
+                counts = octave_counts([grad]) if self.histograms else None
+                for r in rows:
+                    self.buffer.write_stats(L + r, summary, grad.numel())
+                    self.grad_dtypes.setdefault(r, str(grad.dtype).replace("torch.", ""))
+                    if r not in self._bwd_seen:
+                        self._bwd_seen.add(r)
+                        self.backward_order.append(r)
+                    if counts is not None:
+                        self.buffer.add_hist((r, "grad"), counts)
+            except Exception as exc:
+                self._on_error(self.names[rows[0]], exc)
+            return None
+
+        return grad_hook
+
+    def _make_param_hook(self, j: int):
+        def param_hook(p):
+            if self._closed or not self.capturing or p.grad is None:
+                return
+            try:
+                self._bwd_last = time.perf_counter()
+                g = p.grad.detach().reshape(-1)
+                if g.dtype != torch.float32:
+                    g = g.float()
+                # the accumulated gradient so far: with gradient accumulation the last call wins
+                self.buffer.set_param(j, 1, torch.dot(g, g))
+            except Exception as exc:
+                self._on_error(self.param_names[j], exc)
+
+        return param_hook
+
+    def _units(self, i: int, y: torch.Tensor) -> None:
+        dims = _unit_dims(y.dim())
+        if dims is None:
+            return
+        per_unit = y.detach().amax(dim=dims).float()
+        if not self.buffer.max_units(i, per_unit):
+            prev = self._pending_units.get(i)
+            self._pending_units[i] = per_unit if prev is None or prev.shape != per_unit.shape \
+                else torch.maximum(prev, per_unit)
+
+    def _saturation(self, i: int, y: torch.Tensor) -> None:
+        lo, hi = self.sat_limits[i]
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        pinned = (torch.abs(y.detach().float() - mid) >= half * (1 - 2 * SATURATION_MARGIN)).sum()
+        self.buffer.add_saturation(i, pinned.float(), y.numel())
+
+    # --- parameter updates ------------------------------------------------------------
+    def _take_snapshot(self) -> None:
+        """Copy the parameters before the optimizer moves them (sampled steps only)."""
+        self._snapshot = [None if (p := ref()) is None else p.detach().clone() for ref in self._params]
+
+    def optimizer_pre_step(self) -> None:
+        if self.capturing and self.measure_update and self._snapshot is None:
+            self._take_snapshot()
+
+    # --- closing a step ---------------------------------------------------------------
+    def harvest(self, step: int) -> StepRecord:
+        """Finish the step's device work, transfer once, and return the record."""
+        buf = self.buffer
+        with torch.no_grad():
+            for j, ref in enumerate(self._params):
+                p = ref()
+                if p is None:
+                    continue
+                w = p.detach().reshape(-1)
+                w = w if w.dtype == torch.float32 else w.float()
+                buf.set_param(j, 0, torch.dot(w, w))
+                if self._snapshot is not None and self._snapshot[j] is not None:
+                    d = (p.detach() - self._snapshot[j]).reshape(-1).float()
+                    buf.set_param(j, 2, torch.dot(d, d))
+            if self.histograms:
+                for i in self.layers_with_params:
+                    ps = [p for j, ref in enumerate(self._params)
+                          if self.param_layer[j] == i and (p := ref()) is not None]
+                    if ps:
+                        buf.add_hist((i, "weight"), octave_counts(ps))
+            pending = {i: t.cpu().numpy() for i, t in self._pending_units.items()}  # first step only
+            host = buf.fetch(with_hist=self.histograms)
+        views = buf.host_views(host)
+        rec = self._record(step, views, pending)
+        # reserve room for unit vectors first seen this step, then start clean
+        if pending:
+            buf.reserve_units({i: v.size for i, v in pending.items()})
+        for i, entry in list(self.last_inputs.items()):
+            if entry[0] == -1:
+                self.last_inputs[i] = (step, entry[1], entry[2])
+        for h in self._tensor_handles:
+            h.remove()
+        self._tensor_handles.clear()
+        buf.reset()
+        self._reset_step_state()
+        return rec
+
+    def _record(self, step: int, v: dict, pending_units: dict) -> StepRecord:
+        buf = self.buffer
+        L = len(self.names)
+        stats = v["stats"].copy()
+        written = np.asarray(buf.stat_written)
+        stats[~written] = np.nan
+        numel = np.asarray(buf.stat_numel, dtype=np.float64)
+        # input finiteness: own unknown inputs, plus the outputs of the modules that produced them
+        act_finite = np.isfinite(stats[:L, F["sumsq"]])
+        input_finite = np.full(L, np.nan)
+        for i, sources in self._input_sources.items():
+            ok = True
+            if buf.input_written[i]:
+                ok = bool(np.isfinite(v["inputs"][i]))
+            for s in sources:
+                ok = ok and bool(act_finite[s])
+            input_finite[i] = 1.0 if ok else 0.0
+        sat = np.full(L, np.nan)
+        for i in self.sat_limits:
+            if buf.sat_numel[i]:
+                sat[i] = v["saturation"][i] / buf.sat_numel[i]
+        params = v["params"].copy()
+        seen = np.asarray(buf.param_written, dtype=bool).reshape(len(self._params), 3)
+        params[~seen] = np.nan
+        units = dict(pending_units)
+        for i in buf.units_written:
+            off, size = buf.units_offsets[i]
+            units[i] = v["units"][off:off + size].copy()
+        hist = {}
+        if "hist" in v:
+            for key, row in buf.hist_rows.items():
+                if row in buf.hist_written:
+                    i, of = key
+                    exact_zero = None
+                    if of != "weight":
+                        r = i if of == "activation" else L + i
+                        exact_zero = int(numel[r] - stats[r, F["nonzero"]] - stats[r, F["nan"]]) \
+                            if np.isfinite(stats[r, F["nonzero"]]) else None
+                    hist[key] = rebin(v["hist"][row], self.bins, layer=self.names[i], of=of, step=step,
+                                      exact_zero=exact_zero)
+        backward_s = (self._bwd_last - self._bwd_first) if self._bwd_first is not None \
+            and self._bwd_last is not None else float("nan")
+        return StepRecord(
+            step=step, layers=tuple(self.names),
+            act=stats[:L], act_numel=numel[:L], grad=stats[L:], grad_numel=numel[L:],
+            input_finite=input_finite, saturation=sat,
+            param_names=tuple(self.param_names), param_layer=self.param_layer,
+            param_sumsq=params[:, 0], param_grad_sumsq=params[:, 1], param_update_sumsq=params[:, 2],
+            param_seen=seen, units=units, hist=hist,
+            forward_order=list(self.forward_order), backward_order=list(self.backward_order),
+            dtypes=dict(self.dtypes), grad_dtypes=dict(self.grad_dtypes),
+            forward_s=self.forward_s if self.forward_passes else float("nan"), backward_s=backward_s,
+            backward_passes=self.backward_passes, forward_passes=self.forward_passes,
+        )

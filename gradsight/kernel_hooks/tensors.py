@@ -1,0 +1,39 @@
+"""Find the floating-point tensors inside whatever a module returns.
+
+Modules return tensors, tuples, lists, dicts, dataclasses and Hugging Face
+``ModelOutput`` objects (an ``OrderedDict`` subclass); all are walked, with a depth
+limit so that self-referencing containers cannot hang a hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import torch
+
+_MAX_DEPTH = 6
+
+
+def float_tensors(obj: object, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Yield every floating-point tensor reachable from ``obj``."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield obj
+        return
+    if depth >= _MAX_DEPTH or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return
+    if isinstance(obj, Mapping):
+        for value in obj.values():
+            yield from float_tensors(value, depth + 1)
+    elif isinstance(obj, (tuple, list)):
+        for value in obj:
+            yield from float_tensors(value, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            yield from float_tensors(getattr(obj, field.name, None), depth + 1)
+
+
+def tensor_key(t: torch.Tensor) -> tuple[int, int]:
+    """Identity of a tensor *value*: an in-place op (``ReLU(inplace=True)``) bumps the version."""
+    return (id(t), t._version)

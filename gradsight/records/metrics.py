@@ -1,0 +1,74 @@
+"""Derived per-layer metrics: the numbers people read, computed from raw summary fields.
+
+Kept apart from capture so that each can be tested against a naive numpy
+re-implementation (tests/test_metrics.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernel_hooks.summary import F
+from .step_record import StepRecord
+
+STAT_NAMES = ("mean", "std", "min", "max", "norm", "zero_frac", "nan", "posinf", "neginf")
+LAYER_METRICS = (
+    tuple(f"act_{n}" for n in STAT_NAMES)
+    + tuple(f"grad_{n}" for n in STAT_NAMES)
+    + ("param_norm", "param_grad_norm", "update_norm", "update_ratio", "saturation")
+)
+
+
+def tensor_stats(raw: np.ndarray, numel: np.ndarray) -> dict[str, np.ndarray]:
+    """mean, std (population), min, max, L2 norm, zero fraction and non-finite counts."""
+    raw = np.asarray(raw, dtype=np.float64)
+    n = np.asarray(numel, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_safe = np.where(n > 0, n, np.nan)
+        mean = raw[:, F["sum"]] / n_safe
+        var = raw[:, F["sumsq"]] / n_safe - mean**2
+        std = np.sqrt(np.maximum(var, 0.0))
+        std = np.where(np.isfinite(var), std, np.nan)
+        norm = np.sqrt(raw[:, F["sumsq"]])
+        zero_frac = 1.0 - (raw[:, F["nonzero"]] + raw[:, F["nan"]]) / n_safe
+    return {
+        "mean": mean, "std": std, "min": raw[:, F["min"]], "max": raw[:, F["max"]], "norm": norm,
+        "zero_frac": zero_frac, "nan": raw[:, F["nan"]], "posinf": raw[:, F["posinf"]],
+        "neginf": raw[:, F["neginf"]],
+    }
+
+
+def layer_metrics(rec: StepRecord) -> dict[str, np.ndarray]:
+    """Every metric of :data:`LAYER_METRICS` for every layer of one record, shape [L] each."""
+    out: dict[str, np.ndarray] = {}
+    for prefix, raw, numel in (("act", rec.act, rec.act_numel), ("grad", rec.grad, rec.grad_numel)):
+        for name, values in tensor_stats(raw, numel).items():
+            out[f"{prefix}_{name}"] = values
+    L = rec.n_layers
+    for j, (name, values) in enumerate((("param_norm", rec.param_sumsq),
+                                        ("param_grad_norm", rec.param_grad_sumsq),
+                                        ("update_norm", rec.param_update_sumsq))):
+        out[name] = _per_layer_norm(values, rec.param_seen[:, j], rec.param_layer, L)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["update_ratio"] = out["update_norm"] / out["param_norm"]
+    out["saturation"] = rec.saturation.astype(np.float64)
+    return out
+
+
+def _per_layer_norm(sumsq: np.ndarray, measured: np.ndarray, owner: np.ndarray,
+                    n_layers: int) -> np.ndarray:
+    """sqrt of summed squares of each layer's own measured parameters (a non-finite one
+    makes the layer's value non-finite); NaN for layers with nothing measured."""
+    total = np.zeros(n_layers)
+    seen = np.zeros(n_layers, dtype=bool)
+    valid = np.asarray(measured, dtype=bool)
+    np.add.at(total, owner[valid], sumsq[valid])
+    seen[owner[valid]] = True
+    with np.errstate(invalid="ignore"):
+        return np.where(seen, np.sqrt(total), np.nan)
+
+
+def total_grad_norm(rec: StepRecord) -> float:
+    """Global L2 norm of all measured parameter gradients (what clip_grad_norm_ sees)."""
+    g = rec.param_grad_sumsq[rec.param_seen[:, 1]]
+    return float(np.sqrt(g.sum())) if g.size else float("nan")

@@ -1,0 +1,56 @@
+"""What one training step left behind, as plain numpy: the unit detectors and views read.
+
+Records never point at the live model or at device tensors, so detectors and views
+can be tested on records built by hand and a run can be saved and re-rendered later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..kernel_hooks.histogram import Histogram
+
+
+@dataclass
+class StepRecord:
+    """One closed step. Arrays are indexed by layer (model order) or parameter.
+
+    ``act``/``grad`` hold the raw summary fields (``kernel_hooks.summary.FIELDS``) per
+    layer, NaN rows where the layer was not seen this step; :mod:`.metrics` derives
+    mean, std, norm, ... from them.
+    """
+
+    step: int
+    layers: tuple[str, ...]
+    act: np.ndarray                 # [L, FIELDS]
+    act_numel: np.ndarray           # [L]
+    grad: np.ndarray                # [L, FIELDS]
+    grad_numel: np.ndarray          # [L]
+    input_finite: np.ndarray        # [L] 1.0 finite, 0.0 non-finite, NaN unknown/not called
+    saturation: np.ndarray          # [L] fraction of outputs within 1% of the limits; NaN if n/a
+    param_names: tuple[str, ...]
+    param_layer: np.ndarray         # [P] index of the owning layer
+    param_sumsq: np.ndarray         # [P] ||w||^2 after the step's update
+    param_grad_sumsq: np.ndarray    # [P] ||g||^2, accumulated and before any clipping
+    param_update_sumsq: np.ndarray  # [P] ||w_after - w_before||^2 on sampled steps
+    param_seen: np.ndarray          # [P, 3] bool: which of (sumsq, grad, update) were measured;
+                                    # unmeasured values are NaN, measured non-finite ones too
+    units: dict[int, np.ndarray] = field(default_factory=dict)   # layer -> per-unit max output
+    hist: dict[tuple[int, str], Histogram] = field(default_factory=dict)
+    forward_order: list[int] = field(default_factory=list)   # layers by first forward-hook firing
+    backward_order: list[int] = field(default_factory=list)  # layers by first gradient arrival
+    dtypes: dict[int, str] = field(default_factory=dict)      # layer -> activation dtype
+    grad_dtypes: dict[int, str] = field(default_factory=dict)
+    loss: float = float("nan")
+    lrs: tuple[float, ...] = ()
+    forward_s: float = float("nan")
+    backward_s: float = float("nan")
+    optimizer_stepped: bool | None = None   # None: no optimizer given, so unknown
+    backward_passes: int = 0
+    forward_passes: int = 0
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
