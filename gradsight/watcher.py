@@ -47,7 +47,8 @@ class Watcher:
 
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
-                 thresholds: Any = None, name: str | None = None):
+                 thresholds: Any = None, name: str | None = None, scaler: Any = None,
+                 nan_trace: str = "module"):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -63,6 +64,12 @@ class Watcher:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"gradsight.watch: optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}.")
 
+        if nan_trace not in ("module", "op"):
+            raise ValueError(f"gradsight.watch: nan_trace must be 'module' (cheap, always on) or 'op' (exact op and "
+                             f"source line of the first NaN/Inf, slower); got {nan_trace!r}.")
+        if scaler is not None and not hasattr(scaler, "get_scale"):
+            raise TypeError(f"gradsight.watch: scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}.")
+
         previous = registry.watcher_of(model)
         if previous is not None:  # a re-run cell: replace, never stack hooks
             previous.close()
@@ -74,6 +81,13 @@ class Watcher:
         self._capture = Capture(self._compiled or model, activations=activations, bins=self.bins,
                                 on_error=self._hook_error)
         self._capture.on_root_forward = self._on_root_forward
+        self._scaler = scaler
+        self._scale_this_step = float("nan") if scaler is not None else 1.0
+        self._nan_tracer = None
+        if nan_trace == "op":
+            from .kernel_hooks.nan_trace import NanTracer
+
+            self._nan_tracer = NanTracer(self._compiled or model, list(self._capture.names))
         self.name = registry.unique_name(name or type(model).__name__)
         self.closed = False
         self.step_count = 0
@@ -123,6 +137,8 @@ class Watcher:
         if self.closed:
             return
         self._capture.remove()
+        if self._nan_tracer is not None:
+            self._nan_tracer.remove()
         for h in self._opt_handles:
             h.remove()
         self._opt_handles.clear()
@@ -155,10 +171,15 @@ class Watcher:
         c.measure_update = c.capturing and sampled
         self._opt_stepped_this_step = False
         self._step_started = time.perf_counter()
+        if self._scaler is not None:
+            self._scale_this_step = float("nan")
 
     def _on_root_forward(self) -> None:
         """With ``optimizer=``, a forward after a backward whose optimizer step never ran
-        (a GradScaler skip, then ``zero_grad``) closes that step as skipped."""
+        (a GradScaler skip, then ``zero_grad``) closes that step as skipped. With
+        ``scaler=``, the first forward of a step reads the loss scale its backward will use."""
+        if self._scaler is not None and not np.isfinite(self._scale_this_step) and self._capture.capturing:
+            self._scale_this_step = _scaler_scale(self._scaler)
         if self._optimizer_ref is None or self._capture.backward_passes == 0:
             return
         first = next((p for p in self._param_list() if p.requires_grad), None)
@@ -200,6 +221,9 @@ class Watcher:
         rec = self._capture.harvest(step) if capturing else None
         if rec is not None:
             rec.loss = _to_float(loss) if loss is not None else float("nan")
+            rec.grad_scale = self._scale_this_step
+            if self._nan_tracer is not None:
+                rec.nan_events = self._nan_tracer.harvest()
             opt = self._optimizer_ref() if self._optimizer_ref is not None else None
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
@@ -427,6 +451,13 @@ def _to_float(loss: Any) -> float:
             from None
 
 
+def _scaler_scale(scaler: Any) -> float:
+    try:
+        return float(scaler.get_scale())  # once per step, at its first forward
+    except Exception:
+        return float("nan")
+
+
 def _compiled_inner(model: nn.Module) -> nn.Module | None:
     inner = getattr(model, "_orig_mod", None)
     return inner if isinstance(inner, nn.Module) else None
@@ -441,8 +472,17 @@ def _warn_finding(name: str, finding: Any) -> None:
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
-          name: str | None = None) -> Watcher:
-    """Watch ``model`` while it trains. See :class:`Watcher`. Re-watching a model replaces the old watcher."""
+          name: str | None = None, scaler: Any = None, nan_trace: str = "module") -> Watcher:
+    """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
+
+    optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
+    every: capture every n-th step. histogram_every: histograms (and update norms) every n-th
+    captured step. bins: histogram bins (even). activations: also summarise module outputs.
+    thresholds: detector thresholds (``gs.Thresholds``). scaler: the ``GradScaler`` in use, so
+    gradients are reported unscaled and skipped steps are recognised. nan_trace: "module"
+    (default, cheap) or "op" (the exact op and source line of the first NaN/Inf).
+    """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
-                   activations=activations, thresholds=thresholds, name=name)
+                   activations=activations, thresholds=thresholds, name=name, scaler=scaler,
+                   nan_trace=nan_trace)
 

@@ -356,7 +356,19 @@ class Capture:
         self._snapshot = [None if (p := ref()) is None else p.detach().clone() for ref in self._params]
 
     def optimizer_pre_step(self) -> None:
-        if self.capturing and self.measure_update and self._snapshot is None:
+        """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
+        clipping, so clipping shows as the ratio to the accumulated norm), and a snapshot
+        of the weights on update-measuring steps."""
+        if not self.capturing or self._closed:
+            return
+        with torch.no_grad():
+            for j, ref in enumerate(self._params):
+                p = ref()
+                if p is not None and p.grad is not None:
+                    g = p.grad.detach().reshape(-1)
+                    g = g if g.dtype == torch.float32 else g.float()
+                    self.buffer.set_param(j, 3, torch.dot(g, g))
+        if self.measure_update and self._snapshot is None:
             self._take_snapshot()
 
     # --- closing a step ---------------------------------------------------------------
@@ -419,7 +431,7 @@ class Capture:
             if buf.sat_numel[i]:
                 sat[i] = v["saturation"][i] / buf.sat_numel[i]
         params = v["params"].copy()
-        seen = np.asarray(buf.param_written, dtype=bool).reshape(len(self._params), 3)
+        seen = np.asarray(buf.param_written, dtype=bool).reshape(len(self._params), params.shape[1])
         params[~seen] = np.nan
         units = dict(pending_units)
         for i in buf.units_written:
@@ -445,7 +457,7 @@ class Capture:
             input_finite=input_finite, saturation=sat,
             param_names=tuple(self.param_names), param_layer=self.param_layer,
             param_sumsq=params[:, 0], param_grad_sumsq=params[:, 1], param_update_sumsq=params[:, 2],
-            param_seen=seen, units=units, hist=hist,
+            param_step_grad_sumsq=params[:, 3], param_seen=seen, units=units, hist=hist,
             forward_order=list(self.forward_order), backward_order=list(self.backward_order),
             dtypes=dict(self.dtypes), grad_dtypes=dict(self.grad_dtypes),
             forward_s=self.forward_s if self.forward_passes else float("nan"), backward_s=backward_s,

@@ -19,7 +19,7 @@ import torch
 from .histogram import FINE_BINS
 from .summary import N_FIELDS, combine
 
-PARAM_FIELDS = ("sumsq", "grad_sumsq", "update_sumsq")
+PARAM_FIELDS = ("sumsq", "grad_sumsq", "update_sumsq", "step_grad_sumsq")
 
 
 class StepBuffer:

@@ -41,18 +41,30 @@ def tensor_stats(raw: np.ndarray, numel: np.ndarray) -> dict[str, np.ndarray]:
 def layer_metrics(rec: StepRecord) -> dict[str, np.ndarray]:
     """Every metric of :data:`LAYER_METRICS` for every layer of one record, shape [L] each."""
     out: dict[str, np.ndarray] = {}
+    scale = _grad_scale(rec)
     for prefix, raw, numel in (("act", rec.act, rec.act_numel), ("grad", rec.grad, rec.grad_numel)):
         for name, values in tensor_stats(raw, numel).items():
+            if prefix == "grad" and name in _SCALED:
+                values = values / scale  # GradScaler multiplies every gradient by the scale
             out[f"{prefix}_{name}"] = values
     L = rec.n_layers
     for j, (name, values) in enumerate((("param_norm", rec.param_sumsq),
                                         ("param_grad_norm", rec.param_grad_sumsq),
                                         ("update_norm", rec.param_update_sumsq))):
         out[name] = _per_layer_norm(values, rec.param_seen[:, j], rec.param_layer, L)
+    out["param_grad_norm"] = out["param_grad_norm"] / scale
     with np.errstate(invalid="ignore", divide="ignore"):
         out["update_ratio"] = out["update_norm"] / out["param_norm"]
     out["saturation"] = rec.saturation.astype(np.float64)
     return out
+
+
+_SCALED = ("mean", "std", "min", "max", "norm")
+
+
+def _grad_scale(rec: StepRecord) -> float:
+    s = rec.grad_scale
+    return s if np.isfinite(s) and s > 0 else 1.0
 
 
 def _per_layer_norm(sumsq: np.ndarray, measured: np.ndarray, owner: np.ndarray,
@@ -71,4 +83,4 @@ def _per_layer_norm(sumsq: np.ndarray, measured: np.ndarray, owner: np.ndarray,
 def total_grad_norm(rec: StepRecord) -> float:
     """Global L2 norm of all measured parameter gradients (what clip_grad_norm_ sees)."""
     g = rec.param_grad_sumsq[rec.param_seen[:, 1]]
-    return float(np.sqrt(g.sum())) if g.size else float("nan")
+    return float(np.sqrt(g.sum())) / _grad_scale(rec) if g.size else float("nan")

@@ -35,8 +35,10 @@ class StepRecord:
     param_sumsq: np.ndarray         # [P] ||w||^2 after the step's update
     param_grad_sumsq: np.ndarray    # [P] ||g||^2, accumulated and before any clipping
     param_update_sumsq: np.ndarray  # [P] ||w_after - w_before||^2 on sampled steps
-    param_seen: np.ndarray          # [P, 3] bool: which of (sumsq, grad, update) were measured;
-                                    # unmeasured values are NaN, measured non-finite ones too
+    param_step_grad_sumsq: np.ndarray  # [P] ||g||^2 seen by optimizer.step() (after clipping);
+                                       # only with gs.watch(..., optimizer=)
+    param_seen: np.ndarray          # [P, 4] bool: which of (sumsq, grad, update, step_grad) were
+                                    # measured; unmeasured values are NaN, measured non-finite too
     units: dict[int, np.ndarray] = field(default_factory=dict)   # layer -> per-unit max output
     hist: dict[tuple[int, str], Histogram] = field(default_factory=dict)
     forward_order: list[int] = field(default_factory=list)   # layers by first forward-hook firing
@@ -50,6 +52,8 @@ class StepRecord:
     optimizer_stepped: bool | None = None   # None: no optimizer given, so unknown
     backward_passes: int = 0
     forward_passes: int = 0
+    grad_scale: float = 1.0   # GradScaler scale during this step's backward (gs.watch(..., scaler=))
+    nan_events: list = field(default_factory=list)  # op-level NaN/Inf events (nan_trace="op")
 
     @property
     def n_layers(self) -> int:
