@@ -24,7 +24,7 @@ from .kernel_hooks import registry
 from .kernel_hooks.capture import Capture
 from .kernel_hooks.histogram import Histogram
 from .records.history import DecimatingStore
-from .records.metrics import LAYER_METRICS, layer_metrics, total_grad_norm
+from .records.metrics import DETAIL_METRICS, LAYER_METRICS, layer_metrics, total_grad_norm
 from .records.step_record import StepRecord
 from .warnings import GradsightWarning
 
@@ -167,7 +167,7 @@ class Watcher:
         c = self._capture
         c.capturing = self.step_count % self.every == 0
         sampled = self.step_count % (self.every * self.histogram_every) == 0
-        c.histograms = c.capturing and sampled
+        c.detail = c.capturing and sampled
         c.measure_update = c.capturing and sampled
         self._opt_stepped_this_step = False
         self._step_started = time.perf_counter()
@@ -245,7 +245,7 @@ class Watcher:
     def _store(self, rec: StepRecord) -> None:
         self._last_record = rec
         metrics = layer_metrics(rec)
-        self._latest_metrics = metrics
+        self._latest_metrics = _merge_latest(self._latest_metrics, metrics, rec.detail)
         self._latest_step = rec.step
         self._layer_hist.append(rec.step, np.stack([metrics[m] for m in LAYER_METRICS]))
         lr = rec.lrs[0] if rec.lrs else float("nan")
@@ -431,6 +431,22 @@ class Watcher:
                  f"{rows}</table>") if len(f) else "<p>No findings.</p>"
         return (f"<div class='gradsight-summary'><b>gradsight</b> — {html.escape(self.name)}: {status}, "
                 f"{len(self._capture.names)} layers, {self.step_count} steps, {len(f)} finding(s).{table}</div>")
+
+
+def _merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
+    """Latest value of every metric for layers(): on light steps the detail metrics keep their
+    last measured value — unless the layer went non-finite, when the new values are the news."""
+    if old is None or detail:
+        return new
+    merged = dict(new)
+    for prefix in ("act", "grad"):
+        finite = np.isfinite(new[f"{prefix}_norm"]) | np.isnan(new[f"{prefix}_norm"])
+        for m in DETAIL_METRICS:
+            if m.startswith(prefix):
+                merged[m] = np.where(finite, old[m], new[m])
+    for m in ("param_norm", "update_norm", "update_ratio", "saturation"):
+        merged[m] = old[m]
+    return merged
 
 
 def _of_index(of: str) -> int:

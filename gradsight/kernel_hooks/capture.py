@@ -24,7 +24,7 @@ from torch import nn
 from ..records.step_record import StepRecord
 from .histogram import octave_counts, rebin
 from .step_buffer import StepBuffer
-from .summary import F, summarize
+from .summary import F, measure
 from .tensors import float_tensors, tensor_key
 
 # Units of these can "die": no positive output for any sample.
@@ -100,6 +100,11 @@ class Capture:
         L = len(self.names)
         modules = [m for _, m in model.named_modules()]
         self.relu_rows = {i for i, m in enumerate(modules) if isinstance(m, RELU_FAMILY)}
+        # inputs kept for the in-model gradcheck: modules with their own parameters, or user
+        # classes (custom layers); plain torch activations and containers are not worth a copy
+        self.keep_inputs = {i for i, m in enumerate(modules)
+                            if any(True for _ in m.parameters(recurse=False))
+                            or not type(m).__module__.startswith("torch.nn")}
         self.sat_limits = {i: SATURATING[type(m)] for i, m in enumerate(modules) if type(m) in SATURATING}
         for i, m in enumerate(modules):
             if isinstance(m, nn.Hardtanh):
@@ -142,7 +147,7 @@ class Capture:
         self._tensor_handles: list = []
         self._closed = False
         self.capturing = False       # this step is sampled (step % every == 0)
-        self.histograms = False      # this step takes histograms
+        self.detail = False          # this step takes full statistics, histograms, weight norms
         self.measure_update = False  # this step measures update norms
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
@@ -215,14 +220,14 @@ class Capture:
                     if self.measure_update and self._snapshot is None:
                         self._take_snapshot()
                 sources = self._input_sources.setdefault(i, set())
-                for t in float_tensors((args, kwargs)):
+                for t in float_tensors(args if not kwargs else (args, kwargs)):
                     hit = self._produced.get(tensor_key(t))
                     if hit is not None and hit[0]() is t:
                         sources.add(hit[2])
                     elif t.numel():
                         # an input no watched module produced: one pass tells finite or not
                         self.buffer.add_input(i, t.detach().sum(dtype=torch.float32))
-                if not in_bwd:
+                if not in_bwd and self.detail and i in self.keep_inputs:
                     sliced = _slice_inputs(args, kwargs)
                     if sliced is not None:
                         self.last_inputs[i] = (-1, *sliced)  # step filled in at harvest
@@ -257,27 +262,33 @@ class Capture:
                     if hit is not None and hit[0]() is t:
                         summary = hit[1]  # same tensor as a child's output: reuse
                     else:
-                        summary = summarize(t)
+                        summary = measure(t, self.detail)
                         self._produced[key] = (weakref.ref(t), summary, i)
                     if self.activations:
                         for r in rows:
-                            self.buffer.write_stats(r, summary, t.numel())
+                            self._write(r, summary, t.numel())
                     if t.requires_grad:
                         self._watch_grad(t, key, rows)
                 if self.activations:
-                    if self.histograms:
+                    if self.detail:
                         counts = octave_counts(tensors)
                         for r in rows:
                             self.buffer.add_hist((r, "activation"), counts)
                     if i in self.relu_rows:
                         self._units(i, tensors[0])
-                    if i in self.sat_limits:
+                    if i in self.sat_limits and self.detail:
                         self._saturation(i, tensors[0])
             except Exception as exc:
                 self._on_error(self.names[i], exc)
             return None
 
         return forward_hook
+
+    def _write(self, row: int, summary: torch.Tensor, numel: int) -> None:
+        if summary.dim() == 0:
+            self.buffer.write_sumsq(row, summary, numel)
+        else:
+            self.buffer.write_stats(row, summary, numel)
 
     def _watch_grad(self, t: torch.Tensor, key: tuple[int, int], rows: list[int]) -> None:
         hit = self._grad_rows.get(key)
@@ -302,10 +313,10 @@ class Capture:
                 self.touched = True
                 if 0 in rows:
                     self.backward_passes += 1
-                summary = summarize(grad)
-                counts = octave_counts([grad]) if self.histograms else None
+                summary = measure(grad, self.detail)
+                counts = octave_counts([grad]) if self.detail else None
                 for r in rows:
-                    self.buffer.write_stats(L + r, summary, grad.numel())
+                    self._write(L + r, summary, grad.numel())
                     self.grad_dtypes.setdefault(r, str(grad.dtype).replace("torch.", ""))
                     if r not in self._bwd_seen:
                         self._bwd_seen.add(r)
@@ -378,7 +389,7 @@ class Capture:
         with torch.no_grad():
             for j, ref in enumerate(self._params):
                 p = ref()
-                if p is None:
+                if p is None or not self.detail:  # weights move slowly: measured on detail steps
                     continue
                 w = p.detach().reshape(-1)
                 w = w if w.dtype == torch.float32 else w.float()
@@ -386,14 +397,14 @@ class Capture:
                 if self._snapshot is not None and self._snapshot[j] is not None:
                     d = (p.detach() - self._snapshot[j]).reshape(-1).float()
                     buf.set_param(j, 2, torch.dot(d, d))
-            if self.histograms:
+            if self.detail:
                 for i in self.layers_with_params:
                     ps = [p for j, ref in enumerate(self._params)
                           if self.param_layer[j] == i and (p := ref()) is not None]
                     if ps:
                         buf.add_hist((i, "weight"), octave_counts(ps))
             pending = {i: t.cpu().numpy() for i, t in self._pending_units.items()}  # first step only
-            host = buf.fetch(with_hist=self.histograms)
+            host = buf.fetch(with_hist=self.detail)
         views = buf.host_views(host)
         rec = self._record(step, views, pending)
         # reserve room for unit vectors first seen this step, then start clean
@@ -461,5 +472,5 @@ class Capture:
             forward_order=list(self.forward_order), backward_order=list(self.backward_order),
             dtypes=dict(self.dtypes), grad_dtypes=dict(self.grad_dtypes),
             forward_s=self.forward_s if self.forward_passes else float("nan"), backward_s=backward_s,
-            backward_passes=self.backward_passes, forward_passes=self.forward_passes,
+            backward_passes=self.backward_passes, forward_passes=self.forward_passes, detail=self.detail,
         )

@@ -28,7 +28,9 @@ _EXP_SPECIAL = 255
 def octave_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Return int64 counts over the 2048 quarter-octave bins for all ``tensors`` together."""
     device = tensors[0].device
-    counts = torch.zeros(FINE_BINS, dtype=torch.int64, device=device)
+    on_cpu = device.type == "cpu"
+    counts = np.zeros(FINE_BINS, dtype=np.int64) if on_cpu else \
+        torch.zeros(FINE_BINS, dtype=torch.int64, device=device)
     for t in tensors:
         flat = t.detach().reshape(-1)
         if flat.numel() == 0:
@@ -36,8 +38,11 @@ def octave_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
         if flat.dtype != torch.float32:
             flat = flat.float()  # exact for half types; float64 rounds to the nearest float32
         idx = (flat.view(torch.int32) >> _SHIFT) + (FINE_BINS // 2)  # arithmetic shift: sign -> low half
-        counts += torch.bincount(idx, minlength=FINE_BINS)
-    return counts
+        if on_cpu:  # numpy's bincount is ~4x faster than torch's on CPU (measured)
+            counts += np.bincount(idx.numpy(), minlength=FINE_BINS)
+        else:
+            counts += torch.bincount(idx, minlength=FINE_BINS)
+    return torch.from_numpy(counts) if on_cpu else counts
 
 
 # Host-side decoding of the fine bins --------------------------------------------------

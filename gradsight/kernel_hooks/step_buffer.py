@@ -6,10 +6,9 @@ to the host in a single transfer per step. A new small tensor per step would fra
 the heap (+60 MB per 1,000 steps measured for 192 KB of data); rows reused in place do
 not.
 
-Layout (float64, so that int64 histogram counts and float32 summaries both fit exactly):
-``[stats (2L x FIELDS) | inputs (L) | saturation (L) | params (P x 3) | units (U) | hist (H x 2048)]``
-The histogram region comes last so that steps without histograms transfer only the
-prefix.
+Layout: one float32 tensor ``[stats (2L x FIELDS) | inputs (L) | saturation (L) |
+params (P x 4) | units (U)]`` and one int64 tensor of histogram counts (H x 2048), which
+crosses to the host only on detail steps.
 """
 
 from __future__ import annotations
@@ -17,7 +16,10 @@ from __future__ import annotations
 import torch
 
 from .histogram import FINE_BINS
-from .summary import N_FIELDS, combine
+from .summary import N_FIELDS, F, combine
+
+_LIGHT_UNMEASURED = [F["sum"], F["min"], F["max"], F["nonzero"]]
+_COUNTS = [F["nan"], F["posinf"], F["neginf"]]
 
 PARAM_FIELDS = ("sumsq", "grad_sumsq", "update_sumsq", "step_grad_sumsq")
 
@@ -47,15 +49,14 @@ class StepBuffer:
         self._o_sat = self._o_inputs + L
         self._o_params = self._o_sat + L
         self._o_units = self._o_params + P * len(PARAM_FIELDS)
-        self._o_hist = self._o_units + self._units_size
-        total = self._o_hist + self.n_hist * FINE_BINS
-        self.data = torch.zeros(total, dtype=torch.float64, device=self.device)
+        self._o_end = self._o_units + self._units_size
+        self.data = torch.zeros(self._o_end, dtype=torch.float32, device=self.device)
+        self.hist = torch.zeros(self.n_hist, FINE_BINS, dtype=torch.int64, device=self.device)
         self.stats = self.data[self._o_stats:self._o_inputs].view(2 * L, N_FIELDS)
         self.inputs = self.data[self._o_inputs:self._o_sat]
         self.saturation = self.data[self._o_sat:self._o_params]
         self.params = self.data[self._o_params:self._o_units].view(P, len(PARAM_FIELDS))
-        self.units = self.data[self._o_units:self._o_hist]
-        self.hist = self.data[self._o_hist:].view(self.n_hist, FINE_BINS)
+        self.units = self.data[self._o_units:self._o_end]
 
     def reserve_units(self, units: dict[int, int]) -> None:
         """Grow the buffer, between steps, for per-unit vectors whose size a forward revealed."""
@@ -71,7 +72,10 @@ class StepBuffer:
 
     # --- per step -------------------------------------------------------------------
     def reset(self) -> None:
-        """Host-side bookkeeping of what was written this step (device data is overwritten)."""
+        """Start a step: host-side bookkeeping, and the fields a light step does not measure
+        set to NaN ("unknown") and counts to 0, in two device ops for the whole buffer."""
+        self.stats[:, _LIGHT_UNMEASURED] = float("nan")
+        self.stats[:, _COUNTS] = 0.0
         L, P = self.n_layers, self.n_params
         self.stat_written = [False] * (2 * L)
         self.stat_numel = [0] * (2 * L)
@@ -80,6 +84,16 @@ class StepBuffer:
         self.param_written = [[False] * len(PARAM_FIELDS) for _ in range(P)]
         self.units_written: set[int] = set()
         self.hist_written: set[int] = set()
+
+    def write_sumsq(self, row: int, sumsq: torch.Tensor, numel: int) -> None:
+        """Light step: only the sum of squares (a 0-dim tensor) goes into the row."""
+        target = self.stats[row, F["sumsq"]]
+        if self.stat_written[row]:
+            target.add_(sumsq)
+        else:
+            target.copy_(sumsq)
+            self.stat_written[row] = True
+        self.stat_numel[row] += numel
 
     def write_stats(self, row: int, summary: torch.Tensor, numel: int) -> None:
         if self.stat_written[row]:
@@ -132,20 +146,20 @@ class StepBuffer:
         return True
 
     def fetch(self, with_hist: bool):
-        """The single device-to-host transfer of a step; returns a numpy array."""
-        end = self.data.numel() if with_hist else self._o_hist
-        return self.data[:end].cpu().numpy()
+        """The step's device-to-host transfer (plus the histogram counts on detail steps)."""
+        return self.data.cpu().numpy(), (self.hist.cpu().numpy() if with_hist else None)
 
     # host-side views into a fetched array
-    def host_views(self, host) -> dict:
+    def host_views(self, fetched) -> dict:
+        host, hist = fetched
         L, P = self.n_layers, self.n_params
         out = {
             "stats": host[self._o_stats:self._o_inputs].reshape(2 * L, N_FIELDS),
             "inputs": host[self._o_inputs:self._o_sat],
             "saturation": host[self._o_sat:self._o_params],
             "params": host[self._o_params:self._o_units].reshape(P, len(PARAM_FIELDS)),
-            "units": host[self._o_units:self._o_hist],
+            "units": host[self._o_units:self._o_end],
         }
-        if host.shape[0] > self._o_hist:
-            out["hist"] = host[self._o_hist:].reshape(self.n_hist, FINE_BINS)
+        if hist is not None:
+            out["hist"] = hist
         return out

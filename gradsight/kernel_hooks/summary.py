@@ -17,6 +17,8 @@ sum of squares says something is non-finite.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # Raw, combinable fields of one row. "sum"-like fields add, MIN/MAX take the extremum.
@@ -26,15 +28,12 @@ F = {name: i for i, name in enumerate(FIELDS)}
 _IS_MIN = torch.tensor([name == "min" for name in FIELDS])
 _IS_MAX = torch.tensor([name == "max" for name in FIELDS])
 _HALF = (torch.float16, torch.bfloat16)
+_CPU_ZERO = torch.zeros(())
 
 
 def summarize(x: torch.Tensor) -> torch.Tensor:
     """Return a float32 row of :data:`FIELDS` for ``x`` (on ``x.device``, no host sync on GPU)."""
-    x = x.detach()
-    if x.dtype in _HALF or x.dtype == torch.float64:
-        # half sums overflow; float64 reductions are ~10x slower on CPU for no visible gain
-        x = x.float()
-    flat = x.reshape(-1)
+    flat = _flat32(x)
     if flat.numel() == 0:
         return torch.tensor([0.0, 0.0, float("inf"), float("-inf"), 0, 0, 0, 0], device=x.device)
     total = flat.sum()
@@ -43,9 +42,8 @@ def summarize(x: torch.Tensor) -> torch.Tensor:
     sign = torch.sign(flat)
     nonzero = torch.dot(sign, sign)
     if flat.device.type == "cpu":
-        if torch.isfinite(sumsq):  # free on CPU: no device to wait for
-            zero = total.new_zeros(())
-            nan = posinf = neginf = zero
+        if math.isfinite(float(sumsq)):  # free on CPU: no device to wait for
+            nan = posinf = neginf = _CPU_ZERO
         else:
             nan, posinf, neginf = _nonfinite_counts(flat)
             nonzero = (flat != 0).sum().float() - nan  # sign(NaN) is NaN: count exactly instead
@@ -54,6 +52,35 @@ def summarize(x: torch.Tensor) -> torch.Tensor:
         exact = (flat != 0).sum().float() - nan  # sign(NaN) is NaN; decided on the device
         nonzero = torch.where(torch.isnan(nonzero), exact, nonzero)
     return torch.stack([total, sumsq, lo, hi, nonzero, nan, posinf, neginf])
+
+
+def measure(x: torch.Tensor, detail: bool) -> torch.Tensor:
+    """A full row of :data:`FIELDS` on detail steps; otherwise the light every-step summary.
+
+    Light: one pass, the sum of squares (L2 norm; non-finite if anything is). On CPU it is
+    returned as a 0-dim tensor, and a non-finite value gets the full row, since that is
+    when the extra numbers matter (reading it is free on CPU). On an accelerator the light
+    row also carries the non-finite counts, computed asynchronously; unmeasured fields
+    are NaN.
+    """
+    if detail:
+        return summarize(x)
+    flat = _flat32(x)
+    if flat.numel() == 0:
+        return summarize(flat)
+    sumsq = torch.dot(flat, flat)
+    if flat.device.type == "cpu":
+        return sumsq if math.isfinite(float(sumsq)) else summarize(flat)
+    nan, posinf, neginf = _nonfinite_counts(flat)
+    unknown = torch.full((), float("nan"), device=flat.device)
+    return torch.stack([unknown, sumsq, unknown, unknown, unknown, nan, posinf, neginf])
+
+
+def _flat32(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    if x.dtype in _HALF or x.dtype == torch.float64:
+        x = x.float()  # half sums overflow; float64 reductions are ~10x slower on CPU
+    return x.reshape(-1)
 
 
 def _nonfinite_counts(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

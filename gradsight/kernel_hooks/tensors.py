@@ -17,6 +17,11 @@ _MAX_DEPTH = 6
 
 def float_tensors(obj: object, depth: int = 0) -> Iterator[torch.Tensor]:
     """Yield every floating-point tensor reachable from ``obj``."""
+    if type(obj) is tuple and all(type(o) is torch.Tensor for o in obj):  # the common case, fast
+        for t in obj:
+            if t.is_floating_point():
+                yield t
+        return
     if isinstance(obj, torch.Tensor):
         if obj.is_floating_point():
             yield obj

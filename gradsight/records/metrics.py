@@ -11,6 +11,9 @@ import numpy as np
 from ..kernel_hooks.summary import F
 from .step_record import StepRecord
 
+# Measured only on detail steps (every histogram_every-th): everything but norms and counts.
+DETAIL_METRICS = tuple(f"{p}_{n}" for p in ("act", "grad") for n in ("mean", "std", "min", "max", "zero_frac")) \
+    + ("param_norm", "update_norm", "update_ratio", "saturation")
 STAT_NAMES = ("mean", "std", "min", "max", "norm", "zero_frac", "nan", "posinf", "neginf")
 LAYER_METRICS = (
     tuple(f"act_{n}" for n in STAT_NAMES)

@@ -52,6 +52,7 @@ class StepRecord:
     optimizer_stepped: bool | None = None   # None: no optimizer given, so unknown
     backward_passes: int = 0
     forward_passes: int = 0
+    detail: bool = False      # full statistics, histograms and weight norms were taken this step
     grad_scale: float = 1.0   # GradScaler scale during this step's backward (gs.watch(..., scaler=))
     nan_events: list = field(default_factory=list)  # op-level NaN/Inf events (nan_trace="op")
 

@@ -1,0 +1,137 @@
+"""Overhead of watching a training step: plain vs watched, A/B interleaved.
+
+    python benchmarks/overhead.py [--steps 30] [--warmup 5] [--models mlp,cnn,transformer]
+
+Each round runs one plain step and one watched step of the same model (the order
+alternates every round, so drift hits both arms alike); the table reports the median
+step time of each arm, the median of the per-round ratios and its spread (IQR).
+Settings: torch.set_num_threads(2); default gs.watch() settings, and histograms every
+step (histogram_every=1) as a second watched arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import gradsight as gs  # noqa: E402
+
+
+def mlp():
+    model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                          nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return model, (torch.randn(128, 784),), torch.randint(0, 10, (128,))
+
+
+def cnn():
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+    model = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+    return model, (torch.randn(64, 3, 32, 32),), torch.randint(0, 10, (64,))
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d_model=256, nhead=4, dim_feedforward=1024, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=4, enable_nested_tensor=False)
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(dim=1))
+
+
+def transformer():
+    return Encoder(), (torch.randn(16, 128, 256),), torch.randint(0, 10, (16,))
+
+
+MODELS = {"mlp": ("MLP 784-1024x3-10, batch 128", mlp),
+          "cnn": ("CNN 3 conv (32/64/128) + BN + ReLU, 32x32, batch 64", cnn),
+          "transformer": ("Transformer encoder 4 layers, d=256, 4 heads, seq 128, batch 16", transformer)}
+
+
+def make_step(model, inputs, target, watcher=None):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(*inputs), target)
+        loss.backward()
+        opt.step()
+        if watcher is not None:
+            watcher.step(loss)
+        return time.perf_counter() - t0
+
+    return step
+
+
+def measure(key: str, steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    base, inputs, target = MODELS[key][1]()
+    arms = {}
+    import copy
+
+    for arm in ("plain", "watched", "watched_hist1"):
+        model = copy.deepcopy(base)
+        w = None
+        if arm == "watched":
+            w = gs.watch(model, name=f"{key}-default")
+        elif arm == "watched_hist1":
+            w = gs.watch(model, histogram_every=1, name=f"{key}-hist1")
+        arms[arm] = (make_step(model, inputs, target, w), w)
+    times = {a: [] for a in arms}
+    order = list(arms)
+    for r in range(warmup + steps):
+        seq = order if r % 2 == 0 else order[::-1]
+        for a in seq:
+            dt = arms[a][0]()
+            if r >= warmup:
+                times[a].append(dt)
+    for _, w in arms.values():
+        if w is not None:
+            w.close()
+    out = {"model": MODELS[key][0]}
+    plain = times["plain"]
+    for a in ("watched", "watched_hist1"):
+        ratios = sorted(t / p for t, p in zip(times[a], plain, strict=True))
+        q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+        out[a] = (statistics.median(times[a]), statistics.median(ratios), q1, q3)
+    out["plain"] = statistics.median(plain)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--models", default="mlp,cnn,transformer")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    rows = ["| model | plain step (ms) | watched (ms) | ratio (IQR) | histograms every step (ms) | ratio (IQR) |",
+            "|---|---|---|---|---|---|"]
+    for key in args.models.split(","):
+        r = measure(key, args.steps, args.warmup)
+        w, h = r["watched"], r["watched_hist1"]
+        rows.append(f"| {r['model']} | {r['plain'] * 1e3:.1f} | {w[0] * 1e3:.1f} | {w[1]:.3f}x "
+                    f"({w[2]:.3f}-{w[3]:.3f}) | {h[0] * 1e3:.1f} | {h[1]:.3f}x ({h[2]:.3f}-{h[3]:.3f}) |")
+        print(rows[-1], flush=True)
+    table = "\n".join(rows)
+    header = (f"Overhead of gs.watch(model) per training step, {args.steps} A/B-interleaved rounds after "
+              f"{args.warmup} warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU.\n\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(header + table + "\n")
+    print("\n" + header + table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Per-tensor summaries against a naive numpy re-implementation."""
+
+import numpy as np
+import pytest
+import torch
+
+from gradsight.kernel_hooks.summary import FIELDS, F, combine, measure, summarize
+from gradsight.records.metrics import tensor_stats
+
+
+def naive(x: np.ndarray) -> dict:
+    x = x.astype(np.float64).ravel()
+    fin = x[np.isfinite(x)]
+    return {"n": x.size, "sum": x.sum(), "sumsq": (x * x).sum(), "min": x.min(), "max": x.max(),
+            "nonzero": int(((x != 0) & ~np.isnan(x)).sum()), "nan": int(np.isnan(x).sum()),
+            "posinf": int(np.isposinf(x).sum()), "neginf": int(np.isneginf(x).sum()), "finite": fin}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_summary_matches_numpy(dtype):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(37, 53, generator=g) * 3 + 0.5).to(dtype)
+    x[0, :5] = 0
+    row = summarize(x).double().numpy()
+    ref = naive(x.float().numpy())
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-3
+    assert row[F["sum"]] == pytest.approx(ref["sum"], rel=tol, abs=tol)
+    assert row[F["sumsq"]] == pytest.approx(ref["sumsq"], rel=tol)
+    assert row[F["min"]] == pytest.approx(ref["min"]) and row[F["max"]] == pytest.approx(ref["max"])
+    assert row[F["nonzero"]] == ref["nonzero"]
+    assert row[F["nan"]] == row[F["posinf"]] == row[F["neginf"]] == 0
+    stats = tensor_stats(row[None, :], np.array([x.numel()]))
+    v = x.float().numpy().astype(np.float64)
+    assert stats["mean"][0] == pytest.approx(v.mean(), rel=1e-4, abs=1e-5)
+    assert stats["std"][0] == pytest.approx(v.std(), rel=1e-4)
+    assert stats["norm"][0] == pytest.approx(np.linalg.norm(v), rel=1e-5)
+    assert stats["zero_frac"][0] == pytest.approx((v == 0).mean())
+
+
+def test_nonfinite_values_are_counted_not_dropped():
+    x = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), float("-inf"), 0.0, -2.0, float("nan")])
+    row = summarize(x).numpy()
+    assert (row[F["nan"]], row[F["posinf"]], row[F["neginf"]]) == (2, 1, 2)
+    assert row[F["nonzero"]] == naive(x.numpy())["nonzero"] == 5
+    # the light (every-step) summary of a non-finite tensor is the full one on CPU
+    assert np.array_equal(measure(x, detail=False).numpy(), row, equal_nan=True)
+
+
+def test_light_summary_is_the_sum_of_squares():
+    x = torch.randn(1000)
+    light = measure(x, detail=False)
+    assert light.dim() == 0 and float(light) == pytest.approx(float((x.double() ** 2).sum()), rel=1e-5)
+
+
+def test_combining_rows_equals_summarising_the_concatenation():
+    a, b = torch.randn(100) * 2, torch.randn(57) - 3
+    b[3] = float("inf")
+    merged = combine(summarize(a), summarize(b)).numpy()
+    whole = summarize(torch.cat([a, b])).numpy()
+    for name in FIELDS:
+        if name in ("sum", "sumsq"):  # inf + anything stays inf
+            continue
+        assert merged[F[name]] == pytest.approx(whole[F[name]], rel=1e-5), name
+
+
+def test_empty_tensor_does_not_crash():
+    row = summarize(torch.empty(0, 4)).numpy()
+    assert row[F["sumsq"]] == 0 and row[F["nonzero"]] == 0
