@@ -13,6 +13,7 @@ State lives here, keyed by module index — never on the user's modules or tenso
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable
@@ -40,8 +41,27 @@ MAX_SAMPLES = 4
 MAX_INPUT_BYTES = 8 * 2**20
 
 
+def _foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """L2 norms of many tensors in one fused op (as clip_grad_norm_ does), as float32."""
+    try:
+        norms = torch._foreach_norm(tensors)
+    except Exception:  # mixed devices or an older torch
+        norms = [torch.linalg.vector_norm(t) for t in tensors]
+    return [n if n.dtype == torch.float32 else n.float() for n in norms]
+
+
 def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
+
+
+def _sumsq(flat: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of a flat float32 tensor. On CPU (where reading it is free) a float32
+    overflow — finite values above ~1e19, e.g. gradients under a large loss scale — is redone
+    in float64, so that a non-finite result means a NaN/Inf value, as the detectors assume."""
+    s = torch.dot(flat, flat)
+    if flat.device.type == "cpu" and not math.isfinite(float(s)):
+        s = torch.dot(flat.double(), flat.double())
+    return s
 
 
 def _unit_dims(ndim: int) -> tuple[int, ...] | None:
@@ -152,17 +172,18 @@ class Capture:
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
         self.on_root_forward: Callable[[], None] | None = None
+        self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._register(model, modules)
 
     # --- registration ---------------------------------------------------------------
     def _register(self, model: nn.Module, modules: list[nn.Module]) -> None:
+        self._handles.append(model.register_forward_pre_hook(self._make_root_pre_hook(), with_kwargs=True))
         for i, m in enumerate(modules):
-            self._handles.append(m.register_forward_pre_hook(self._make_pre_hook(i), with_kwargs=True))
-            self._handles.append(m.register_forward_hook(self._make_forward_hook(i)))
-        for j, ref in enumerate(self._params):
+            self._handles.append(m.register_forward_hook(self._make_forward_hook(i), with_kwargs=True))
+        for ref in self._params:
             p = ref()
             if p is not None and p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._make_param_hook(j)))
+                self._handles.append(p.register_post_accumulate_grad_hook(self._param_hook))
 
     def remove(self) -> None:
         """Remove every hook this capture placed: modules, parameters and live tensors."""
@@ -194,6 +215,7 @@ class Capture:
         self.backward_passes = 0
         self.forward_passes = 0
         self.touched = False  # any hook did something this step
+        self._end_queued = False
 
     def _live(self) -> bool:
         """Capture only training forwards: grad enabled and the model in train mode."""
@@ -203,42 +225,48 @@ class Capture:
         return model is not None and model.training
 
     # --- hooks ----------------------------------------------------------------------
-    def _make_pre_hook(self, i: int):
+    def _make_root_pre_hook(self):
         def pre_hook(module, args, kwargs):
-            if i == 0 and self.on_root_forward is not None and not self._closed \
-                    and torch.is_grad_enabled() and not _in_backward():
+            if self._closed or not torch.is_grad_enabled() or _in_backward():
+                return None
+            if self.on_root_forward is not None:
                 self.on_root_forward()  # the watcher may close a step a GradScaler skipped
             if not self._live():
                 return None
             try:
-                in_bwd = _in_backward()
-                if in_bwd and i in self._fwd_seen:
-                    return None  # activation checkpointing recomputes: counted once
-                if i == 0 and not in_bwd:
-                    self._fwd_start = time.perf_counter()
-                    self.forward_passes += 1
-                    if self.measure_update and self._snapshot is None:
-                        self._take_snapshot()
-                sources = self._input_sources.setdefault(i, set())
-                for t in float_tensors(args if not kwargs else (args, kwargs)):
-                    hit = self._produced.get(tensor_key(t))
-                    if hit is not None and hit[0]() is t:
-                        sources.add(hit[2])
-                    elif t.numel():
-                        # an input no watched module produced: one pass tells finite or not
-                        self.buffer.add_input(i, t.detach().sum(dtype=torch.float32))
-                if not in_bwd and self.detail and i in self.keep_inputs:
-                    sliced = _slice_inputs(args, kwargs)
-                    if sliced is not None:
-                        self.last_inputs[i] = (-1, *sliced)  # step filled in at harvest
+                self._fwd_start = time.perf_counter()
+                self.forward_passes += 1
+                if self.measure_update and self._snapshot is None:
+                    self._take_snapshot()
             except Exception as exc:  # a debugger must never break the training step
-                self._on_error(self.names[i], exc)
+                self._on_error(self.names[0], exc)
             return None
 
         return pre_hook
 
+    def _note_inputs(self, i: int, args: tuple, kwargs: dict, outputs: list[torch.Tensor]) -> None:
+        """Where each input came from (for the NaN origin), and a copy for the in-model gradcheck.
+
+        Done after the forward (one hook per module instead of two): an input that is one of
+        the outputs (an in-place module) says nothing about the inputs' finiteness.
+        """
+        sources = self._input_sources.setdefault(i, set())
+        for t in float_tensors(args if not kwargs else (args, kwargs)):
+            if any(t is o for o in outputs):
+                continue
+            hit = self._produced.get(tensor_key(t))
+            if hit is not None and hit[0]() is t:
+                sources.add(hit[2])
+            elif t.numel():
+                # an input no watched module produced: one pass tells finite or not
+                self.buffer.add_input(i, t.detach().sum(dtype=torch.float32))
+        if self.detail and i in self.keep_inputs:
+            sliced = _slice_inputs(args, kwargs)
+            if sliced is not None:
+                self.last_inputs[i] = (-1, *sliced)  # the step is filled in at harvest
+
     def _make_forward_hook(self, i: int):
-        def forward_hook(module, args, output):
+        def forward_hook(module, args, kwargs, output):
             if not self._live():
                 return None
             try:
@@ -252,6 +280,7 @@ class Capture:
                 if i == 0 and self._fwd_start is not None and not in_bwd:
                     self.forward_s += time.perf_counter() - self._fwd_start
                 tensors = list(float_tensors(output))
+                self._note_inputs(i, args, kwargs, tensors)
                 if not tensors:
                     return None
                 self.dtypes.setdefault(i, str(tensors[0].dtype).replace("torch.", ""))
@@ -311,6 +340,7 @@ class Capture:
                     self._bwd_first = now
                 self._bwd_last = now
                 self.touched = True
+                self._queue_end_of_backward()
                 if 0 in rows:
                     self.backward_passes += 1
                 summary = measure(grad, self.detail)
@@ -329,21 +359,48 @@ class Capture:
 
         return grad_hook
 
-    def _make_param_hook(self, j: int):
-        def param_hook(p):
-            if self._closed or not self.capturing or p.grad is None:
-                return
-            try:
-                self._bwd_last = time.perf_counter()
-                g = p.grad.detach().reshape(-1)
-                if g.dtype != torch.float32:
-                    g = g.float()
-                # the accumulated gradient so far: with gradient accumulation the last call wins
-                self.buffer.set_param(j, 1, torch.dot(g, g))
-            except Exception as exc:
-                self._on_error(self.param_names[j], exc)
+    def _param_hook(self, p) -> None:
+        """A parameter's gradient was accumulated: make sure the end of this backward pass
+        measures all parameter gradients at once (cheap: no tensor work here)."""
+        if not self._closed and self.capturing:
+            self._queue_end_of_backward()
 
-        return param_hook
+    def _queue_end_of_backward(self) -> None:
+        if not self._end_queued:
+            self._end_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+
+    def _end_of_backward(self) -> None:
+        """All of one backward pass is done: one fused norm over every parameter gradient.
+
+        This is the accumulated gradient before any clipping (clipping runs after backward);
+        with gradient accumulation each pass overwrites, so the last one — the total — wins.
+        """
+        self._end_queued = False
+        if self._closed:
+            return
+        try:
+            self._bwd_last = time.perf_counter()
+            self._param_norms(field=1, of_grad=True)
+        except Exception as exc:
+            self._on_error("<parameters>", exc)
+
+    def _param_norms(self, field: int, of_grad: bool) -> None:
+        index, tensors = [], []
+        for j, ref in enumerate(self._params):
+            p = ref()
+            t = None if p is None else (p.grad if of_grad else p)
+            if t is not None:
+                index.append(j)
+                tensors.append(t.detach())
+        if not tensors:
+            return
+        norms = _foreach_norm(tensors)
+        key = tuple(index)
+        idx = self._index_cache.get(key)
+        if idx is None:
+            idx = self._index_cache[key] = torch.tensor(index, device=self.buffer.device)
+        self.buffer.set_params(idx, index, field, torch.stack(norms) ** 2)
 
     def _units(self, i: int, y: torch.Tensor) -> None:
         dims = _unit_dims(y.dim())
@@ -378,7 +435,7 @@ class Capture:
                 if p is not None and p.grad is not None:
                     g = p.grad.detach().reshape(-1)
                     g = g if g.dtype == torch.float32 else g.float()
-                    self.buffer.set_param(j, 3, torch.dot(g, g))
+                    self.buffer.set_param(j, 3, _sumsq(g))
         if self.measure_update and self._snapshot is None:
             self._take_snapshot()
 
@@ -393,7 +450,7 @@ class Capture:
                     continue
                 w = p.detach().reshape(-1)
                 w = w if w.dtype == torch.float32 else w.float()
-                buf.set_param(j, 0, torch.dot(w, w))
+                buf.set_param(j, 0, _sumsq(w))
                 if self._snapshot is not None and self._snapshot[j] is not None:
                     d = (p.detach() - self._snapshot[j]).reshape(-1).float()
                     buf.set_param(j, 2, torch.dot(d, d))
@@ -403,13 +460,11 @@ class Capture:
                           if self.param_layer[j] == i and (p := ref()) is not None]
                     if ps:
                         buf.add_hist((i, "weight"), octave_counts(ps))
-            pending = {i: t.cpu().numpy() for i, t in self._pending_units.items()}  # first step only
+            if self._pending_units:  # unit vectors first seen this step get their rows now
+                buf.reserve_units(self._pending_units)
             host = buf.fetch(with_hist=self.detail)
         views = buf.host_views(host)
-        rec = self._record(step, views, pending)
-        # reserve room for unit vectors first seen this step, then start clean
-        if pending:
-            buf.reserve_units({i: v.size for i, v in pending.items()})
+        rec = self._record(step, views)
         for i, entry in list(self.last_inputs.items()):
             if entry[0] == -1:
                 self.last_inputs[i] = (step, entry[1], entry[2])
@@ -420,7 +475,7 @@ class Capture:
         self._reset_step_state()
         return rec
 
-    def _record(self, step: int, v: dict, pending_units: dict) -> StepRecord:
+    def _record(self, step: int, v: dict) -> StepRecord:
         buf = self.buffer
         L = len(self.names)
         stats = v["stats"].copy()
@@ -428,7 +483,9 @@ class Capture:
         stats[~written] = np.nan
         numel = np.asarray(buf.stat_numel, dtype=np.float64)
         # input finiteness: own unknown inputs, plus the outputs of the modules that produced them
-        act_finite = np.isfinite(stats[:L, F["sumsq"]])
+        # a sum of squares can overflow for finite values: where counts were taken, they decide
+        counts = stats[:L, F["nan"]] + stats[:L, F["posinf"]] + stats[:L, F["neginf"]]
+        act_finite = np.where(np.isnan(counts), np.isfinite(stats[:L, F["sumsq"]]), counts == 0)
         input_finite = np.full(L, np.nan)
         for i, sources in self._input_sources.items():
             ok = True
@@ -444,7 +501,7 @@ class Capture:
         params = v["params"].copy()
         seen = np.asarray(buf.param_written, dtype=bool).reshape(len(self._params), params.shape[1])
         params[~seen] = np.nan
-        units = dict(pending_units)
+        units = {}
         for i in buf.units_written:
             off, size = buf.units_offsets[i]
             units[i] = v["units"][off:off + size].copy()
@@ -473,4 +530,5 @@ class Capture:
             dtypes=dict(self.dtypes), grad_dtypes=dict(self.grad_dtypes),
             forward_s=self.forward_s if self.forward_passes else float("nan"), backward_s=backward_s,
             backward_passes=self.backward_passes, forward_passes=self.forward_passes, detail=self.detail,
+            input_sources={i: tuple(sorted(s)) for i, s in self._input_sources.items() if s},
         )

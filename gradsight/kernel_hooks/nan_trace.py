@@ -38,7 +38,8 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 MAX_EVENTS = 16          # per step: the first ones are what matters
 MAX_NODE_INFO = 1 << 16  # forward ops remembered per step (bounded even for huge graphs)
 
-_SKIP_DIRS = tuple(os.path.dirname(p) + os.sep for p in (torch.__file__, os.path.dirname(__file__)))
+_GRADSIGHT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_SKIP_DIRS = (os.path.dirname(torch.__file__) + os.sep, _GRADSIGHT_DIR)
 _STDLIB = sysconfig.get_paths().get("stdlib", "\0")
 
 
@@ -87,6 +88,21 @@ class _SourceFinder:
         return None
 
 
+class _SkipOps(dict):
+    """Ops that cannot create a NaN: views (they alias their input) and allocations whose
+    memory is uninitialised until a later op fills it. Decided once per op overload."""
+
+    _ALLOC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted",
+              "resize_", "set_", "detach", "lift_fresh", "alias"}
+
+    def __contains__(self, func) -> bool:
+        hit = self.get(func)
+        if hit is None:
+            name = getattr(getattr(func, "overloadpacket", None), "__name__", "")
+            hit = self[func] = bool(getattr(func, "is_view", False)) or name in self._ALLOC
+        return hit
+
+
 def _fmt_source(src: tuple[str, int] | None) -> str:
     return f"{src[0]}:{src[1]}" if src else ""
 
@@ -127,6 +143,14 @@ class _Mode(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         tr = self.tracer
         try:
+            if func in tr._skip_ops:
+                return out
+            code = sys._getframe(1).f_code
+            ours = tr._ours.get(code)
+            if ours is None:
+                ours = tr._ours[code] = code.co_filename.startswith(_GRADSIGHT_DIR)
+            if ours:
+                return out  # gradsight's own capture work (summaries run inside backward hooks)
             node = torch._C._current_autograd_node()
             if node is None:
                 if not torch.is_grad_enabled():
@@ -164,6 +188,8 @@ class NanTracer:
         self._node_info: dict[int, tuple] = {}
         self._last_seq = -1
         self._find_source = _SourceFinder()
+        self._ours: dict = {}
+        self._skip_ops = _SkipOps()
         self.errors: list[str] = []
         self._handles = []
         self._model = weakref.ref(model)

@@ -43,6 +43,7 @@ class StepBuffer:
 
     # --- layout ---------------------------------------------------------------------
     def _allocate(self) -> None:
+        """(Re)create the device tensors and the views hooks write into."""
         L, P = self.n_layers, self.n_params
         self._o_stats = 0
         self._o_inputs = self._o_stats + 2 * L * N_FIELDS
@@ -51,24 +52,28 @@ class StepBuffer:
         self._o_units = self._o_params + P * len(PARAM_FIELDS)
         self._o_end = self._o_units + self._units_size
         self.data = torch.zeros(self._o_end, dtype=torch.float32, device=self.device)
-        self.hist = torch.zeros(self.n_hist, FINE_BINS, dtype=torch.int64, device=self.device)
+        if getattr(self, "hist", None) is None:
+            self.hist = torch.zeros(self.n_hist, FINE_BINS, dtype=torch.int64, device=self.device)
         self.stats = self.data[self._o_stats:self._o_inputs].view(2 * L, N_FIELDS)
         self.inputs = self.data[self._o_inputs:self._o_sat]
         self.saturation = self.data[self._o_sat:self._o_params]
         self.params = self.data[self._o_params:self._o_units].view(P, len(PARAM_FIELDS))
         self.units = self.data[self._o_units:self._o_end]
 
-    def reserve_units(self, units: dict[int, int]) -> None:
-        """Grow the buffer, between steps, for per-unit vectors whose size a forward revealed."""
-        grew = False
-        for row, size in units.items():
-            if self.units_offsets.get(row, (0, -1))[1] != size:
-                self.units_offsets[row] = (self._units_size, size)
-                self._units_size += size
-                grew = True
-        if grew:
-            self._allocate()
-            self.reset()
+    def reserve_units(self, units: dict[int, torch.Tensor]) -> None:
+        """Make room for per-unit vectors whose size a forward just revealed (first step of a
+        ReLU layer) and write them in, keeping everything written so far this step."""
+        old = self.data
+        for row, vec in units.items():
+            if self.units_offsets.get(row, (0, -1))[1] != vec.numel():
+                self.units_offsets[row] = (self._units_size, vec.numel())
+                self._units_size += vec.numel()
+        self._allocate()
+        n = min(old.numel(), self.data.numel())
+        self.data[:n].copy_(old[:n])  # units sit last, so earlier offsets are unchanged
+        for row, vec in units.items():
+            self.units_written.discard(row)
+            self.max_units(row, vec)
 
     # --- per step -------------------------------------------------------------------
     def reset(self) -> None:
@@ -120,6 +125,12 @@ class StepBuffer:
     def set_param(self, index: int, field: int, value: torch.Tensor) -> None:
         self.params[index, field].copy_(value)
         self.param_written[index][field] = True
+
+    def set_params(self, idx: torch.Tensor, index: list[int], field: int, values: torch.Tensor) -> None:
+        """Write one field of many parameters in one op (``idx`` is ``index`` on the device)."""
+        self.params[:, field].index_copy_(0, idx, values.to(self.params.dtype))
+        for j in index:
+            self.param_written[j][field] = True
 
     def max_units(self, row: int, value: torch.Tensor) -> bool:
         """Per-unit running max of a ReLU-family output; False if no room is reserved yet."""

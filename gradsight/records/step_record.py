@@ -55,6 +55,9 @@ class StepRecord:
     detail: bool = False      # full statistics, histograms and weight norms were taken this step
     grad_scale: float = 1.0   # GradScaler scale during this step's backward (gs.watch(..., scaler=))
     nan_events: list = field(default_factory=list)  # op-level NaN/Inf events (nan_trace="op")
+    # layer -> the watched layers whose outputs it took as inputs this step (the module graph;
+    # the detectors use it to find which module's backward turned a gradient non-finite)
+    input_sources: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
