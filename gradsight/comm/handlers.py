@@ -1,0 +1,71 @@
+"""One function per request kind; the table HANDLERS is the whole of what a panel can ask.
+
+A handler only reads watchers through their public API and builds a reply; nothing from the
+request is ever evaluated, imported or used as an attribute name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import payloads
+from .errors import ProtocolError
+from .limits import MAX_HIST_STEPS
+
+if TYPE_CHECKING:
+    from .session import Session
+
+Handler = Callable[["Session", dict[str, Any]], payloads.Message]
+
+
+def hello(session: Session, req: dict[str, Any]) -> payloads.Message:
+    return payloads.status(session.sources, req["id"])
+
+
+def get_snapshot(session: Session, req: dict[str, Any]) -> payloads.Message:
+    w = session.sources.find(req["watcher"])
+    session.follow(watcher=w.name)
+    return session.snapshot_of(w, req["id"])
+
+
+def get_layer(session: Session, req: dict[str, Any]) -> payloads.Message:
+    w = session.sources.find(req["watcher"])
+    msg = payloads.layer(w, req["layer"], req.get("max_steps", MAX_HIST_STEPS), req["id"])
+    session.follow(watcher=w.name, layer=req["layer"] if req.get("follow", True) else None)
+    return msg
+
+
+def get_gradcheck_reports(session: Session, req: dict[str, Any]) -> payloads.Message:
+    reports = session.sources.gradcheck_reports()
+    if reports is None:
+        raise ProtocolError("unavailable", "gradcheck is not available in this kernel's gradsight")
+    return payloads.gradcheck_reports(reports, req["id"])
+
+
+def run_gradcheck(session: Session, req: dict[str, Any]) -> payloads.Message:
+    """Runs the model's layer on the kernel's thread state, so never while a cell executes."""
+    if session.hub.executing:
+        raise ProtocolError("busy", "a cell is running; run the gradcheck when the kernel is idle")
+    w = session.sources.find(req["watcher"])
+    layer = req["layer"]
+    mode = req.get("mode", "full")
+    try:
+        report = w.gradcheck(layer, mode=mode)
+    except ValueError as e:
+        raise ProtocolError("not_found", f"gradcheck of {layer!r}: {e}") from None
+    except Exception as e:
+        raise ProtocolError("internal", f"gradcheck of {layer!r} failed: {type(e).__name__}: {e}") from None
+    reports = session.sources.gradcheck_reports() or []
+    if not any(r is report for r in reports):
+        reports = [*reports, report]
+    return payloads.gradcheck_reports(reports, req["id"])
+
+
+HANDLERS: dict[str, Handler] = {
+    "hello": hello,
+    "get_snapshot": get_snapshot,
+    "get_layer": get_layer,
+    "get_gradcheck_reports": get_gradcheck_reports,
+    "run_gradcheck": run_gradcheck,
+}

@@ -1,0 +1,344 @@
+"""Outgoing messages built from watchers: status, snapshot, layer and gradcheck_reports.
+
+Pure functions of what the watcher API returns (pandas/numpy), so they work the same for a
+live watcher and a fake; every size is capped here (see limits.py).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import convert
+from .buffers import Packer
+from .errors import ProtocolError
+from .histcache import Hist, HistogramCache
+from .limits import (
+    MAX_COLUMNS,
+    MAX_FINDINGS,
+    MAX_LAYERS,
+    MAX_REPORT_TENSORS,
+    MAX_REPORTS,
+    MAX_SHORT_TEXT,
+    MAX_STEPS,
+    MAX_TEXT,
+    MAX_WATCHERS,
+)
+from .schema import PROTOCOL_VERSION
+
+Message = tuple[dict[str, Any], list[memoryview]]
+_COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+HISTOGRAM_KINDS = ("grad", "activation", "weight")
+
+
+def _version() -> str:
+    try:
+        from gradsight import __version__
+
+        return str(__version__)
+    except Exception:
+        return "unknown"
+
+
+def _torch_version() -> str:
+    try:
+        import torch
+
+        return str(torch.__version__)[:64]
+    except Exception:
+        return "unavailable"
+
+
+def _name(x: Any) -> str:
+    t = convert.text(x, MAX_SHORT_TEXT)
+    return "?" if t is None else t
+
+
+def watcher_summary(w: Any) -> dict[str, Any]:
+    try:
+        n_layers = len(w.layers())
+    except Exception:
+        n_layers = 0
+    return {
+        "name": convert.text(w.name, MAX_SHORT_TEXT) or "?",
+        "step_count": convert.count(w.step_count),
+        "n_layers": n_layers,
+    }
+
+
+def status(sources: Any, request_id: str | None = None) -> Message:
+    watchers = sources.watchers()[:MAX_WATCHERS]
+    msg = {
+        "v": PROTOCOL_VERSION,
+        "kind": "status",
+        "id": request_id,
+        "gradsight_version": _version()[:64],
+        "protocol": PROTOCOL_VERSION,
+        "kernel": {"python": platform.python_version(), "torch": _torch_version(), "pid": os.getpid()},
+        "watchers": [watcher_summary(w) for w in watchers],
+        "features": {
+            "watchers": sources.registry is not None,
+            "gradcheck": sources.gradcheck_reports() is not None,
+        },
+    }
+    return msg, []
+
+
+_last_block: tuple[Any, ...] = (None, None, None)  # (frame, skip, result); swapped whole: thread-safe
+
+
+def _numeric_block(df: pd.DataFrame, skip: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
+    """The numeric (and bool) columns as one float64 matrix: one conversion, not one per column
+    (pandas per-column access dominated the cost of a push); a push's two messages share it."""
+    global _last_block
+    frame, last_skip, result = _last_block
+    if frame is df and last_skip == skip:
+        return result
+    result = _numeric_block_uncached(df, skip)
+    _last_block = (df, skip, result)
+    return result
+
+
+def _numeric_block_uncached(df: pd.DataFrame, skip: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    cols = [
+        c
+        for c, dt in df.dtypes.items()
+        if isinstance(c, str)
+        and c not in skip
+        and _COLUMN_NAME.match(c)
+        and (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
+    ][:MAX_COLUMNS]
+    if not cols:
+        return [], np.empty((len(df), 0))
+    return cols, df[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _decimate(n: int, limit: int) -> np.ndarray:
+    """Evenly spaced row indices, first and last kept: a long run still shows its whole curve."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+def finding_row(row: dict[str, Any]) -> dict[str, Any]:
+    severity = str(row.get("severity") or "info")
+    return {
+        "step": convert.integer(row.get("step")),
+        "last_step": convert.integer(row.get("last_step")),
+        "count": convert.integer(row.get("count")),
+        "layer": convert.text(row.get("layer"), MAX_SHORT_TEXT),
+        "kind": convert.text(row.get("kind"), 64) or "unknown",
+        "severity": severity if severity in _SEVERITY_RANK else "info",
+        "message": convert.text(row.get("message"), MAX_TEXT),
+        "hint": convert.text(row.get("hint"), MAX_TEXT),
+        "phase": convert.text(row.get("phase"), MAX_SHORT_TEXT),
+        "op": convert.text(row.get("op"), MAX_SHORT_TEXT),
+        "source": convert.text(row.get("source"), MAX_SHORT_TEXT),
+        "value": convert.number(row.get("value")),
+        "threshold": convert.number(row.get("threshold")),
+    }
+
+
+def findings(df: pd.DataFrame) -> dict[str, Any]:
+    """The most severe, then most recent, findings first; the total says how many were cut."""
+    total = len(df)
+    if total == 0:
+        return {"total": 0, "rows": []}
+    rank = df["severity"].map(lambda s: _SEVERITY_RANK.get(str(s), 3)) if "severity" in df else 0
+    step = pd.to_numeric(df["step"], errors="coerce").fillna(-1) if "step" in df else 0
+    order = pd.DataFrame({"rank": rank, "step": step}).sort_values(["rank", "step"], ascending=[True, False])
+    picked = df.loc[order.index[:MAX_FINDINGS]]
+    return {"total": total, "rows": [finding_row(r) for r in picked.to_dict("records")]}
+
+
+def snapshot(
+    w: Any,
+    request_id: str | None = None,
+    *,
+    layers: pd.DataFrame | None = None,
+    findings_part: dict[str, Any] | None = None,
+) -> Message:
+    """Per-layer statistics, the per-step series and the findings of one watcher.
+
+    `layers` and `findings_part` let a push reuse what it already computed this step.
+    """
+    packer = Packer()
+    layers = w.layers() if layers is None else layers
+    n = min(len(layers), MAX_LAYERS)
+    names = [_name(x) for x in layers["layer"].iloc[:n]] if n else []
+    types = (
+        [convert.text(x, 128) or "" for x in layers["type"].iloc[:n]]
+        if "type" in layers.columns and n
+        else [""] * n
+    )
+    cols, block = _numeric_block(layers, ("layer",))
+    layer_cols = {c: packer.ref(block[:n, j]) for j, c in enumerate(cols)}
+
+    steps = w.steps()
+    idx = _decimate(len(steps), MAX_STEPS)
+    cols, block = _numeric_block(steps)
+    step_cols = {c: packer.ref(block[idx, j]) for j, c in enumerate(cols)}
+    msg = {
+        "v": PROTOCOL_VERSION,
+        "kind": "snapshot",
+        "id": request_id,
+        "watcher": {
+            "name": w.name[:MAX_SHORT_TEXT],
+            "step_count": convert.count(w.step_count),
+            "n_layers": len(layers),
+        },
+        "selected_layer": None,
+        "layers": {"names": names, "types": types, "total": len(layers), "columns": layer_cols},
+        "steps": {"total": len(steps), "columns": step_cols},
+        "findings": findings(w.findings()) if findings_part is None else findings_part,
+    }
+    return msg, packer.buffers
+
+
+def _histograms(
+    w: Any, layer: str, of: str, max_steps: int, packer: Packer, cache: HistogramCache | None
+) -> list[dict[str, Any]]:
+    try:
+        steps = list(w.histogram_steps(layer, of=of))[-max_steps:]
+    except ValueError:  # e.g. no weight histogram for a parameter-free layer
+        return []
+    out = []
+    for s in steps:
+        h = cache.get(w, layer, of, s) if cache is not None else None
+        if h is None:
+            try:
+                h = Hist.of(w.histogram(layer, of=of, step=s), s)
+            except ValueError:
+                continue
+            if cache is not None:
+                cache.put(w, layer, of, s, h)
+        out.append(
+            {
+                "step": h.step,
+                "edges": packer.ref(h.edges),
+                "counts": packer.ref(h.counts, "int64"),
+                "nan": h.nan,
+                "posinf": h.posinf,
+                "neginf": h.neginf,
+                "zero": h.zero,
+            }
+        )
+    return out
+
+
+def layer_of(layers: pd.DataFrame, name: str) -> int:
+    """Row index of `name` in layers(); unknown names are the panel's error, not ours."""
+    hits = np.flatnonzero(layers["layer"].to_numpy() == name)
+    if hits.size == 0:
+        raise ProtocolError("not_found", f"no watched layer named {name!r}")
+    return int(hits[0])
+
+
+def layer(
+    w: Any,
+    name: str,
+    max_steps: int,
+    request_id: str | None = None,
+    *,
+    layers: pd.DataFrame | None = None,
+    cache: HistogramCache | None = None,
+) -> Message:
+    """Latest statistics and histograms over steps of one layer (unknown layer: not_found)."""
+    packer = Packer()
+    layers = w.layers() if layers is None else layers
+    i = layer_of(layers, name)
+    cols, block = _numeric_block(layers, ("layer",))
+    stats = {c: convert.number(block[i, j]) for j, c in enumerate(cols)}
+    layer_type = layers["type"].iloc[i] if "type" in layers.columns else ""
+    msg = {
+        "v": PROTOCOL_VERSION,
+        "kind": "layer",
+        "id": request_id,
+        "watcher": w.name[:MAX_SHORT_TEXT],
+        "layer": name,
+        "type": convert.text(layer_type, 128) or "",
+        "stats": stats,
+        "histograms": {of: _histograms(w, name, of, max_steps, packer, cache) for of in HISTOGRAM_KINDS},
+    }
+    return msg, packer.buffers
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    try:
+        d = report.to_dict()
+        return d if isinstance(d, dict) else {}
+    except Exception:
+        return {}
+
+
+def gradcheck_report(report: Any) -> dict[str, Any]:
+    d = _report_dict(report)
+
+    def field(key: str) -> Any:
+        return getattr(report, key, None) if getattr(report, key, None) is not None else d.get(key)
+
+    try:
+        frame = report.to_frame()
+        rows = frame.to_dict("records")[:MAX_REPORT_TENSORS]
+    except Exception:
+        rows = []
+    tensors = []
+    for r in rows:
+        shape = convert.int_list(r.get("shape"))
+        tensors.append(
+            {
+                "name": convert.text(r.get("name"), MAX_SHORT_TEXT) or "?",
+                "shape": shape if shape is not None else [],
+                "passed": bool(r.get("passed")),
+                "max_abs_err": convert.number(r.get("max_abs_err")),
+                "max_rel_err": convert.number(r.get("max_rel_err")),
+                "worst_index": convert.int_list(r.get("worst_index")),
+                "analytic": convert.number(r.get("analytic")),
+                "numeric": convert.number(r.get("numeric")),
+            }
+        )
+    layer_name = convert.text(field("layer"), MAX_SHORT_TEXT)
+    fn = convert.text(field("fn"), 64)
+    if layer_name is not None:
+        title = f"{layer_name} ({fn})" if fn else layer_name
+    else:
+        title = fn or type(report).__name__
+    return {
+        "title": convert.text(title, MAX_SHORT_TEXT) or "gradcheck",
+        "step": convert.integer(field("step")),
+        "watcher": convert.text(field("watcher"), MAX_SHORT_TEXT),
+        "layer": layer_name,
+        "mode": convert.text(field("mode"), MAX_SHORT_TEXT),
+        "passed": bool(field("passed")),
+        "tensors": tensors,
+    }
+
+
+def gradcheck_reports(reports: list[Any], request_id: str | None = None) -> Message:
+    """Newest first; at most MAX_REPORTS."""
+    newest_first = list(reversed(reports))[:MAX_REPORTS]
+    msg = {
+        "v": PROTOCOL_VERSION,
+        "kind": "gradcheck_reports",
+        "id": request_id,
+        "total": len(reports),
+        "reports": [gradcheck_report(r) for r in newest_first],
+    }
+    return msg, []
+
+
+def error(code: str, message: str, request_id: str | None = None, request_kind: str | None = None) -> Message:
+    return {
+        "v": PROTOCOL_VERSION,
+        "kind": "error",
+        "id": request_id,
+        "code": code,
+        "message": message[:MAX_TEXT],
+        "request_kind": request_kind[:64] if request_kind else None,
+    }, []

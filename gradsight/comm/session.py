@@ -1,0 +1,168 @@
+"""One open comm with one panel: receives requests, sends replies and pushes.
+
+Requests may arrive on a kernel subshell thread (JupyterLab 4.6 sends comm messages over
+subshells, so the panel is served while a cell runs) while pushes come from w.step() on the
+main thread: selection state and sends are guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import payloads
+from .errors import ProtocolError
+from .handlers import HANDLERS
+from .histcache import HistogramCache
+from .limits import FINDINGS_EVERY_S, PUSH_HIST_STEPS
+from .log import log
+from .schema import parse_request
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+
+class Session:
+    """The kernel end of one comm. `confirmed` is False for a comm the kernel opened itself
+    (on import) until the panel sends its first request; see Hub.on_cell_start."""
+
+    def __init__(self, comm: Any, hub: Hub, *, confirmed: bool = True):
+        self.comm = comm
+        self.hub = hub
+        self.confirmed = confirmed
+        self.cell_ended = False
+        self.closed = False
+        self._lock = threading.RLock()
+        self._watcher: str | None = None  # followed watcher; None: the most recent one
+        self._layer: str | None = None  # followed layer; None: first flagged, else first
+        self._push_failures: set[str] = set()
+        self._hists = HistogramCache()
+        self._findings: tuple[Any, float, dict[str, Any]] | None = None  # (watcher, time, payload)
+        comm.on_msg(self._on_msg)
+        comm.on_close(self._on_close)
+        hub.attach(self)
+
+    @property
+    def sources(self) -> Any:
+        return self.hub.sources
+
+    # -- incoming ---------------------------------------------------------------------------
+    def _on_msg(self, msg: dict[str, Any]) -> None:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        data = content.get("data") if isinstance(content, dict) else None
+        self.handle(data, msg.get("buffers") if isinstance(msg, dict) else None)
+
+    def handle(self, data: Any, buffers: list | None = None) -> None:
+        """Answer one request; every failure becomes an `error` reply and a log line."""
+        req: dict[str, Any] | None = None
+        try:
+            req = parse_request(data, buffers)
+            self.confirmed = True
+            reply = HANDLERS[req["kind"]](self, req)
+        except ProtocolError as e:
+            if req is not None:  # raised by a handler: answer to that request
+                e.request_id, e.request_kind = req["id"], req["kind"]
+            log.warning("refused %s request (%s): %s", e.request_kind or "a", e.code, e.message)
+            reply = payloads.error(e.code, e.message, e.request_id, e.request_kind)
+        except Exception as e:  # a bug or a watcher changing under us: answer, never raise
+            req_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
+            log.warning("failed to answer a request: %s: %s", type(e).__name__, e)
+            reply = payloads.error(
+                "internal", f"{type(e).__name__}: {e}", req_id if req_id and len(req_id) <= 64 else None
+            )
+        self.send(reply)
+
+    def _on_close(self, msg: Any = None) -> None:
+        self.closed = True
+        self.hub.detach(self)
+
+    # -- selection ---------------------------------------------------------------------------
+    def follow(self, watcher: str | None = None, layer: str | None = None) -> None:
+        with self._lock:
+            if watcher is not None and watcher != self._watcher:
+                self._watcher = watcher
+                self._layer = None
+            if layer is not None:
+                self._layer = layer
+
+    def snapshot_of(self, w: Any, request_id: str | None = None, **kw: Any) -> payloads.Message:
+        msg, buffers = payloads.snapshot(w, request_id, **kw)
+        msg["selected_layer"] = self._pick_layer(msg)
+        return msg, buffers
+
+    def _pick_layer(self, snapshot: dict[str, Any]) -> str | None:
+        names = snapshot["layers"]["names"]
+        with self._lock:
+            if self._layer is not None and self._layer in names:
+                return self._layer
+        for row in snapshot["findings"]["rows"]:
+            if row["severity"] != "info" and row["layer"] in names:
+                return row["layer"]
+        return names[0] if names else None
+
+    # -- outgoing ---------------------------------------------------------------------------
+    def send(self, message: payloads.Message) -> None:
+        data, buffers = message
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self.comm.send(data=data, buffers=buffers or None)
+            except Exception as e:
+                log.warning("could not send %s: %s: %s", data.get("kind"), type(e).__name__, e)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            self.comm.close()
+        except Exception as e:
+            log.warning("could not close comm: %s", e)
+        self.hub.detach(self)
+
+    def push_status(self) -> None:
+        self.send(payloads.status(self.sources))
+
+    def push_update(self, trigger: Any = None, fresh: bool = True) -> None:
+        """Snapshot + selected layer of the followed watcher, if `trigger` (a watcher) is it.
+
+        Runs inside w.step(), so it reuses what it can: one layers() frame for both
+        messages, cached histograms, and findings re-read at most once a second unless
+        `fresh` (the final push of a cell).
+        """
+        if self.closed:
+            return
+        try:
+            with self._lock:
+                name = self._watcher
+            w = self.sources.find(name)
+        except ProtocolError:
+            return
+        if trigger is not None and trigger is not w:
+            return
+        try:
+            layers = w.layers()
+            now = time.monotonic()
+            cached = self._findings
+            if fresh or cached is None or cached[0] is not w or now - cached[1] >= FINDINGS_EVERY_S:
+                cached = (w, now, payloads.findings(w.findings()))
+                self._findings = cached
+            snap = self.snapshot_of(w, layers=layers, findings_part=cached[2])
+            self.send(snap)
+            layer = snap[0]["selected_layer"]
+            if layer is not None:
+                self.send(payloads.layer(w, layer, PUSH_HIST_STEPS, layers=layers, cache=self._hists))
+        except Exception as e:  # report once per kind of failure, keep training
+            key = type(e).__name__
+            if key not in self._push_failures:
+                self._push_failures.add(key)
+                log.warning("push of %s failed: %s: %s", getattr(w, "name", "?"), key, e)
+
+    def on_cell_start(self) -> None:
+        """A kernel-opened comm nobody answered during a whole cell has no panel: close it."""
+        if not self.confirmed and self.cell_ended:
+            log.info("no gradsight panel answered; closing the announcement comm")
+            self.close()

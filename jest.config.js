@@ -1,0 +1,15 @@
+/**
+ * Unit tests of the panel's protocol code and model (no browser, no JupyterLab runtime):
+ * ts-jest compiles extension/ with tsconfig.test.json. The browser tests are in tests/ui/.
+ */
+module.exports = {
+  testEnvironment: 'node',
+  roots: ['<rootDir>/extension'],
+  testMatch: ['**/__tests__/**/*.test.ts'],
+  transform: {
+    '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.test.json' }]
+  },
+  moduleFileExtensions: ['ts', 'js', 'json'],
+  collectCoverageFrom: ['extension/*.ts', '!extension/index.ts'],
+  coverageDirectory: 'test-artifacts/jest-coverage'
+};
