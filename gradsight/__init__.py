@@ -6,21 +6,23 @@
     w.findings(); w.layers(); w.history("grad_norm"); w.histogram("fc1", of="grad")
 """
 
+from .detectors import Finding, Thresholds
+from .gradcheck import GradcheckReport, gradcheck
 from .kernel_hooks.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
-__all__ = ["watch", "Watcher", "Histogram", "gradcheck", "GradcheckReport", "GradsightWarning",
-           "load_ipython_extension"]
+__all__ = ["watch", "Watcher", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
+           "GradsightWarning", "load_ipython_extension"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # gradcheck loads on first use: `import gradsight` stays cheap inside training scripts
-    if name in ("gradcheck", "GradcheckReport"):
-        from . import gradcheck as _gc
+    # the views load on first use: `import gradsight` never imports matplotlib or ipywidgets
+    if name == "widgets":
+        import importlib
 
-        return getattr(_gc, name)
+        return importlib.import_module(".widgets", __name__)
     raise AttributeError(f"module 'gradsight' has no attribute {name!r}")
 
 

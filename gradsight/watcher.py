@@ -8,7 +8,6 @@ a watcher never keeps a model alive.
 
 from __future__ import annotations
 
-import html
 import time
 import warnings
 import weakref
@@ -26,6 +25,7 @@ from .kernel_hooks.histogram import Histogram
 from .records.history import DecimatingStore
 from .records.metrics import DETAIL_METRICS, LAYER_METRICS, layer_metrics, total_grad_norm
 from .records.step_record import StepRecord
+from .records.unit_history import UnitRing
 from .warnings import GradsightWarning
 
 HISTORY_BYTES = 32 * 2**20     # cap for per-layer metric history
@@ -96,6 +96,7 @@ class Watcher:
         self._auto_closed_pending_loss = False
         self._opt_stepped_this_step = False
         self._last_record: StepRecord | None = None
+        self._step_metrics: dict[str, np.ndarray] | None = None
         self._latest_metrics: dict[str, np.ndarray] | None = None
         self._latest_step: int | None = None
         self._warned_empty = False
@@ -112,6 +113,7 @@ class Watcher:
                                             dtype=np.int64, fill=-1)
         self._hist_extra = DecimatingStore(self._hist_edges.capacity, (L, len(HIST_KINDS), len(_EXTRA)),
                                            dtype=np.int64, fill=-1)
+        self._units: dict[int, UnitRing] = {}
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
                                          thresholds=thresholds)
         if optimizer is not None:
@@ -177,14 +179,18 @@ class Watcher:
     def _on_root_forward(self) -> None:
         """With ``optimizer=``, a forward after a backward whose optimizer step never ran
         (a GradScaler skip, then ``zero_grad``) closes that step as skipped. With
-        ``scaler=``, the first forward of a step reads the loss scale its backward will use."""
+        ``scaler=``, a loss scale that dropped since the step began means GradScaler skipped
+        it (even when ``zero_grad`` comes after the forward); and the first forward of a step
+        reads the scale its backward will use."""
+        if self._capture.backward_passes and self._optimizer_ref is not None:
+            first = next((p for p in self._param_list() if p.requires_grad), None)
+            skipped = first is not None and first.grad is None
+            if not skipped and self._scaler is not None and np.isfinite(self._scale_this_step):
+                skipped = _scaler_scale(self._scaler) < self._scale_this_step
+            if skipped:
+                self._close_step(loss=None, optimizer_stepped=False)
         if self._scaler is not None and not np.isfinite(self._scale_this_step) and self._capture.capturing:
             self._scale_this_step = _scaler_scale(self._scaler)
-        if self._optimizer_ref is None or self._capture.backward_passes == 0:
-            return
-        first = next((p for p in self._param_list() if p.requires_grad), None)
-        if first is not None and first.grad is None:
-            self._close_step(loss=None, optimizer_stepped=False)
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
@@ -231,7 +237,7 @@ class Watcher:
             self._store(rec)
             self._check_empty(rec)
             try:
-                new = self._detectors.update(rec)
+                new = self._detectors.update(rec, metrics=self._step_metrics)
             except Exception as exc:  # detectors are ours: report, never break training
                 self._hook_error("<detectors>", exc)
                 new = []
@@ -244,10 +250,15 @@ class Watcher:
 
     def _store(self, rec: StepRecord) -> None:
         self._last_record = rec
-        metrics = layer_metrics(rec)
+        metrics = self._step_metrics = layer_metrics(rec)
         self._latest_metrics = _merge_latest(self._latest_metrics, metrics, rec.detail)
         self._latest_step = rec.step
         self._layer_hist.append(rec.step, np.stack([metrics[m] for m in LAYER_METRICS]))
+        for i, per_unit in rec.units.items():
+            ring = self._units.get(i)
+            if ring is None or ring.values.shape[1] != per_unit.size:
+                ring = self._units[i] = UnitRing(per_unit.size)
+            ring.add(rec.step, per_unit)
         lr = rec.lrs[0] if rec.lrs else float("nan")
         self._scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec)])
         if rec.hist:
@@ -371,6 +382,19 @@ class Watcher:
                          counts=self._hist_counts.data[r, i, k].copy(), zero=int(extra[0]), nan=int(extra[1]),
                          posinf=int(extra[2]), neginf=int(extra[3]), subnormal=int(extra[4]))
 
+    def unit_history(self, layer: str) -> pd.DataFrame:
+        """Per-unit max output of a ReLU-family layer over the last steps (rows: steps, columns:
+        units). A unit whose column never exceeds 0 produced no positive value in the window."""
+        i = self._layer_index(layer, "unit_history")
+        ring = self._units.get(i)
+        if ring is None:
+            kind = self._capture.types[i]
+            raise ValueError(f"gradsight: unit_history({layer!r}): no unit activity recorded for this {kind}. "
+                             "It is kept for ReLU-family modules (ReLU, LeakyReLU, GELU, SiLU, ...) after a "
+                             "training step.")
+        steps, values = ring.ordered()
+        return pd.DataFrame(values, index=pd.Index(steps, name="step"))
+
     def findings(self) -> pd.DataFrame:
         """What the detectors found: one row per episode (see issue 3's contract)."""
         return self._detectors.frame()
@@ -398,7 +422,11 @@ class Watcher:
 
         module = dict(model.named_modules())[layer] if self._compiled is None else \
             dict(self._compiled.named_modules())[layer]
-        report = check_module_call(module, entry[1], entry[2], mode=mode, **kwargs)
+        self._capture.paused = True  # the check calls the module many times: not training steps
+        try:
+            report = check_module_call(module, entry[1], entry[2], mode=mode, **kwargs)
+        finally:
+            self._capture.paused = False
         try:
             report.layer = layer
             report.step = entry[0]
@@ -421,16 +449,9 @@ class Watcher:
         return f"<gradsight.Watcher {self.name!r}: {len(self._capture.names)} layers, {state}>"
 
     def _repr_html_(self) -> str:
-        f = self.findings()
-        rows = "".join(
-            f"<tr><td>{html.escape(str(r.severity))}</td><td>{html.escape(str(r.kind))}</td>"
-            f"<td><code>{html.escape(str(r.layer))}</code></td><td>{r.step}</td>"
-            f"<td>{html.escape(str(r.message))}</td></tr>" for r in f.head(10).itertuples())
-        status = "closed" if self.closed else "watching"
-        table = (f"<table><tr><th>severity</th><th>kind</th><th>layer</th><th>step</th><th>message</th></tr>"
-                 f"{rows}</table>") if len(f) else "<p>No findings.</p>"
-        return (f"<div class='gradsight-summary'><b>gradsight</b> — {html.escape(self.name)}: {status}, "
-                f"{len(self._capture.names)} layers, {self.step_count} steps, {len(f)} finding(s).{table}</div>")
+        from .widgets.summary_html import watcher_html  # plain HTML, no matplotlib
+
+        return watcher_html(self)
 
 
 def _merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
@@ -440,10 +461,11 @@ def _merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
         return new
     merged = dict(new)
     for prefix in ("act", "grad"):
-        finite = np.isfinite(new[f"{prefix}_norm"]) | np.isnan(new[f"{prefix}_norm"])
+        with np.errstate(invalid="ignore"):
+            news = (new[f"{prefix}_nan"] > 0) | (new[f"{prefix}_posinf"] > 0) | (new[f"{prefix}_neginf"] > 0)
         for m in DETAIL_METRICS:
             if m.startswith(prefix):
-                merged[m] = np.where(finite, old[m], new[m])
+                merged[m] = np.where(news, new[m], old[m])
     for m in ("param_norm", "update_norm", "update_ratio", "saturation"):
         merged[m] = old[m]
     return merged
@@ -479,11 +501,25 @@ def _compiled_inner(model: nn.Module) -> nn.Module | None:
     return inner if isinstance(inner, nn.Module) else None
 
 
+def _user_stacklevel() -> int:
+    """Point a warning at the user's line, not at torch's or gradsight's internals (with
+    ``optimizer=`` the step closes inside torch's optimizer hook)."""
+    import os
+    import sys
+
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn_finding(name: str, finding: Any) -> None:
     msg = getattr(finding, "message", str(finding))
     layer = getattr(finding, "layer", "")
     kind = getattr(finding, "kind", "finding")
-    warnings.warn(f"gradsight [{name}] {kind} at layer {layer!r}: {msg}", GradsightWarning, stacklevel=4)
+    where = f"layer {layer!r}" if layer else "the whole model"
+    warnings.warn(f"gradsight [{name}] {kind} at {where}: {msg}", GradsightWarning, stacklevel=_user_stacklevel())
 
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,

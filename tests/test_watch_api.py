@@ -174,3 +174,19 @@ def test_html_summary_and_repr():
     with gs.watch(m) as w:
         train(m, w, steps=1)
         assert "gradsight" in w._repr_html_() and "Sequential" in repr(w)
+
+
+def test_unit_history_keeps_a_window_of_per_unit_activity():
+    m = mlp()
+    with gs.watch(m) as w:
+        train(m, w, steps=4)
+        u = w.unit_history("1")
+        assert list(u.index) == [0, 1, 2, 3] and u.shape[1] == 32
+        # the per-unit max equals the real ReLU output's max over the batch
+        x = torch.randn(5, 10)
+        out = m[1](m[0](x)).detach()
+        m(x).sum().backward()
+        w.step()
+        assert np.allclose(w.unit_history("1").iloc[-1].to_numpy(), out.amax(0).numpy())
+        with pytest.raises(ValueError, match="ReLU-family"):
+            w.unit_history("0")

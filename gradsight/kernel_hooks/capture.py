@@ -60,8 +60,17 @@ def _sumsq(flat: torch.Tensor) -> torch.Tensor:
     in float64, so that a non-finite result means a NaN/Inf value, as the detectors assume."""
     s = torch.dot(flat, flat)
     if flat.device.type == "cpu" and not math.isfinite(float(s)):
-        s = torch.dot(flat.double(), flat.double())
+        s = _fit32(torch.dot(flat.double(), flat.double()))
     return s
+
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _fit32(x: torch.Tensor) -> torch.Tensor:
+    """Finite values beyond float32's range saturate at its maximum instead of becoming Inf
+    in the float32 step buffer: "huge" stays distinguishable from "non-finite"."""
+    return torch.where(torch.isfinite(x), x.clamp(max=_F32_MAX), x)
 
 
 def _unit_dims(ndim: int) -> tuple[int, ...] | None:
@@ -166,6 +175,7 @@ class Capture:
         self._handles: list = []
         self._tensor_handles: list = []
         self._closed = False
+        self.paused = False          # while gradsight itself calls the model (in-model gradcheck)
         self.capturing = False       # this step is sampled (step % every == 0)
         self.detail = False          # this step takes full statistics, histograms, weight norms
         self.measure_update = False  # this step measures update norms
@@ -219,7 +229,7 @@ class Capture:
 
     def _live(self) -> bool:
         """Capture only training forwards: grad enabled and the model in train mode."""
-        if self._closed or not self.capturing or not torch.is_grad_enabled():
+        if self._closed or self.paused or not self.capturing or not torch.is_grad_enabled():
             return False
         model = self._model()
         return model is not None and model.training
@@ -332,7 +342,7 @@ class Capture:
         L = len(self.names)
 
         def grad_hook(grad):
-            if self._closed or grad is None:
+            if self._closed or self.paused or grad is None:
                 return None
             try:
                 now = time.perf_counter()
@@ -362,7 +372,7 @@ class Capture:
     def _param_hook(self, p) -> None:
         """A parameter's gradient was accumulated: make sure the end of this backward pass
         measures all parameter gradients at once (cheap: no tensor work here)."""
-        if not self._closed and self.capturing:
+        if not self._closed and not self.paused and self.capturing:
             self._queue_end_of_backward()
 
     def _queue_end_of_backward(self) -> None:
@@ -395,12 +405,18 @@ class Capture:
                 tensors.append(t.detach())
         if not tensors:
             return
-        norms = _foreach_norm(tensors)
+        norms = torch.stack(_foreach_norm(tensors))
+        if norms.device.type == "cpu" and not torch.isfinite(norms).all():
+            # a float32 norm overflows for finite values above ~1e19 (a large loss scale, a
+            # diverging run); redo those in float64 so that non-finite means NaN/Inf (free on CPU)
+            norms = norms.double()
+            for k in torch.nonzero(~torch.isfinite(norms)).flatten().tolist():
+                norms[k] = torch.linalg.vector_norm(tensors[k].double())
         key = tuple(index)
         idx = self._index_cache.get(key)
         if idx is None:
             idx = self._index_cache[key] = torch.tensor(index, device=self.buffer.device)
-        self.buffer.set_params(idx, index, field, torch.stack(norms) ** 2)
+        self.buffer.set_params(idx, index, field, _fit32(norms.double() ** 2))
 
     def _units(self, i: int, y: torch.Tensor) -> None:
         dims = _unit_dims(y.dim())

@@ -13,12 +13,13 @@ user's source line, so the backward event names the op, module and line of the f
 call whose gradient failed — what ``torch.autograd.detect_anomaly`` does with a full
 traceback per node, for much less (see benchmarks/nan_trace.py).
 
-The mode is pushed at the first forward of a step (so the loss computation and the
-backward that follow run inside it) and popped when the watcher closes the step.
-Checks are skipped for ops that run with gradients disabled outside backward
-(optimizer steps, evaluation), so only training forwards and backwards pay for it.
-On an accelerator each check reads one scalar: this mode synchronises per op, which is
-why it is opt-in.
+The mode is pushed at the first training forward of a step (gradients enabled, model in
+train mode), so that the loss computation and the backward that follow run inside it,
+and popped when the watcher closes the step. Ops with gradients disabled outside
+backward (optimizer steps, evaluation), views, pure data movement and gradsight's own
+capture work are not checked. On an accelerator each check reads one scalar: this mode
+synchronises per op, which is why it is opt-in. It assumes one training thread
+(not DataParallel replicas).
 """
 
 from __future__ import annotations
@@ -35,25 +36,27 @@ from torch import nn
 from torch._C._autograd import _get_sequence_nr
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
+_set_grad = torch._C._set_grad_enabled
 MAX_EVENTS = 16          # per step: the first ones are what matters
 MAX_NODE_INFO = 1 << 16  # forward ops remembered per step (bounded even for huge graphs)
 
 _GRADSIGHT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_SKIP_DIRS = (os.path.dirname(torch.__file__) + os.sep, _GRADSIGHT_DIR)
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_SKIP_DIRS = (_TORCH_DIR, _GRADSIGHT_DIR)
 _STDLIB = sysconfig.get_paths().get("stdlib", "\0")
 
 
 @dataclass(frozen=True)
 class NanEvent:
-    """An op whose output holds NaN/Inf while its inputs were finite (or, in backward,
-    the first op of the step with a non-finite output)."""
+    """An op whose output holds a kind of NaN/Inf that none of its inputs had (or, in
+    backward, the first op of the step with a non-finite output)."""
 
     phase: str          # "forward" | "backward"
     op: str             # the aten op that produced it, e.g. "aten::log"
     source: str         # "file:line" of the user's code ("" when unknown)
     layer: str          # qualified module name ("" = the root, or outside the model)
     in_model: bool      # False: the op ran outside any watched module (e.g. the loss)
-    what: str           # "nan", "+inf", "-inf" or a mix like "nan,+inf"
+    what: str           # the new kinds: "nan", "+inf", "-inf" or a mix like "nan,+inf"
     node: str = ""      # backward only: the autograd node, e.g. "SqrtBackward0"
     forward_op: str = ""  # backward only: the forward op whose gradient this is
 
@@ -94,12 +97,20 @@ class _SkipOps(dict):
 
     _ALLOC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted",
               "resize_", "set_", "detach", "lift_fresh", "alias"}
+    # ops that only move, select or fill values: their output cannot hold a NaN/Inf that is
+    # not in an input (or a literal), so they are never an origin and need no check
+    _MOVE = {"cat", "stack", "clone", "copy_", "index_select", "gather", "embedding", "relu", "relu_",
+             "threshold_backward", "max_pool2d_with_indices", "max_pool2d_with_indices_backward",
+             "constant_pad_nd", "where", "masked_fill", "masked_fill_", "zero_", "fill_", "zeros_like",
+             "ones_like", "full_like", "zeros", "ones", "full", "scalar_tensor", "new_zeros", "new_ones",
+             "new_full", "arange", "repeat", "flip", "roll", "sort", "topk", "amax", "amin", "max", "min",
+             "clamp", "clamp_min", "clamp_max", "abs", "neg", "sign", "native_dropout"}
 
     def __contains__(self, func) -> bool:
         hit = self.get(func)
         if hit is None:
             name = getattr(getattr(func, "overloadpacket", None), "__name__", "")
-            hit = self[func] = bool(getattr(func, "is_view", False)) or name in self._ALLOC
+            hit = self[func] = bool(getattr(func, "is_view", False)) or name in self._ALLOC or name in self._MOVE
         return hit
 
 
@@ -116,22 +127,25 @@ def _flat_tensors(obj):
                 yield o
 
 
-def _nonfinite(t: torch.Tensor) -> str:
-    """'' if ``t`` is finite, else which kinds of non-finite values it holds (one cheap
-    sum first; the exact checks only when the sum is not finite)."""
+_NONE: frozenset = frozenset()
+
+
+def _nonfinite(t: torch.Tensor) -> frozenset:
+    """The kinds of non-finite values in ``t`` ("nan", "+inf", "-inf"): one cheap sum first,
+    the exact checks only when the sum is not finite (it may merely have overflowed)."""
     if not t.is_floating_point() or t.numel() == 0 or t.is_meta:
-        return ""
-    s = t.sum(dtype=torch.float32) if t.dtype != torch.float64 else t.sum()
+        return _NONE
+    s = t.sum() if t.dtype == torch.float32 or t.dtype == torch.float64 else t.sum(dtype=torch.float32)
     if math.isfinite(s.item()):
-        return ""
-    kinds = []
+        return _NONE
+    kinds = set()
     if torch.isnan(t).any():
-        kinds.append("nan")
+        kinds.add("nan")
     if torch.isposinf(t).any():
-        kinds.append("+inf")
+        kinds.add("+inf")
     if torch.isneginf(t).any():
-        kinds.append("-inf")
-    return ",".join(kinds)  # "" when the sum merely overflowed
+        kinds.add("-inf")
+    return frozenset(kinds)
 
 
 class _Mode(TorchDispatchMode):
@@ -145,11 +159,7 @@ class _Mode(TorchDispatchMode):
         try:
             if func in tr._skip_ops:
                 return out
-            code = sys._getframe(1).f_code
-            ours = tr._ours.get(code)
-            if ours is None:
-                ours = tr._ours[code] = code.co_filename.startswith(_GRADSIGHT_DIR)
-            if ours:
+            if tr._called_by_gradsight(sys._getframe(1)):
                 return out  # gradsight's own capture work (summaries run inside backward hooks)
             node = torch._C._current_autograd_node()
             if node is None:
@@ -161,11 +171,20 @@ class _Mode(TorchDispatchMode):
                     if len(tr._node_info) < MAX_NODE_INFO:
                         tr._node_info[seq - 1] = (tr._current_layer(), func, tr._find_source(sys._getframe(1)))
                 if tr._n_events < MAX_EVENTS:
-                    with torch.no_grad():
-                        tr._check(func, args, out, None)
-            elif tr._n_events < MAX_EVENTS:
-                with torch.no_grad():
-                    tr._check(func, args, out, node)
+                    _set_grad(False)  # our sums must not record autograd history (cheaper than no_grad())
+                    try:
+                        tr._check(func, args, kwargs, out, None)
+                    finally:
+                        _set_grad(True)
+            else:
+                tr._backward_ran = True
+            if node is not None and tr._n_events < MAX_EVENTS:
+                grad = torch.is_grad_enabled()
+                _set_grad(False)
+                try:
+                    tr._check(func, args, kwargs, out, node)
+                finally:
+                    _set_grad(grad)
         except Exception as exc:  # a debugger must never break the user's step
             tr._error(exc)
         return out
@@ -185,10 +204,11 @@ class NanTracer:
         self._events: list[NanEvent] = []
         self._n_events = 0
         self._bwd_seen = False
+        self._backward_ran = False
         self._node_info: dict[int, tuple] = {}
         self._last_seq = -1
         self._find_source = _SourceFinder()
-        self._ours: dict = {}
+        self._where: dict = {}  # code object -> 0 torch, 1 gradsight, 2 anything else
         self._skip_ops = _SkipOps()
         self.errors: list[str] = []
         self._handles = []
@@ -202,8 +222,14 @@ class NanTracer:
     # --- module stack ----------------------------------------------------------------
     def _make_pre(self, i: int):
         def pre(module, args):
-            if i == 0 and not self._active and torch.is_grad_enabled():
-                self._push()
+            if i == 0 and torch.is_grad_enabled() and module.training \
+                    and torch._C._current_graph_task_id() == -1:  # a training forward, not a recompute
+                if not self._active:
+                    self._push()
+                elif self._backward_ran:  # a new forward after a backward (gradient accumulation,
+                    self._node_info = {}  # or steps the watcher does not sample): start afresh
+                    self._bwd_seen = False
+                self._backward_ran = False
             self._stack.append(i)
 
         return pre
@@ -216,6 +242,22 @@ class NanTracer:
                     break
 
         return post
+
+    def _called_by_gradsight(self, frame) -> bool:
+        """Whether the first caller outside torch is gradsight's capture (cached per code object)."""
+        where = self._where
+        for _ in range(8):
+            if frame is None:
+                return False
+            code = frame.f_code
+            kind = where.get(code)
+            if kind is None:
+                fn = code.co_filename
+                kind = where[code] = 1 if fn.startswith(_GRADSIGHT_DIR) else 0 if fn.startswith(_TORCH_DIR) else 2
+            if kind:
+                return kind == 1
+            frame = frame.f_back
+        return False
 
     def _current_layer(self) -> int:
         return self._stack[-1] if self._stack else -1
@@ -258,35 +300,52 @@ class NanTracer:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
     # --- the check -------------------------------------------------------------------------
-    def _check(self, func, args, out, node) -> None:
-        what = ""
+    def _check(self, func, args, kwargs, out, node) -> None:
+        what = set()
         for t in _flat_tensors(out):
-            w = _nonfinite(t)
-            if w:
-                what = w
-                break
+            what |= _nonfinite(t)
         if not what:
             return
         backward = node is not None
         first_backward = backward and not self._bwd_seen
+        seen_in = _input_kinds(args, kwargs)
+        if seen_in is None:
+            return  # no tensor inputs: a literal (torch.full(..., -inf) for a mask), not an origin
         if not first_backward:
-            for a in args:
-                for t in _flat_tensors(a):
-                    if _nonfinite(t):
-                        return  # propagation, not an origin
+            what -= seen_in  # only kinds the inputs did not have: -Inf in, NaN out is still news
+            if not what:
+                return  # propagation, not an origin
+        label = ",".join(k for k in ("nan", "+inf", "-inf") if k in what)
         if backward:
             self._bwd_seen = True
             info = self._node_info.get(node._sequence_nr())
             layer, fwd_func, src = info if info is not None else (-1, None, None)
             event = NanEvent(phase="backward", op=_op_name(func), source=_fmt_source(src),
                              layer=self._names[layer] if layer >= 0 else "", in_model=layer >= 0,
-                             what=what, node=node.name(),
+                             what=label, node=node.name(),
                              forward_op=_op_name(fwd_func) if fwd_func is not None else "")
         else:
             layer = self._current_layer()
             src = self._find_source(sys._getframe(2))
             event = NanEvent(phase="forward", op=_op_name(func), source=_fmt_source(src),
                              layer=self._names[layer] if layer >= 0 else "", in_model=layer >= 0,
-                             what=what)
+                             what=label)
         self._events.append(event)
         self._n_events += 1
+
+
+def _input_kinds(args, kwargs) -> set | None:
+    """Non-finite kinds among an op's inputs (tensors and Python numbers); None if no tensor input."""
+    kinds: set = set()
+    any_tensor = False
+    for a in (*args, *kwargs.values()) if kwargs else args:
+        if isinstance(a, (float, int)) and not isinstance(a, bool):
+            if math.isnan(a):
+                kinds.add("nan")
+            elif math.isinf(a):
+                kinds.add("+inf" if a > 0 else "-inf")
+            continue
+        for t in _flat_tensors(a):
+            any_tensor = True
+            kinds |= _nonfinite(t)
+    return kinds if any_tensor else None

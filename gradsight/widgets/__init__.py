@@ -1,0 +1,40 @@
+"""In-notebook views: matplotlib figures and the live ipywidgets dashboard.
+
+Every figure takes a Watcher (or the tables it returns), draws on ``ax=`` when given,
+and returns a matplotlib ``Figure``; none touches the live model. matplotlib and
+ipywidgets load on first use: ``import gradsight`` and ``import gradsight.widgets``
+import neither.
+
+    from gradsight import widgets as gw
+    gw.gradient_flow(w)          # the first picture to look at
+    gw.distribution(w, "conv2", of="grad")
+    gw.heatmap(w)                # layer × step gradient norm
+    gw.dead_units(w, "relu1")
+    gw.training_curves(w)
+    gw.gradcheck_figure(report)
+    w.dashboard()                # all of it, live
+"""
+
+from __future__ import annotations
+
+# The figure modules import matplotlib only inside their functions, so importing them here
+# is cheap; the functions replace the same-named submodules as attributes of this package.
+from .dead_units import UnitActivity, dead_units
+from .distribution import distribution
+from .gradcheck_plot import gradcheck_figure
+from .gradient_flow import gradient_flow
+from .heatmap import heatmap
+from .histogram import histogram
+from .summary_html import findings_html, watcher_html
+from .training_curves import training_curves
+
+__all__ = ["Dashboard", "UnitActivity", "dead_units", "distribution", "findings_html", "gradcheck_figure",
+           "gradient_flow", "heatmap", "histogram", "training_curves", "watcher_html"]
+
+
+def __getattr__(name: str):
+    if name == "Dashboard":  # ipywidgets loads here, on first use
+        from .dashboard import Dashboard
+
+        return Dashboard
+    raise AttributeError(f"module 'gradsight.widgets' has no attribute {name!r}")

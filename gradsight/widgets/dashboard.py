@@ -1,0 +1,381 @@
+"""The live ipywidgets dashboard: ``w.dashboard()``.
+
+Findings on top (choosing one selects its layer and step), then tabs: gradient flow,
+histograms (layer, gradient/activation, step slider), layer × step heatmap, training
+curves, dead units and gradcheck. Works in any front-end with ipywidgets 8.
+
+Live: while displayed, the dashboard subscribes to the watcher's steps
+(:func:`gradsight.kernel_hooks.registry.subscribe`) and redraws the visible tab from
+inside ``step()`` — at most every ``min_interval`` seconds (0.5 s: about 2 redraws a
+second), and further apart when a redraw is slow, so the view never takes more than
+about a quarter of the training time. Each view is a PNG in an ``Image`` widget whose
+bytes are replaced in place: no flicker. A redraw skipped by the throttle happens when
+the cell finishes. Nothing is subscribed until the dashboard is displayed, and
+``close()``, clearing its output, or closing the watcher unsubscribes it: a dashboard
+that is not shown costs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import time
+import weakref
+
+import ipywidgets as widgets
+import numpy as np
+
+from ..kernel_hooks import registry
+from . import source, style
+from .dead_units import UnitActivity, dead_units
+from .distribution import distribution
+from .gradcheck_plot import gradcheck_figure
+from .gradient_flow import gradient_flow
+from .heatmap import heatmap
+from .histogram import histogram
+from .summary_html import ordered
+from .training_curves import training_curves
+
+TABS = ("Gradient flow", "Histograms", "Heatmap", "Training", "Dead units", "Gradcheck")
+MIN_INTERVAL = 0.5      # seconds between live redraws (≤ ~2 per second)
+MAX_INTERVAL = 3.0       # ... but never further apart than this
+MAX_RENDER_SHARE = 0.25  # slow redraws are spaced so that drawing stays under this share of the time
+# a 1×1 transparent PNG: an undrawn tab shows nothing rather than a broken-image icon
+_BLANK = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg==")
+_IMG = {"width": "100%", "max_width": "1100px", "height": "auto"}
+
+
+class Dashboard(widgets.VBox):
+    """Live view of one :class:`~gradsight.Watcher`. Display it; train; watch it update."""
+
+    def __init__(self, watcher, *, min_interval: float = MIN_INTERVAL, window: int = 50):
+        if not source.is_watcher(watcher):
+            raise TypeError(f"gradsight: Dashboard(watcher) expects a Watcher from gs.watch(model); "
+                            f"got {type(watcher).__name__}.")
+        self.watcher = watcher
+        self.min_interval = float(min_interval)
+        self.units = UnitActivity.from_watcher(watcher, window=window)
+        self.redraws = 0           # number of live (throttled) redraws, for tests and curiosity
+        self.render_seconds = 0.0  # time of the last redraw
+        self._interval = self.min_interval
+        self._last_draw = 0.0
+        self._pending = False
+        self._stale: set[int] = set(range(len(TABS)))
+        self._unsubscribe = None
+        self._ipython = None
+        self._busy = False
+        self._updating = False
+        self._report = None
+        self._findings = source.findings_frame(None)
+
+        self.header = widgets.HTML()
+        self.findings = widgets.Select(options=[("No findings yet.", -1)], rows=4,
+                                       layout=widgets.Layout(width="100%"))
+        self.findings.add_class("jp-gradsight-findings")
+        names = watcher.layer_names
+        self.layer = widgets.Dropdown(options=[(style.short_name(n, 48), n) for n in names],
+                                      value=_default_layer(watcher), description="layer",
+                                      layout=widgets.Layout(width="340px"))
+        self.of = widgets.ToggleButtons(options=[("gradient", "grad"), ("activation", "activation")],
+                                        value="grad", style={"button_width": "90px"})
+        self.step = widgets.SelectionSlider(options=[("—", -1)], value=-1, description="step",
+                                            continuous_update=False, layout=widgets.Layout(width="420px"))
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh",
+                                             layout=widgets.Layout(width="110px"))
+        self.check_button = widgets.Button(description="Check gradient", icon="check",
+                                           button_style="primary", layout=widgets.Layout(width="160px"))
+        self.gradcheck_html = widgets.HTML()
+        self.images = {name: widgets.Image(value=_BLANK, format="png", layout=widgets.Layout(**_IMG))
+                       for name in ("flow", "hist", "dist", "heat", "curves", "dead", "gradcheck")}
+        self.tabs = widgets.Tab(children=[
+            self.images["flow"],
+            widgets.VBox([widgets.HBox([self.layer, self.of]), self.step, self.images["hist"],
+                          self.images["dist"]]),
+            self.images["heat"],
+            self.images["curves"],
+            widgets.VBox([self.layer, self.images["dead"]]),
+            widgets.VBox([widgets.HBox([self.layer, self.check_button]), self.gradcheck_html,
+                          self.images["gradcheck"]]),
+        ], titles=TABS)
+        css = widgets.HTML("<style>.jp-gradsight-findings select{font-family:var(--jp-code-font-family,"
+                           "monospace);font-size:12px}</style>", layout=widgets.Layout(display="none"))
+        super().__init__([css, widgets.HBox([self.header, self.refresh_button],
+                                       layout=widgets.Layout(justify_content="space-between")),
+                          self.findings, self.tabs])
+        self.add_class("jp-gradsight-dashboard")
+        self._view_count = 0  # the front-end reports how many views exist (ipywidgets)
+
+        self.findings.observe(self._on_finding, "value")
+        self.layer.observe(self._on_layer, "value")
+        self.of.observe(self._on_of, "value")
+        self.step.observe(self._on_step, "value")
+        self.tabs.observe(self._on_tab, "selected_index")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.check_button.on_click(lambda _: self.run_gradcheck())
+        self.observe(self._on_views, "_view_count")
+        self._update_header()
+        self._update_findings()
+        self._update_steps()
+
+    # --- life cycle ------------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        """True while subscribed to the watcher's steps."""
+        return self._unsubscribe is not None
+
+    def attach(self) -> None:
+        """Start live updates (called when the dashboard is displayed)."""
+        if self._unsubscribe is not None or getattr(self.watcher, "closed", False):
+            return
+        me = weakref.ref(self)
+
+        def on_event(event, watcher, _me=me):
+            dash = _me()
+            if dash is None:
+                unsubscribe()
+                return
+            dash._on_event(event, watcher)
+
+        unsubscribe = registry.subscribe(on_event)
+        self._unsubscribe = unsubscribe
+        with contextlib.suppress(Exception):
+            from IPython import get_ipython
+
+            ip = get_ipython()
+            if ip is not None:
+                ip.events.register("post_run_cell", self._after_cell)
+                self._ipython = ip
+
+    def detach(self) -> None:
+        """Stop live updates: no callback runs for this dashboard any more."""
+        if getattr(self, "_unsubscribe", None) is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if getattr(self, "_ipython", None) is not None:
+            with contextlib.suppress(ValueError):
+                self._ipython.events.unregister("post_run_cell", self._after_cell)
+            self._ipython = None
+
+    def close(self) -> None:
+        self.detach()
+        if not hasattr(self, "images"):  # failed in __init__
+            return super().close()
+        for child in (self.header, self.findings, self.layer, self.of, self.step, self.refresh_button,
+                      self.check_button, self.gradcheck_html, *self.images.values()):
+            child.close()
+        self.tabs.close()
+        super().close()
+
+    def _repr_mimebundle_(self, **kwargs):
+        self.attach()
+        self.refresh()
+        return super()._repr_mimebundle_(**kwargs)
+
+    def _on_views(self, change) -> None:
+        old, new = change["old"] or 0, change["new"] or 0
+        if new > 0:
+            self.attach()
+        elif old > 0 and new == 0:
+            self.detach()  # the output that showed it was cleared or closed
+
+    # --- live updates ----------------------------------------------------------------------
+    def _on_event(self, event: str, watcher) -> None:
+        if watcher is not self.watcher:
+            return
+        if event == "close":
+            self.refresh()
+            self.detach()
+            return
+        if event != "step":
+            return
+        rec = watcher.last_record()
+        if rec is not None:
+            self.units.add(rec)
+        now = time.perf_counter()
+        if now - self._last_draw >= self._interval:
+            self.refresh(live=True)
+        else:
+            self._pending = True
+
+    def _after_cell(self, *_args) -> None:
+        if self._pending:
+            self.refresh()
+
+    def refresh(self, *, live: bool = False) -> None:
+        """Redraw the header, the findings and the visible tab (others redraw when shown)."""
+        if self._busy:
+            return
+        self._busy = True
+        t0 = time.perf_counter()
+        try:
+            self._pending = False
+            self._stale = set(range(len(TABS)))
+            self._update_header()
+            self._update_findings()
+            self._update_steps()
+            self._render(self.tabs.selected_index or 0)
+        finally:
+            self._busy = False
+        self.render_seconds = time.perf_counter() - t0
+        self._last_draw = time.perf_counter()
+        if live:  # the first, display-time draw also pays matplotlib's import: not a guide
+            self.redraws += 1
+            self._interval = max(self.min_interval, min(MAX_INTERVAL, self.render_seconds / MAX_RENDER_SHARE))
+
+    # --- rendering -------------------------------------------------------------------------
+    def _render(self, tab: int) -> None:
+        w = self.watcher
+        layer = self.layer.value
+        found = self._findings
+        try:
+            if tab == 0:
+                self._show("flow", gradient_flow(w, findings=found, selected=layer))
+            elif tab == 1:
+                step = self.step.value if self.step.value != -1 else None
+                self._show("hist", histogram(w, layer, of=self.of.value, step=step))
+                self._show("dist", distribution(w, layer, of=self.of.value, selected_step=step))
+            elif tab == 2:
+                self._show("heat", heatmap(w, findings=found))
+            elif tab == 3:
+                self._show("curves", training_curves(w))
+            elif tab == 4:
+                self._show("dead", dead_units(self.units, layer))
+            elif tab == 5:
+                self._show("gradcheck", gradcheck_figure(self._report))
+        except Exception as exc:  # a view must never break the training step
+            self.header.value += (f'<div style="color:{style.VERMILLION}">could not draw {TABS[tab]}: '
+                                  f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</div>")
+        self._stale.discard(tab)
+
+    def _show(self, key: str, fig) -> None:
+        self.images[key].value = style.png_bytes(fig)
+
+    def _update_header(self) -> None:
+        w = self.watcher
+        found = self._findings
+        status = "closed" if getattr(w, "closed", False) else ("live" if self.live else "not live")
+        steps = w.steps()
+        loss = source.column(steps, "loss")
+        last = f", loss {loss[-1]:.4g}" if len(loss) and not np.isnan(loss[-1]) else ""
+        counts = found["severity"].astype(str).value_counts() if len(found) else {}
+        badge = " ".join(f'<span style="color:{style.SEVERITY_COLOR[s]};font-weight:bold">{int(counts[s])} {s}</span>'
+                         for s in ("error", "warning", "info") if s in counts) or "no findings"
+        self.header.value = (f"<b>gradsight</b> · <code>{html.escape(w.name)}</code> — step "
+                             f"<span class='jp-gradsight-dashboard-step'>{w.step_count}</span>{last} · {badge} · "
+                             f"<span style='opacity:0.7'>{status}</span>")
+
+    def _update_findings(self) -> None:
+        try:
+            found = ordered(self.watcher.findings())
+        except Exception:
+            found = source.findings_frame(None)
+        self._findings = found
+        if not len(found):
+            options = [("No findings yet.", -1)]
+        else:
+            options = []
+            for i, r in enumerate(found.to_dict("records")):
+                sev = str(r.get("severity", "")).upper()
+                layer = style.short_name(str(r.get("layer", "")), 28)
+                options.append((f"{sev:<7} {r.get('kind', '')!s:<18} {layer:<28} step {r.get('step', '')!s:<6} "
+                                f"{r.get('message', '')}", i))
+        if [o[0] for o in options] != [o[0] for o in self.findings.options]:
+            self._updating = True
+            try:
+                keep = self.findings.value
+                self.findings.options = options
+                self.findings.rows = max(2, min(6, len(options)))
+                if keep not in (None, -1) and keep in [v for _, v in options]:
+                    self.findings.value = keep
+                else:
+                    self.findings.index = None  # nothing chosen: a click on any row is a choice
+            finally:
+                self._updating = False
+
+    def _update_steps(self) -> None:
+        try:
+            steps = self.watcher.histogram_steps(self.layer.value, self.of.value)
+        except Exception:
+            steps = []
+        options = [(str(s), s) for s in steps] or [("—", -1)]
+        if [v for _, v in options] == [v for _, v in self.step.options]:
+            return
+        follow = self.step.value == -1 or self.step.value == self.step.options[-1][1]
+        self._updating = True
+        try:
+            old = self.step.value
+            self.step.options = options
+            values = [v for _, v in options]
+            self.step.value = values[-1] if follow or old not in values else old
+        finally:
+            self._updating = False
+
+    # --- user actions ----------------------------------------------------------------------
+    def _on_finding(self, change) -> None:
+        if self._updating or change["new"] in (None, -1):
+            return
+        row = self._findings.iloc[int(change["new"])]
+        layer = str(row.get("layer", ""))
+        changed = layer in self.watcher.layer_names and layer != self.layer.value
+        if changed:
+            self.layer.value = layer  # redraws the visible tab
+        step = row.get("step")
+        values = [v for _, v in self.step.options]
+        if step is not None and values and values[0] != -1:
+            with contextlib.suppress(TypeError, ValueError):
+                self.step.value = min(values, key=lambda s: abs(s - int(step)))
+        if not changed:
+            self._render(self.tabs.selected_index or 0)
+
+    def _on_layer(self, change) -> None:
+        self._update_steps()
+        self._stale = set(range(len(TABS)))
+        self._render(self.tabs.selected_index or 0)
+
+    def _on_of(self, change) -> None:
+        self._update_steps()
+        self._render(1)
+
+    def _on_step(self, change) -> None:
+        if not self._updating:
+            self._render(1)
+
+    def _on_tab(self, change) -> None:
+        tab = change["new"] or 0
+        if tab in self._stale:
+            self._render(tab)
+
+    def run_gradcheck(self) -> None:
+        """Check the selected layer's backward on the inputs it saw in the last step."""
+        layer = self.layer.value
+        self.gradcheck_html.value = f"checking <code>{html.escape(layer)}</code> …"
+        try:
+            self._report = self.watcher.gradcheck(layer)
+            self.gradcheck_html.value = self._report._repr_html_()
+        except Exception as exc:
+            self._report = None
+            self.gradcheck_html.value = (f'<span style="color:{style.VERMILLION}">{html.escape(type(exc).__name__)}: '
+                                         f"{html.escape(str(exc))}</span>")
+        self._render(5)
+
+
+def _default_layer(w) -> str:
+    """The first flagged layer, else the first leaf layer with parameters, else the first leaf."""
+    names = w.layer_names
+    try:
+        found = ordered(w.findings())
+        for layer in found.get("layer", []):
+            if str(layer) in names:
+                return str(layer)
+    except Exception:
+        pass
+    leaves = [names[i] for i in source.leaf_layers(names)]
+    try:
+        df = w.layers()
+        with_params = [n for n in leaves if int(df.loc[df["layer"] == n, "params"].iloc[0]) > 0]
+        if with_params:
+            return with_params[0]
+    except Exception:
+        pass
+    return leaves[0] if leaves else names[0]

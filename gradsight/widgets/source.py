@@ -1,0 +1,83 @@
+"""What views read: pandas tables from a watcher, or the same tables saved earlier.
+
+Every figure accepts either a live :class:`~gradsight.Watcher` or the frames it
+returns (``w.layers()``, ``w.history(metric)``, ``w.findings()``), so a view can be
+re-rendered from saved data and never touches the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+FINDING_COLUMNS = ["step", "last_step", "count", "layer", "kind", "severity", "message", "hint",
+                   "phase", "op", "source", "value", "threshold"]
+
+
+def is_watcher(src) -> bool:
+    return hasattr(src, "layers") and hasattr(src, "history") and callable(src.layers)
+
+
+def layers_frame(src) -> pd.DataFrame:
+    if isinstance(src, pd.DataFrame):
+        return src
+    if is_watcher(src):
+        return src.layers()
+    raise TypeError(f"gradsight: expected a Watcher or the DataFrame of w.layers(); got {type(src).__name__}.")
+
+
+def history_frame(src, metric: str) -> pd.DataFrame:
+    if isinstance(src, pd.DataFrame):
+        return src
+    if is_watcher(src):
+        return src.history(metric)
+    raise TypeError(f"gradsight: expected a Watcher or the DataFrame of w.history({metric!r}); "
+                    f"got {type(src).__name__}.")
+
+
+def findings_frame(src, findings=None) -> pd.DataFrame:
+    """Findings given explicitly, else the watcher's, else an empty table."""
+    if findings is None and is_watcher(src):
+        try:
+            findings = src.findings()
+        except Exception:
+            findings = None
+    if findings is None:
+        return pd.DataFrame(columns=FINDING_COLUMNS)
+    if not isinstance(findings, pd.DataFrame):
+        findings = pd.DataFrame(findings)
+    return findings
+
+
+def leaf_layers(names: Sequence[str]) -> list[int]:
+    """Indices of modules without watched children: the layers a gradient flows through.
+
+    Containers (``""``, ``Sequential``, blocks) repeat their last child's output and would
+    double the picture. A model that is one leaf keeps its root row.
+    """
+    names = list(names)
+    prefixes = {n.rsplit(".", 1)[0] if "." in n else "" for n in names if n != ""}
+    leaves = [i for i, n in enumerate(names) if n != "" and n not in prefixes]
+    return leaves or list(range(len(names)))
+
+
+def finite(values) -> np.ndarray:
+    return np.isfinite(np.asarray(values, dtype=np.float64))
+
+
+def column(df: pd.DataFrame, name: str) -> np.ndarray:
+    """A numeric column as float64 (NaN when the table lacks it)."""
+    if name in df.columns:
+        return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+    return np.full(len(df), np.nan)
+
+
+def nonfinite_counts(df: pd.DataFrame, prefix: str) -> np.ndarray:
+    """NaN + Inf counts per row for ``grad`` or ``act`` (0 where unknown)."""
+    total = np.zeros(len(df))
+    for k in ("nan", "posinf", "neginf"):
+        v = column(df, f"{prefix}_{k}")
+        total += np.where(np.isfinite(v), v, 0.0)
+    return total
