@@ -415,9 +415,10 @@ class Watcher:
             raise RuntimeError("gradsight: the watched model no longer exists.")
         entry = self._capture.last_inputs.get(i)
         if entry is None or entry[0] < 0:
-            raise ValueError(f"gradsight: gradcheck({layer!r}): no inputs recorded for this layer yet. Run a "
-                             "training step with the model in train() mode first (inputs above "
-                             "8 MiB after slicing to 4 samples are not kept).")
+            raise ValueError(f"gradsight: gradcheck({layer!r}): no inputs recorded for this layer yet. Inputs "
+                             f"are kept on histogram steps (every {self.histogram_every * self.every} steps, step 0 "
+                             "included) for layers with parameters or of your own classes: run a training step "
+                             "with the model in train() mode first.")
         from .gradcheck import check_module_call
 
         module = dict(model.named_modules())[layer] if self._compiled is None else \

@@ -230,6 +230,8 @@ def test_low_precision_inputs_checked_in_float64_and_left_untouched(dtype):
     torch.manual_seed(0)
     layer = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).to(dtype).train()
     x = torch.randn(5, 4).to(dtype).requires_grad_()
+    x.grad = torch.full_like(x, 7.0)  # gradients from the user's own backward stay as they were
+    layer[0].weight.grad = torch.full_like(layer[0].weight, 3.0)
     params = {k: v.detach().clone() for k, v in layer.state_dict().items()}
     x_before = x.detach().clone()
     rng = torch.get_rng_state()
@@ -238,11 +240,12 @@ def test_low_precision_inputs_checked_in_float64_and_left_untouched(dtype):
 
     assert report.passed, report
     assert all(r.dtype == str(dtype).replace("torch.", "") for r in report.rows)
-    assert x.dtype == dtype and x.requires_grad and x.grad is None
+    assert x.dtype == dtype and x.requires_grad and torch.equal(x.grad, torch.full_like(x, 7.0))
     assert torch.equal(x.detach(), x_before)
     for k, v in layer.state_dict().items():  # parameters and buffers (running stats, counter)
         assert v.dtype == params[k].dtype and torch.equal(v, params[k]), k
-    assert all(p.grad is None for p in layer.parameters())
+    assert torch.equal(layer[0].weight.grad, torch.full_like(layer[0].weight, 3.0))
+    assert all(p.grad is None for name, p in layer.named_parameters() if name != "0.weight")
     assert torch.equal(torch.get_rng_state(), rng)
     assert layer.training
 
@@ -453,9 +456,37 @@ def test_samples_on_a_large_output_compares_by_columns():
     assert bad.failed == ["x"]
 
 
+class OnceSquare(torch.autograd.Function):
+    """x * x with a backward that cannot be differentiated again, and misses the factor 2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x
+
+
+def test_samples_without_double_backward_fall_back_to_rows():
+    x = f64(2000)
+    report = gradcheck(lambda x: OnceSquare.apply(x) * 0 + x.sin(), x, samples=8)  # correct, needs rows
+    assert report.passed
+    bad = gradcheck(OnceSquare.apply, x, samples=8)
+    assert bad.failed == ["x"]
+    assert bad.rows[0].max_rel_err == pytest.approx(0.5, rel=1e-3)
+
+
 def test_complex_inputs_and_non_finite_outputs_are_clear_errors():
-    with pytest.raises(GradcheckError, match="complex"):
+    with pytest.raises(GradcheckError, match="complex one as its real and imaginary parts"):
         gradcheck(torch.abs, torch.randn(3, dtype=torch.complex128))
+    with pytest.raises(GradcheckError, match="complex tensor"):
+        gradcheck(torch.abs, torch.randn(3, dtype=torch.complex128, requires_grad=True))
+    constant = gradcheck(lambda x, z: (x * z).abs(), f64(3), torch.randn(3, dtype=torch.complex128))
+    assert [r.name for r in constant.rows] == ["x"] and constant.passed
     with pytest.raises(GradcheckError, match=r"NaN.*domain"):
         gradcheck(torch.log, -f64(3).abs())
 

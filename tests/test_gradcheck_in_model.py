@@ -67,7 +67,9 @@ def test_linear_in_a_model_passes_on_sliced_inputs():
     assert report.passed
     assert [r.name for r in report.rows] == ["input", "weight", "bias"]
     assert report.rows[0].shape == (MAX_SAMPLES, 8)  # sliced to a few samples
-    assert report.fn == "2 (Linear)"
+    assert report.fn == "2 (Linear)" and report.to_dict()["layer"] == "2"
+    report.step = 17  # what the watcher records
+    assert report.to_dict()["step"] == 17 and "step 17" in report._repr_html_()
 
 
 def test_buggy_custom_layer_fails_on_its_parameter_only():

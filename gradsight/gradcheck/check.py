@@ -42,7 +42,8 @@ def gradcheck(fn: Callable, *inputs: Any, mode: str = "full", eps: float = 1e-6,
     floating-point is copied to float64, so float32/16 and bfloat16 tensors work and
     the user's tensors, module, ``.grad`` and RNG state are left as they were.
 
-    ``mode="full"`` compares every Jacobian entry (within ``full.MAX_FULL_*``; pass
+    ``mode="full"`` compares every Jacobian entry (up to ``MAX_FULL_ELEMENTS`` input
+    elements and ``MAX_FULL_ENTRIES`` entries; past them pass
     ``samples=k`` to compare k random elements per tensor instead); ``mode="fast"``
     compares one seeded random projection vᵀJu per tensor and re-checks failures
     element-wise. An entry passes when ``|analytic - numeric| <= atol + rtol*|numeric|``.

@@ -1,11 +1,12 @@
 """Evaluate ``fn`` at many perturbed points: batched with ``torch.func.vmap``, else one by one.
 
 A full check needs two evaluations per input element. Batching them through vmap turns
-thousands of Python-level calls into a few vectorised ones; functions vmap cannot run
-(classic ``autograd.Function`` without ``setup_context``, ``.item()``, data-dependent
-control flow, in-place writes to unbatched state such as BatchNorm running stats) fall
-back to a loop. The first batched call also evaluates an unperturbed point and compares
-it with a plain call, so a function that vmap runs *differently* falls back too.
+thousands of Python-level calls into a few vectorised ones (classic ``autograd.Function``s
+run forward-only for this, see classic.py). Functions vmap cannot run (``.item()``,
+numpy, data-dependent control flow, in-place writes to unbatched state such as BatchNorm
+running stats) fall back to a loop. The first batched call also evaluates an unperturbed
+point and compares it with a plain call, so a function that vmap runs *differently*
+falls back too.
 """
 
 from __future__ import annotations

@@ -108,4 +108,5 @@ def check_module_call(module: torch.nn.Module, args: tuple, kwargs: dict | None 
         ))
     if name:
         report.fn = f"{name} ({type(module).__name__})"
+        report.layer = name
     return report

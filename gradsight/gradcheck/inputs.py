@@ -130,7 +130,7 @@ class CallSpec:
         if any(t.requires_grad for _, _, t in tensors):
             chosen = [(i, n, t) for i, n, t in tensors if t.requires_grad]
         else:
-            chosen = [(i, n, t) for i, n, t in tensors if t.is_floating_point() or t.is_complex()]
+            chosen = [(i, n, t) for i, n, t in tensors if t.is_floating_point()]  # complex: passed through
         chosen_ids = {i for i, _, _ in chosen}
 
         self.checked: list[Slot] = []
@@ -163,8 +163,10 @@ class CallSpec:
                 f"nothing to check in {self.name}: received {got}"
                 + (" and a module with no parameter that requires grad" if self.module is not None else "")
                 + ". Expected at least one floating-point tensor input (or a module parameter with "
-                "requires_grad=True). Integer and bool tensors are passed through, never perturbed; "
-                "pass a float tensor, e.g. x.double()."
+                "requires_grad=True). Integer, bool and complex tensors are passed through, never "
+                "perturbed; pass a float tensor, e.g. x.double()"
+                + (", and a complex one as its real and imaginary parts (torch.complex(re, im) inside fn)."
+                   if any(t.is_complex() for _, _, t in tensors) else ".")
             )
         self.devices = sorted(
             {s.value.device.index or 0 for s in self.checked if s.value.device.type == "cuda"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -39,11 +40,12 @@ class NoColumns(Exception):
     """The backward cannot be differentiated again (or not faithfully): use rows instead."""
 
 
-def _quiet():
-    w = warnings.catch_warnings()
-    w.__enter__()
-    warnings.filterwarnings("ignore", message=".*performance drop.*")
-    return w
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence vmap's "performance drop" warnings: a slow batching rule still gives right numbers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*performance drop.*")
+        yield
 
 
 class AnalyticJacobian:
@@ -63,6 +65,7 @@ class AnalyticJacobian:
         self._v: torch.Tensor | None = None  # for columns: Jᵀv as a differentiable function of v
         self._jtv: tuple[torch.Tensor | None, ...] | None = None
         self._probe: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._no_columns = ""  # why double backward cannot give columns, once known
 
     def _split(self, g: torch.Tensor) -> list[torch.Tensor]:
         lay = self.ev.layout
@@ -73,12 +76,9 @@ class AnalyticJacobian:
     def _vjp(self, g: torch.Tensor, batched: bool) -> tuple[torch.Tensor | None, ...]:
         """Gradients of all checked tensors for output cotangent(s) ``g``: (M,) or (B, M)."""
         try:
-            w = _quiet()
-            try:
+            with _quiet():
                 grads = torch.autograd.grad([self.outs[k] for k in self.diff], self.leaves, self._split(g),
                                             retain_graph=True, allow_unused=True, is_grads_batched=batched)
-            finally:
-                w.__exit__(None, None, None)
         except Exception as e:
             if batched:
                 raise
@@ -169,17 +169,23 @@ class AnalyticJacobian:
         M = self.ev.layout.size
         if not self.diff:
             return self._zeros(i, (len(cols), M))
+        if self._no_columns:
+            raise NoColumns(self._no_columns)
+        try:
+            return self._columns(i, cols)
+        except NoColumns as e:
+            self._no_columns = str(e) or "no double backward"  # do not try again for later chunks
+            raise
+
+    def _columns(self, i: int, cols: torch.Tensor) -> torch.Tensor:
+        M = self.ev.layout.size
         if self._jtv is None:
             self._v = torch.randn(M, generator=self.gen, dtype=torch.float64).to(self.ev.y0.device).requires_grad_()
             try:
-                with torch.enable_grad():
-                    w = _quiet()
-                    try:
-                        self._jtv = torch.autograd.grad([self.outs[k] for k in self.diff], self.leaves,
-                                                        self._split(self._v), retain_graph=True, create_graph=True,
-                                                        allow_unused=True)
-                    finally:
-                        w.__exit__(None, None, None)
+                with torch.enable_grad(), _quiet():
+                    self._jtv = torch.autograd.grad([self.outs[k] for k in self.diff], self.leaves,
+                                                    self._split(self._v), retain_graph=True, create_graph=True,
+                                                    allow_unused=True)
             except Exception as e:
                 raise NoColumns(str(e)) from e
             probe = torch.randn(M, generator=self.gen, dtype=torch.float64).to(self.ev.y0.device)
@@ -199,8 +205,7 @@ class AnalyticJacobian:
         out = None
         for batched in (True, False):
             try:
-                w = _quiet()
-                try:
+                with _quiet():
                     if batched:
                         (r,) = torch.autograd.grad(g, self._v, E, retain_graph=True, allow_unused=True,
                                                    is_grads_batched=True)
@@ -209,8 +214,6 @@ class AnalyticJacobian:
                         rs = [torch.autograd.grad(g, self._v, E[k], retain_graph=True, allow_unused=True)[0]
                               for k in range(b)]
                         r = None if rs[0] is None else torch.stack(rs).to(torch.float64)
-                finally:
-                    w.__exit__(None, None, None)
             except Exception as e:
                 if not batched:
                     raise NoColumns(str(e)) from e

@@ -92,6 +92,8 @@ class GradcheckReport:
     notes: list[str] = field(default_factory=list)
     batched: bool = False  # numeric evaluations ran through torch.func.vmap
     seconds: float = 0.0
+    layer: str | None = None  # in-model checks: the layer's qualified name in the model
+    step: int | None = None  # in-model checks: the training step whose inputs were used
 
     @property
     def passed(self) -> bool:
@@ -132,6 +134,7 @@ class GradcheckReport:
             "passed": self.passed, "fn": self.fn, "mode": self.mode, "eps": _num(self.eps),
             "atol": _num(self.atol), "rtol": _num(self.rtol), "seed": int(self.seed),
             "samples": self.samples, "batched": self.batched, "seconds": _num(self.seconds),
+            "layer": self.layer, "step": None if self.step is None else int(self.step),
             "notes": list(self.notes),
             "rows": [
                 {
@@ -173,8 +176,12 @@ class GradcheckReport:
             else f'<span style="color:{FAIL_COLOR};font-weight:bold">✗ FAILED</span> '
                  f"({esc(', '.join(self.failed))})"
         )
+        where = ""
+        if self.layer is not None:
+            where = f" in the model as <code>{esc(self.layer)}</code>"
+            where += f", on the inputs of step {self.step}" if self.step is not None else ""
         head = (
-            f"<div><b>gradcheck</b> of <code>{esc(self.fn)}</code>: {verdict}"
+            f"<div><b>gradcheck</b> of <code>{esc(self.fn)}</code>{where}: {verdict}"
             f' <span style="opacity:0.7">— mode {esc(self.mode)}, eps {self.eps:g}, atol {self.atol:g}, '
             f"rtol {self.rtol:g}, seed {self.seed}, {self.seconds:.2f} s</span></div>"
         )

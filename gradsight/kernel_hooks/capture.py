@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..gradcheck.in_model import slice_batch
 from ..records.step_record import StepRecord
 from .histogram import octave_counts, rebin
 from .step_buffer import StepBuffer
@@ -35,10 +36,6 @@ RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.C
 SATURATING = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.Softsign: (-1.0, 1.0),
               nn.Hardsigmoid: (0.0, 1.0)}
 SATURATION_MARGIN = 0.01  # "pinned": within 1% of the output range from a limit
-
-# What the in-model gradcheck keeps of each layer's last inputs.
-MAX_SAMPLES = 4
-MAX_INPUT_BYTES = 8 * 2**20
 
 
 def _foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -85,33 +82,6 @@ def _unit_dims(ndim: int) -> tuple[int, ...] | None:
     if ndim >= 4:
         return (0,) + tuple(range(2, ndim))
     return None
-
-
-def _slice_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """Detached copies of the first MAX_SAMPLES samples of every tensor argument."""
-    batch = None
-    for t in float_tensors((args, kwargs)):
-        if t.dim() > 0:
-            batch = t.shape[0]
-            break
-
-    def cut(obj):
-        if isinstance(obj, torch.Tensor):
-            t = obj.detach()
-            if batch is not None and t.dim() > 0 and t.shape[0] == batch:
-                t = t[:MAX_SAMPLES]
-            return t.clone()
-        if isinstance(obj, tuple):
-            return tuple(cut(o) for o in obj)
-        if isinstance(obj, list):
-            return [cut(o) for o in obj]
-        if isinstance(obj, dict):
-            return {k: cut(v) for k, v in obj.items()}
-        return obj
-
-    sliced = cut(args), cut(kwargs)
-    size = sum(t.numel() * t.element_size() for t in float_tensors(sliced))
-    return sliced if size <= MAX_INPUT_BYTES else None
 
 
 class Capture:
@@ -271,9 +241,8 @@ class Capture:
                 # an input no watched module produced: one pass tells finite or not
                 self.buffer.add_input(i, t.detach().sum(dtype=torch.float32))
         if self.detail and i in self.keep_inputs:
-            sliced = _slice_inputs(args, kwargs)
-            if sliced is not None:
-                self.last_inputs[i] = (-1, *sliced)  # the step is filled in at harvest
+            # a few samples, bounded in size (gradcheck.in_model.MAX_SAMPLES / MAX_CAPTURE_ELEMENTS)
+            self.last_inputs[i] = (-1, *slice_batch(args, kwargs))  # the step is filled in at harvest
 
     def _make_forward_hook(self, i: int):
         def forward_hook(module, args, kwargs, output):
