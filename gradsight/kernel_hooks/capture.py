@@ -26,7 +26,7 @@ from ..gradcheck.in_model import slice_batch
 from ..records.step_record import StepRecord
 from .histogram import octave_counts, rebin
 from .step_buffer import StepBuffer
-from .summary import F, measure
+from .summary import F, measure, sum_of_squares
 from .tensors import float_tensors, tensor_key
 
 # Units of these can "die": no positive output for any sample.
@@ -55,9 +55,9 @@ def _sumsq(flat: torch.Tensor) -> torch.Tensor:
     """Sum of squares of a flat float32 tensor. On CPU (where reading it is free) a float32
     overflow — finite values above ~1e19, e.g. gradients under a large loss scale — is redone
     in float64, so that a non-finite result means a NaN/Inf value, as the detectors assume."""
-    s = torch.dot(flat, flat)
+    s = sum_of_squares(flat)
     if flat.device.type == "cpu" and not math.isfinite(float(s)):
-        s = _fit32(torch.dot(flat.double(), flat.double()))
+        s = _fit32(sum_of_squares(flat.double()))
     return s
 
 
@@ -438,7 +438,7 @@ class Capture:
                 buf.set_param(j, 0, _sumsq(w))
                 if self._snapshot is not None and self._snapshot[j] is not None:
                     d = (p.detach() - self._snapshot[j]).reshape(-1).float()
-                    buf.set_param(j, 2, torch.dot(d, d))
+                    buf.set_param(j, 2, sum_of_squares(d))
             if self.detail:
                 for i in self.layers_with_params:
                     ps = [p for j, ref in enumerate(self._params)

@@ -37,10 +37,10 @@ def summarize(x: torch.Tensor) -> torch.Tensor:
     if flat.numel() == 0:
         return torch.tensor([0.0, 0.0, float("inf"), float("-inf"), 0, 0, 0, 0], device=x.device)
     total = flat.sum()
-    sumsq = torch.dot(flat, flat)
+    sumsq = sum_of_squares(flat)
     lo, hi = torch.aminmax(flat)
     sign = torch.sign(flat)
-    nonzero = torch.dot(sign, sign)
+    nonzero = torch.linalg.vector_norm(sign, ord=1)  # |sign| is 1 for every non-zero
     if flat.device.type == "cpu":
         if math.isfinite(float(sumsq)):  # free on CPU: no device to wait for
             nan = posinf = neginf = _CPU_ZERO
@@ -68,12 +68,19 @@ def measure(x: torch.Tensor, detail: bool) -> torch.Tensor:
     flat = _flat32(x)
     if flat.numel() == 0:
         return summarize(flat)
-    sumsq = torch.dot(flat, flat)
+    sumsq = sum_of_squares(flat)
     if flat.device.type == "cpu":
         return sumsq if math.isfinite(float(sumsq)) else summarize(flat)
     nan, posinf, neginf = _nonfinite_counts(flat)
     unknown = torch.full((), float("nan"), device=flat.device)
     return torch.stack([unknown, sumsq, unknown, unknown, unknown, nan, posinf, neginf])
+
+
+def sum_of_squares(flat: torch.Tensor) -> torch.Tensor:
+    """||x||^2 through torch's own reduction. Not ``torch.dot``: right after a matmul, BLAS's
+    dot waits on the BLAS thread pool that is still spinning — measured 7.9 ms instead of
+    60 us for 131k floats inside a forward hook."""
+    return torch.linalg.vector_norm(flat).square()
 
 
 def _flat32(x: torch.Tensor) -> torch.Tensor:
