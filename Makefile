@@ -10,7 +10,8 @@ PIPQ := $(BIN)/pip install -q --disable-pip-version-check
 # so that the labextension build reuses the venv's jupyterlab (saves ~20 s and a second download).
 BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" editables "jupyterlab>=4.6,<5"
 STAMP := $(VENV)/.gradsight-installed
-EXT_SRC := $(wildcard extension/*.ts extension/*.tsx style/*) package.json yarn.lock tsconfig.json
+EXT_SRC := $(shell find extension style -name '*.ts' -o -name '*.css' -o -name '*.js') protocol/schema.json \
+	package.json yarn.lock tsconfig.json
 
 .PHONY: lab test setup test-py test-js lint demo bench chromium clean
 

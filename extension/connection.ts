@@ -60,11 +60,17 @@ export class ProtocolRequestError extends Error {
 let counter = 0;
 
 export class Connection implements IDisposable {
-  /** `clientId` prefixes request ids, so replies broadcast to several panels never collide. */
+  /**
+   * `clientId` prefixes request ids, so replies broadcast to several panels never collide.
+   * Nothing is sent before `ready` resolves: JupyterLab sends a comm's messages over its
+   * subshell once that exists, and a message sent earlier waits behind the running cell.
+   */
   constructor(
     readonly comm: ICommLike,
-    readonly clientId: string
+    readonly clientId: string,
+    ready: Promise<void> = Promise.resolve()
   ) {
+    this._ready = ready;
     comm.onMsg = (msg: ICommMsgLike) => this._onMsg(msg);
     comm.onClose = () => this._onClose();
   }
@@ -92,17 +98,22 @@ export class Connection implements IDisposable {
   }
 
   /** Open the comm with a `hello` as its data; resolves with the kernel's `status`. */
-  open(client: Hello['client']): Promise<Status> {
+  async open(client: Hello['client']): Promise<Status> {
+    await this._ready;
+    if (this._closedFlag) {
+      throw new ProtocolRequestError('the comm is closed', 'closed');
+    }
     const req = makeRequest(this._nextId(), { kind: 'hello', client });
     const reply = this._expect(req.id);
     this.comm.open(toJSON(req));
-    return reply.then(r => this._as<Status>(r.message, 'status'));
+    return this._as<Status>((await reply).message, 'status');
   }
 
   /** Send one request; resolves with its reply, rejects with ProtocolRequestError. */
-  request(body: RequestBody): Promise<IIncoming> {
+  async request(body: RequestBody): Promise<IIncoming> {
+    await this._ready;
     if (this._closedFlag) {
-      return Promise.reject(new ProtocolRequestError('the comm is closed', 'closed'));
+      throw new ProtocolRequestError('the comm is closed', 'closed');
     }
     const req = makeRequest(this._nextId(), body);
     const reply = this._expect(req.id);
@@ -170,7 +181,13 @@ export class Connection implements IDisposable {
     const data = msg.content.data;
     if (!isReply(data)) {
       this._invalid += 1;
-      console.warn(`gradsight: dropped an invalid message from the kernel: ${whyInvalid(data) ?? 'not a reply kind'}`);
+      const why = whyInvalid(data) ?? 'not a reply kind';
+      console.warn(`gradsight: dropped an invalid message from the kernel: ${why}`);
+      const id = (data as { id?: unknown } | null)?.id;
+      if (typeof id === 'string' && this._pending.has(id)) {
+        // answer the waiting request rather than leave it pending forever
+        this._settle(id, new ProtocolRequestError(`invalid reply from the kernel: ${why}`, 'bad_message'));
+      }
       return;
     }
     const incoming: IIncoming = { message: data, buffers: msg.buffers ?? [] };
@@ -199,6 +216,7 @@ export class Connection implements IDisposable {
     this._closed.emit();
   }
 
+  private _ready: Promise<void>;
   private _isDisposed = false;
   private _closedFlag = false;
   private _invalid = 0;

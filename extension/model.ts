@@ -266,9 +266,9 @@ export class GradientsModel implements IDisposable {
   }
 
   /**
-   * Wait until the comm's subshell exists, so that the open travels on it and the kernel
-   * answers even while a training cell runs (JupyterLab 4.6 + ipykernel 7). Bounded: an
-   * older kernel has no subshells and the open then waits for the cell like any message.
+   * Resolves once the comm's subshell exists, so that what the connection sends travels on
+   * it and the kernel answers even while a training cell runs (JupyterLab 4.6 + ipykernel
+   * 7). Bounded: an older kernel has no subshells, and messages then wait for the cell.
    */
   private async _subshellReady(kernel: IKernelLike, comm: ICommLike): Promise<void> {
     const started = comm.subshellStarted;
@@ -347,16 +347,11 @@ export class GradientsModel implements IDisposable {
       this._setState('not-loaded');
       return;
     }
-    const conn = new Connection(comm, this._clientId);
+    const conn = new Connection(comm, this._clientId, this._subshellReady(kernel, comm));
     this._attempt = conn;
     this._setState('connecting');
-    this._subshellReady(kernel, comm)
-      .then(() => {
-        if (this._attempt !== conn) {
-          throw new Error('superseded');
-        }
-        return conn.open(this._client());
-      })
+    conn
+      .open(this._client())
       .then(
       status => {
         if (this._attempt === conn) {
@@ -383,7 +378,8 @@ export class GradientsModel implements IDisposable {
       return;
     }
     const data = msg.content.data;
-    const conn = new Connection(comm, this._clientId);
+    const kernel = this._kernel;
+    const conn = new Connection(comm, this._clientId, kernel ? this._subshellReady(kernel, comm) : undefined);
     if (!isReply(data) || data.kind !== 'status') {
       conn.dispose();
       return;
@@ -449,7 +445,7 @@ export class GradientsModel implements IDisposable {
     const msg = incoming.message;
     switch (msg.kind) {
       case 'status':
-        this._setStatus(msg);
+        this._setStatus(msg, true);
         break;
       case 'snapshot':
         this._onSnapshot(msg, incoming);
@@ -467,7 +463,8 @@ export class GradientsModel implements IDisposable {
     }
   }
 
-  private _setStatus(status: Status): void {
+  /** `fromPush`: a status the kernel sent by itself (a model was watched or closed). */
+  private _setStatus(status: Status, fromPush = false): void {
     this._status = status;
     const names = status.watchers.map(w => w.name);
     if (this._watcher !== null && !names.includes(this._watcher)) {
@@ -479,9 +476,9 @@ export class GradientsModel implements IDisposable {
       this._layerData = null;
       this._emit('snapshot');
       this._emit('layer');
-      if (names.length > 0) {
-        void this._fetchSnapshot();
-      }
+    }
+    if (fromPush && !this._snapshot && names.length > 0 && this._conn && !this._fetchingSnapshot) {
+      void this._fetchSnapshot(); // a model was just watched, or the shown one replaced
     }
     this._emit('status');
   }
@@ -527,14 +524,18 @@ export class GradientsModel implements IDisposable {
       this._emit('snapshot');
       return;
     }
+    this._fetchingSnapshot = true;
     try {
       const reply = await conn.request({ kind: 'get_snapshot', watcher: this._watcher });
       if (reply.message.kind === 'snapshot') {
+        this._recovered();
         this._onSnapshot(reply.message, reply);
       }
     } catch (e) {
       this._fail(e);
       return;
+    } finally {
+      this._fetchingSnapshot = false;
     }
     await this._fetchLayer();
   }
@@ -550,6 +551,7 @@ export class GradientsModel implements IDisposable {
       // only a layer the user picked becomes the one the kernel pushes
       const reply = await conn.request({ kind: 'get_layer', watcher, layer, follow: this._layer !== null });
       if (reply.message.kind === 'layer') {
+        this._recovered();
         this._onLayer(reply.message, reply);
       }
     } catch (e) {
@@ -569,6 +571,14 @@ export class GradientsModel implements IDisposable {
     }
   }
 
+  /** A request succeeded: an earlier failure (e.g. a read that raced the training step) is over. */
+  private _recovered(): void {
+    if (this._lastError !== null && !this._gradcheckRunning) {
+      this._lastError = null;
+      this._emit('error');
+    }
+  }
+
   private _fail(e: unknown): void {
     if (e instanceof ProtocolRequestError && e.code === 'closed') {
       return; // the state change says it already
@@ -583,6 +593,7 @@ export class GradientsModel implements IDisposable {
 
   private _setState(state: ConnectionState): void {
     if (state !== this._state) {
+      console.debug(`gradsight: ${this._state} -> ${state} (kernel ${this._kernel?.id ?? 'none'})`);
       this._state = state;
       if (state !== 'connected') {
         this._lastError = null;
@@ -616,6 +627,7 @@ export class GradientsModel implements IDisposable {
   private _gradcheckRunning = false;
   private _lastError: string | null = null;
   private _pushes = 0;
+  private _fetchingSnapshot = false;
   private _executing = new Set<string>();
   private _changed = new Signal<this, Change>(this);
 }

@@ -319,20 +319,19 @@ class Watcher:
     def layers(self) -> pd.DataFrame:
         """One row per watched module, in model order, with the latest step's statistics."""
         c = self._capture
-        df = pd.DataFrame({"layer": c.names, "type": c.types})
-        n_params = np.zeros(len(c.names), dtype=np.int64)
+        L = len(c.names)
+        n_params = np.zeros(L, dtype=np.int64)
         for j, ref in enumerate(c._params):
             p = ref()
             if p is not None:
                 n_params[c.param_layer[j]] += p.numel()
-        df["params"] = n_params
         rec = self._last_record
-        df["dtype"] = [rec.dtypes.get(i, "") if rec else "" for i in range(len(c.names))]
         metrics = self._latest_metrics or {}
-        for m in LAYER_METRICS:
-            df[m] = metrics.get(m, np.full(len(c.names), np.nan))
-        df["step"] = self._latest_step if self._latest_step is not None else -1
-        return df
+        columns = {"layer": c.names, "type": c.types, "params": n_params,
+                   "dtype": [rec.dtypes.get(i, "") if rec else "" for i in range(L)]}
+        columns.update({m: metrics.get(m, np.full(L, np.nan)) for m in LAYER_METRICS})
+        columns["step"] = np.full(L, self._latest_step if self._latest_step is not None else -1)
+        return pd.DataFrame(columns)  # built in one go: the panel reads it on every push
 
     def history(self, metric: str = "grad_norm") -> pd.DataFrame:
         """One row per recorded step, one column per layer (or one column for step metrics)."""

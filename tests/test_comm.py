@@ -372,6 +372,15 @@ def test_push_failure_never_reaches_the_training_step(env):
     reg.step(w)
 
 
+def test_requests_stay_on_the_subshell_the_panel_chose(env):
+    """ipykernel 7 would route them to the main shell after a push from w.step()."""
+    _, hub, *_ = env
+    comm = FakeComm()
+    comm._reply_subshell_for = lambda data, default: None  # ipykernel's: "the main shell"
+    Session(comm, hub)
+    assert comm._reply_subshell_for({"v": 1, "kind": "hello", "id": "a"}, "subshell-1") == "subshell-1"
+
+
 def test_closed_session_sends_nothing(env):
     reg, hub, clock, *_ = env
     w = reg.watch(FakeWatcher("MLP"))
@@ -504,3 +513,28 @@ def test_real_watcher_through_the_protocol():
     finally:
         session.close()
     assert not hub.subscribed
+
+
+def test_log_lines_go_to_the_server_log_not_the_notebook(monkeypatch, tmp_path):
+    """ipykernel forwards sys.stderr and fd 2 to the notebook; its copy of fd 2 is the log."""
+    import os
+    import sys
+
+    from gradsight.comm import server_log as comm_log
+
+    target = tmp_path / "server.log"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+
+        class KernelStderr:
+            _original_stdstream_copy = fd
+
+        monkeypatch.setattr(sys, "stderr", KernelStderr())
+        stream = comm_log._server_log_stream()
+        stream.write("hello server log\n")
+        stream.flush()
+        assert target.read_text() == "hello server log\n"
+        monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+        assert comm_log._server_log_stream() is sys.__stderr__  # outside a kernel
+    finally:
+        os.close(fd)

@@ -203,7 +203,7 @@ export class FakeKernel implements IKernelLike {
   }
 
   /** `import gradsight` in a kernel where a panel target is registered: the kernel opens a comm. */
-  announce(): FakeComm {
+  announce(statusPatch: JSONObject = {}): FakeComm {
     this.loaded = true;
     const c = new FakeComm(this, 'gradsight');
     this.comms.push(c);
@@ -213,7 +213,8 @@ export class FakeKernel implements IKernelLike {
       return c;
     }
     const f = fixture('status');
-    const msg = { content: { comm_id: c.commId, target_name: 'gradsight', data: { ...f.message, id: null } } };
+    const data = { ...f.message, id: null, ...statusPatch };
+    const msg = { content: { comm_id: c.commId, target_name: 'gradsight', data } };
     void cb(c as unknown as Kernel.IComm, msg as unknown as KernelMessage.ICommOpenMsg);
     return c;
   }

@@ -1,5 +1,8 @@
 import { Change, GradientsModel } from '../model';
+import type { JSONObject } from '@lumino/coreutils';
+
 import { FakeKernel, FakeSession, settle } from './fakes';
+import { fixture } from './fixtures';
 
 function setup(options: { loaded?: boolean } = {}) {
   const kernel = new FakeKernel('k1');
@@ -147,6 +150,31 @@ describe('GradientsModel', () => {
     await settle();
     expect(model.state).toBe('connected');
     expect(model.snapshot?.watcher.name).toBe('MLP');
+  });
+
+  it('fetches the model watched after gradsight was imported, with the layer the user picked', async () => {
+    const t = setup();
+    model = t.model;
+    model.setSession(t.session);
+    await settle();
+    await model.selectLayer('fc1');
+    t.kernel.restart();
+    await settle();
+    const empty = { watchers: [] };
+    t.kernel.overrides.hello = req => [{ ...(fixture('status').message as JSONObject), id: req.id, ...empty }, []];
+    const comm = t.kernel.announce(empty); // `import gradsight`: nothing watched yet
+    await settle();
+    expect(model.state).toBe('connected');
+    expect(model.snapshot).toBeNull();
+    t.kernel.requests.length = 0;
+    comm.deliver({ ...(fixture('status').message as JSONObject), id: null }); // gs.watch(model)
+    await settle();
+    expect(model.snapshot?.watcher.name).toBe('MLP');
+    expect(t.kernel.requests.map(r => [r.kind, r.layer ?? null])).toEqual([
+      ['get_snapshot', null],
+      ['get_layer', 'fc1']
+    ]);
+    expect(model.layer?.layer).toBe('fc1');
   });
 
   it('follows a kernel change and a notebook switch, closing the old comm', async () => {

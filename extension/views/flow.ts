@@ -122,7 +122,7 @@ export class FlowView extends SectionView {
             x: {
               type: 'logarithmic',
               title: { display: true, text: '', color: t.muted },
-              ticks: { color: t.muted, callback: v => (isPowerOfTen(Number(v)) ? fmt(Number(v)) : ''), autoSkip: false },
+              ticks: { color: t.muted, callback: v => (isPowerOfTen(Number(v)) ? fmt(Number(v)) : ''), autoSkip: false, maxRotation: 0 },
               grid: { color: t.grid }
             },
             y: {

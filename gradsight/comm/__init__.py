@@ -13,8 +13,8 @@ from typing import Any
 
 from .errors import ProtocolError
 from .hub import Hub
-from .log import log
 from .schema import PROTOCOL_VERSION, load_schema, parse_request, validate
+from .server_log import log
 from .session import Session
 from .sources import KernelSources
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .limits import MAX_PUSH_SHARE, MIN_PUSH_INTERVAL_S
-from .log import log
+from .server_log import log
 
 if TYPE_CHECKING:
     from .session import Session
@@ -88,6 +88,7 @@ class Hub:
         try:
             if event == "step":
                 now = self.clock()
+                log.debug("step event %s", getattr(watcher, "step_count", "?"))
                 if now - self._last_push >= self.interval:
                     self._push(watcher, fresh=False)
                     self._stale = watcher
@@ -115,6 +116,13 @@ class Hub:
         # a big model's push costs more: space pushes so they take at most MAX_PUSH_SHARE
         if self.max_share:
             self.interval = max(self.min_interval, (end - start) / self.max_share)
+        log.debug(
+            "pushed step %s to %d panel(s) in %.1f ms; next push in >= %.2f s",
+            getattr(watcher, "step_count", "?"),
+            len(self.sessions),
+            1e3 * (end - start),
+            self.interval,
+        )
 
     def flush(self) -> None:
         """At the end of a cell: send what the throttle held back, with fresh findings, so

@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from .errors import ProtocolError
 from .limits import MAX_REQUEST_BYTES
@@ -38,8 +36,14 @@ def load_schema() -> dict[str, Any]:
         return json.load(f)
 
 
+if TYPE_CHECKING:
+    import jsonschema
+
+
 @functools.lru_cache(maxsize=32)
 def _validator(definition: str) -> jsonschema.Draft7Validator:
+    import jsonschema  # on first message, not on `import gradsight` (~0.1 s)
+
     schema = load_schema()
     sub = {"$ref": f"#/definitions/{definition}", "definitions": schema["definitions"]}
     return jsonschema.Draft7Validator(sub)

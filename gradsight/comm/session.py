@@ -16,8 +16,8 @@ from .errors import ProtocolError
 from .handlers import HANDLERS
 from .histcache import HistogramCache
 from .limits import FINDINGS_EVERY_S, PUSH_HIST_STEPS
-from .log import log
 from .schema import parse_request
+from .server_log import log
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -41,7 +41,9 @@ class Session:
         self._findings: tuple[Any, float, dict[str, Any]] | None = None  # (watcher, time, payload)
         comm.on_msg(self._on_msg)
         comm.on_close(self._on_close)
+        _keep_frontend_routing(comm)
         hub.attach(self)
+        log.info("panel comm %s opened by the %s", self._comm_id(), "panel" if confirmed else "kernel")
 
     @property
     def sources(self) -> Any:
@@ -58,6 +60,7 @@ class Session:
         req: dict[str, Any] | None = None
         try:
             req = parse_request(data, buffers)
+            log.debug("request %s %s on %s", req["kind"], req["id"], threading.current_thread().name)
             self.confirmed = True
             reply = HANDLERS[req["kind"]](self, req)
         except ProtocolError as e:
@@ -76,6 +79,10 @@ class Session:
     def _on_close(self, msg: Any = None) -> None:
         self.closed = True
         self.hub.detach(self)
+        log.info("panel comm %s closed by the panel", self._comm_id())
+
+    def _comm_id(self) -> str:
+        return str(getattr(self.comm, "comm_id", "?"))[:12]
 
     # -- selection ---------------------------------------------------------------------------
     def follow(self, watcher: str | None = None, layer: str | None = None) -> None:
@@ -166,3 +173,19 @@ class Session:
         if not self.confirmed and self.cell_ended:
             log.info("no gradsight panel answered; closing the announcement comm")
             self.close()
+
+
+def _keep_frontend_routing(comm: Any) -> None:
+    """Serve the panel's requests on the subshell the front-end sent them to.
+
+    ipykernel 7 routes a comm's incoming messages to the subshell that the comm's last
+    outgoing message came from (so that ipywidgets replies reach a waiting cell). Our pushes
+    come from w.step() on the main thread, which would queue every later request behind the
+    running training cell. The hook is private: where it does not exist, nothing changes.
+    """
+    if hasattr(comm, "_reply_subshell_for"):
+        comm._reply_subshell_for = _frontend_choice
+
+
+def _frontend_choice(data: Any, default: Any) -> Any:
+    return default
