@@ -15,8 +15,11 @@ EXT_SRC := $(shell find extension style -name '*.ts' -o -name '*.css' -o -name '
 
 .PHONY: lab test setup test-py test-js lint demo bench chromium clean
 
+# --allow-root only when run as root (containers, this CI machine); jupyter refuses root otherwise
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=examples
+	$(BIN)/jupyter lab --notebook-dir=examples $(ROOT_FLAG) $(LAB_ARGS)
 
 setup: $(STAMP)
 
