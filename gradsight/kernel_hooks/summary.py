@@ -1,10 +1,11 @@
 """Per-tensor summary statistics computed on the tensor's own device.
 
-Why these primitives: on CPU, float reductions (``sum``, ``dot``, ``aminmax``) run at
-~0.1-0.2 ns/element, while comparisons that produce bool tensors and ``count_nonzero``
-are 5-20x slower (measured, see benchmarks/). So the per-step summary is four float
-passes: sum, sum of squares, min/max, and the number of non-zeros as
-``dot(sign(x), sign(x))``. Everything else (mean, std, L2 norm, zero fraction) is
+Why these primitives: on CPU, float reductions (``sum``, ``vector_norm``, ``aminmax``)
+run at ~0.1-0.2 ns/element, while comparisons that produce bool tensors and
+``count_nonzero`` are 5-20x slower (measured on this project's CI machine). So the full
+summary (detail steps) is four float passes: sum, sum of squares, min/max, and the number
+of non-zeros as the 1-norm of ``sign(x)``; the every-step summary is the sum of squares
+alone (:func:`measure`). Everything else (mean, std, L2 norm, zero fraction) is
 derived on the host from these raw, *combinable* fields — combinable so that a module
 called several times per step, or several backward passes (gradient accumulation),
 merge into one row.
