@@ -35,39 +35,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gradsight as gs  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402
 
-def mlp():
-    model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                          nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-    return model, torch.randn(128, 784), torch.randint(0, 10, (128,))
-
-
-def cnn():
-    def block(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
-
-    model = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
-    return model, torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-
-
-class Encoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(d_model=256, nhead=4, dim_feedforward=1024, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers=4, enable_nested_tensor=False)
-        self.head = nn.Linear(256, 10)
-
-    def forward(self, x):
-        return self.head(self.encoder(x).mean(dim=1))
-
-
-def transformer():
-    return Encoder(), torch.randn(8, 64, 256), torch.randint(0, 10, (8,))
-
-
-MODELS = {"mlp": ("MLP 784-1024x3-10, batch 128", mlp),
-          "cnn": ("CNN 3 conv (32/64/128) + BN + ReLU, 32x32, batch 32", cnn),
-          "transformer": ("Transformer encoder 4 layers, d=256, 4 heads, seq 64, batch 8", transformer)}
+MODELS = {"mlp": ("MLP 784-1024x3-10, batch 128", models.mlp),
+          "cnn": ("CNN 3 conv (32/64/128) + BN + ReLU, 32x32, batch 32", lambda: models.cnn(batch=32)),
+          "transformer": ("Transformer encoder 4 layers, d=256, 4 heads, seq 64, batch 8",
+                          lambda: models.transformer(batch=8, seq=64))}
 ARMS = ("plain", "detect_anomaly", "tracer", "watch", "nan_trace_op")
 LABELS = {"detect_anomaly": "detect_anomaly", "tracer": "NanTracer alone", "watch": "gs.watch (default)",
           "nan_trace_op": 'gs.watch(nan_trace="op")'}
