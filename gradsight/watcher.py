@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import bus
 from .detectors import DetectorEngine
-from .kernel_hooks import registry
 from .kernel_hooks.capture import Capture
-from .kernel_hooks.histogram import Histogram
+from .records.histogram import EXTRA_COUNTS, HIST_KINDS, Histogram
 from .records.history import DecimatingStore
 from .records.metrics import DETAIL_METRICS, LAYER_METRICS, layer_metrics, total_grad_norm
 from .records.step_record import StepRecord
@@ -31,8 +31,6 @@ from .warnings import GradsightWarning
 HISTORY_BYTES = 32 * 2**20     # cap for per-layer metric history
 HISTOGRAM_BYTES = 32 * 2**20   # cap for stored histograms
 SCALAR_CAPACITY = 8192         # loss / lr / timings rows before thinning
-HIST_KINDS = ("activation", "grad", "weight")
-_EXTRA = ("zero", "nan", "posinf", "neginf", "subnormal")
 STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
 
 
@@ -70,7 +68,7 @@ class Watcher:
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise TypeError(f"gradsight.watch: scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}.")
 
-        previous = registry.watcher_of(model)
+        previous = bus.watcher_of(model)
         if previous is not None:  # a re-run cell: replace, never stack hooks
             previous.close()
 
@@ -88,7 +86,7 @@ class Watcher:
             from .kernel_hooks.nan_trace import NanTracer
 
             self._nan_tracer = NanTracer(self._compiled or model, list(self._capture.names))
-        self.name = registry.unique_name(name or type(model).__name__)
+        self.name = bus.unique_name(name or type(model).__name__)
         self.closed = False
         self.step_count = 0
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
@@ -106,12 +104,12 @@ class Watcher:
         cap = HISTORY_BYTES // max(1, 4 * L * len(LAYER_METRICS))
         self._layer_hist = DecimatingStore(min(4096, max(64, cap)), (len(LAYER_METRICS), L))
         self._scalars = DecimatingStore(SCALAR_CAPACITY, (len(STEP_COLUMNS),), dtype=np.float64)
-        per_hist = L * len(HIST_KINDS) * (2 * self.bins + 1 + len(_EXTRA)) * 8
+        per_hist = L * len(HIST_KINDS) * (2 * self.bins + 1 + len(EXTRA_COUNTS)) * 8
         self._hist_edges = DecimatingStore(max(8, min(1024, HISTOGRAM_BYTES // max(per_hist, 1))),
                                            (L, len(HIST_KINDS), self.bins + 1), dtype=np.float64)
         self._hist_counts = DecimatingStore(self._hist_edges.capacity, (L, len(HIST_KINDS), self.bins),
                                             dtype=np.int64, fill=-1)
-        self._hist_extra = DecimatingStore(self._hist_edges.capacity, (L, len(HIST_KINDS), len(_EXTRA)),
+        self._hist_extra = DecimatingStore(self._hist_edges.capacity, (L, len(HIST_KINDS), len(EXTRA_COUNTS)),
                                            dtype=np.int64, fill=-1)
         self._units: dict[int, UnitRing] = {}
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
@@ -126,7 +124,7 @@ class Watcher:
                 "captured. To see every layer, watch the model before compiling it, or debug uncompiled.",
                 GradsightWarning, stacklevel=3)
         self._begin_step()
-        registry.add(self)
+        bus.add(self)
 
     # --- life cycle --------------------------------------------------------------------
     @property
@@ -145,8 +143,8 @@ class Watcher:
             h.remove()
         self._opt_handles.clear()
         self.closed = True
-        registry.discard(self)
-        registry.publish("close", self)
+        bus.discard(self)
+        bus.publish("close", self)
 
     def __enter__(self) -> Watcher:
         return self
@@ -246,7 +244,7 @@ class Watcher:
         self._auto_closed_pending_loss = False
         self.step_count += 1
         self._begin_step()
-        registry.publish("step", self)
+        bus.publish("step", self)
 
     def _store(self, rec: StepRecord) -> None:
         self._last_record = rec
@@ -265,7 +263,7 @@ class Watcher:
             L = rec.n_layers
             edges = np.full((L, len(HIST_KINDS), self.bins + 1), np.nan)
             counts = np.full((L, len(HIST_KINDS), self.bins), -1, dtype=np.int64)
-            extra = np.full((L, len(HIST_KINDS), len(_EXTRA)), -1, dtype=np.int64)
+            extra = np.full((L, len(HIST_KINDS), len(EXTRA_COUNTS)), -1, dtype=np.int64)
             for (i, of), h in rec.hist.items():
                 k = HIST_KINDS.index(of)
                 edges[i, k] = h.edges

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
-from gradsight.kernel_hooks import registry
+from gradsight import bus as registry
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")

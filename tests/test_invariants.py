@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
-from gradsight.kernel_hooks import registry
+from gradsight import bus as registry
 from gradsight.kernel_hooks.step_buffer import StepBuffer
 
 

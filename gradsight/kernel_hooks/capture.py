@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gradcheck.in_model import slice_batch
+from ..records.fields import F
+from ..records.histogram import rebin
 from ..records.step_record import StepRecord
-from .histogram import octave_counts, rebin
+from .histogram import octave_counts
+from .sampling import slice_batch
 from .step_buffer import StepBuffer
-from .summary import F, measure, sum_of_squares
+from .summary import measure, sum_of_squares
 from .tensors import float_tensors, tensor_key
 
 # Units of these can "die": no positive output for any sample.

@@ -5,7 +5,7 @@ histograms (layer, gradient/activation, step slider), layer × step heatmap, tra
 curves, dead units and gradcheck. Works in any front-end with ipywidgets 8.
 
 Live: while displayed, the dashboard subscribes to the watcher's steps
-(:func:`gradsight.kernel_hooks.registry.subscribe`) and redraws the visible tab from
+(:func:`gradsight.bus.subscribe`) and redraws the visible tab from
 inside ``step()`` — at most every ``min_interval`` seconds (0.5 s: about 2 redraws a
 second), and further apart when a redraw is slow, so the view never takes more than
 about a quarter of the training time. Each view is a PNG in an ``Image`` widget whose
@@ -26,7 +26,7 @@ import weakref
 import ipywidgets as widgets
 import numpy as np
 
-from ..kernel_hooks import registry
+from .. import bus
 from . import source, style
 from .dead_units import UnitActivity, dead_units
 from .distribution import distribution
@@ -137,7 +137,7 @@ class Dashboard(widgets.VBox):
                 return
             dash._on_event(event, watcher)
 
-        unsubscribe = registry.subscribe(on_event)
+        unsubscribe = bus.subscribe(on_event)
         self._unsubscribe = unsubscribe
         with contextlib.suppress(Exception):
             from IPython import get_ipython
