@@ -27,6 +27,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from .. import bus
+from ..throttle import ThrottledSubscriber
 from . import source, style
 from .dead_units import UnitActivity, dead_units
 from .distribution import distribution
@@ -58,9 +59,9 @@ class Dashboard(widgets.VBox):
         self.units = UnitActivity.from_watcher(watcher, window=window)
         self.redraws = 0           # number of live (throttled) redraws, for tests and curiosity
         self.render_seconds = 0.0  # time of the last redraw
-        self._interval = self.min_interval
-        self._last_draw = 0.0
-        self._pending = False
+        self.throttle = ThrottledSubscriber(self._show_step, min_interval=self.min_interval,
+                                            max_interval=MAX_INTERVAL, max_share=MAX_RENDER_SHARE,
+                                            clock=time.perf_counter)
         self._stale: set[int] = set(range(len(TABS)))
         self._unsubscribe = None
         self._ipython = None
@@ -192,15 +193,13 @@ class Dashboard(widgets.VBox):
         rec = watcher.last_record()
         if rec is not None:
             self.units.add(rec)
-        now = time.perf_counter()
-        if now - self._last_draw >= self._interval:
-            self.refresh(live=True)
-        else:
-            self._pending = True
+        self.throttle.step(watcher)
+
+    def _show_step(self, watcher, fresh: bool) -> None:
+        self.refresh(live=not fresh)
 
     def _after_cell(self, *_args) -> None:
-        if self._pending:
-            self.refresh()
+        self.throttle.flush()  # the cell finished: a step the throttle held back is drawn now
 
     def refresh(self, *, live: bool = False) -> None:
         """Redraw the header, the findings and the visible tab (others redraw when shown)."""
@@ -209,7 +208,6 @@ class Dashboard(widgets.VBox):
         self._busy = True
         t0 = time.perf_counter()
         try:
-            self._pending = False
             self._stale = set(range(len(TABS)))
             self._update_header()
             self._update_findings()
@@ -218,10 +216,10 @@ class Dashboard(widgets.VBox):
         finally:
             self._busy = False
         self.render_seconds = time.perf_counter() - t0
-        self._last_draw = time.perf_counter()
-        if live:  # the first, display-time draw also pays matplotlib's import: not a guide
+        if live:
             self.redraws += 1
-            self._interval = max(self.min_interval, min(MAX_INTERVAL, self.render_seconds / MAX_RENDER_SHARE))
+        else:
+            self.throttle.shown_elsewhere()
 
     # --- rendering -------------------------------------------------------------------------
     def _render(self, tab: int) -> None:
