@@ -157,6 +157,20 @@ class Capture:
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._register(model, modules)
 
+    # --- what the watcher may read ----------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        """The watched parameters that still exist, in model order."""
+        return [p for ref in self._params if (p := ref()) is not None]
+
+    def param_counts(self) -> np.ndarray:
+        """Number of parameter elements each layer owns (its own, not its children's), by layer."""
+        counts = np.zeros(len(self.names), dtype=np.int64)
+        for j, ref in enumerate(self._params):
+            p = ref()
+            if p is not None:
+                counts[self.param_layer[j]] += p.numel()
+        return counts
+
     # --- registration ---------------------------------------------------------------
     def _register(self, model: nn.Module, modules: list[nn.Module]) -> None:
         self._handles.append(model.register_forward_pre_hook(self._make_root_pre_hook(), with_kwargs=True))

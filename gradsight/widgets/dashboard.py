@@ -29,7 +29,7 @@ import numpy as np
 from .. import bus
 from ..throttle import ThrottledSubscriber
 from . import source, style
-from .dead_units import UnitActivity, dead_units
+from .dead_units import dead_units
 from .distribution import distribution
 from .gradcheck_plot import gradcheck_figure
 from .gradient_flow import gradient_flow
@@ -56,7 +56,7 @@ class Dashboard(widgets.VBox):
                             f"got {type(watcher).__name__}.")
         self.watcher = watcher
         self.min_interval = float(min_interval)
-        self.units = UnitActivity.from_watcher(watcher, window=window)
+        self.window = int(window)  # steps of unit activity the dead-units tab shows
         self.redraws = 0           # number of live (throttled) redraws, for tests and curiosity
         self.render_seconds = 0.0  # time of the last redraw
         self.throttle = ThrottledSubscriber(self._show_step, min_interval=self.min_interval,
@@ -190,9 +190,6 @@ class Dashboard(widgets.VBox):
             return
         if event != "step":
             return
-        rec = watcher.last_record()
-        if rec is not None:
-            self.units.add(rec)
         self.throttle.step(watcher)
 
     def _show_step(self, watcher, fresh: bool) -> None:
@@ -238,7 +235,7 @@ class Dashboard(widgets.VBox):
             elif tab == 3:
                 self._show("curves", training_curves(w))
             elif tab == 4:
-                self._show("dead", dead_units(self.units, layer))
+                self._show("dead", dead_units(w, layer, window=self.window))
             elif tab == 5:
                 self._show("gradcheck", gradcheck_figure(self._report))
         except Exception as exc:  # a view must never break the training step
