@@ -20,6 +20,7 @@ from torch import nn
 
 from . import bus
 from .detectors import DetectorEngine
+from .detectors.finding import SEVERITY_RANK
 from .kernel_hooks.capture import Capture
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
@@ -253,7 +254,14 @@ class Watcher(RunQueries):
 
     # --- queries (the rest is RunQueries, over self._history) ----------------------------
     def _findings_frame(self) -> pd.DataFrame:
-        return self._detectors.frame()
+        """The one order of findings, everywhere they are shown: by first step, then severity
+        (error, warning, info), then layer in model order (whole-model findings first)."""
+        df = self._detectors.frame()
+        if len(df) < 2:
+            return df
+        key = pd.DataFrame({"step": df["step"], "rank": df["severity"].map(SEVERITY_RANK).fillna(len(SEVERITY_RANK)),
+                            "layer": df["layer"].map(self._history.index).fillna(len(self._history.names))})
+        return df.loc[key.sort_values(["step", "rank", "layer"], kind="stable").index].reset_index(drop=True)
 
     def last_record(self) -> StepRecord | None:
         return self._last_record

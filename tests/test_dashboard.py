@@ -138,10 +138,10 @@ def test_choosing_a_finding_selects_its_layer_and_step(monkeypatch):
     dash = w.dashboard()
     show(dash)
     labels = [label for label, _ in dash.findings.options]
-    assert labels[0].startswith("ERROR") and "nan_origin" in labels[0]  # most serious first
+    assert labels[1].startswith("ERROR") and "nan_origin" in labels[1]  # w.findings()'s order (issue 9)
     assert "1 error" in dash.header.value and "1 warning" in dash.header.value
-    assert dash.layer.value == "2"  # the first flagged layer is selected by default
-    dash.findings.value = 1  # the dead_units row
+    assert dash.layer.value == "2"  # the most seriously flagged layer is selected by default
+    dash.findings.value = 0  # the dead_units row
     assert dash.layer.value == "3"
     assert dash.step.value == min(w.histogram_steps("3", "grad"), key=lambda s: abs(s - 2))
     dash.close()

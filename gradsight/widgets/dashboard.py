@@ -27,6 +27,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from .. import bus
+from ..detectors.finding import SEVERITY_RANK
 from ..throttle import ThrottledSubscriber
 from . import source, style
 from .dead_units import dead_units
@@ -35,7 +36,6 @@ from .gradcheck_plot import gradcheck_figure
 from .gradient_flow import gradient_flow
 from .heatmap import heatmap
 from .histogram import histogram
-from .summary_html import ordered
 from .training_curves import training_curves
 
 TABS = ("Gradient flow", "Histograms", "Heatmap", "Training", "Dead units", "Gradcheck")
@@ -262,7 +262,7 @@ class Dashboard(widgets.VBox):
 
     def _update_findings(self) -> None:
         try:
-            found = ordered(self.watcher.findings())
+            found = self.watcher.findings()  # in findings() order: one order everywhere
         except Exception:
             found = source.findings_frame(None)
         self._findings = found
@@ -359,8 +359,9 @@ def _default_layer(w) -> str:
     """The first flagged layer, else the first leaf layer with parameters, else the first leaf."""
     names = w.layer_names
     try:
-        found = ordered(w.findings())
-        for layer in found.get("layer", []):
+        found = w.findings()
+        rank = found["severity"].map(SEVERITY_RANK).fillna(len(SEVERITY_RANK))
+        for layer in found["layer"][rank.sort_values(kind="stable").index]:  # the most serious, earliest
             if str(layer) in names:
                 return str(layer)
     except Exception:

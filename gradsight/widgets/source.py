@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-FINDING_COLUMNS = ["step", "last_step", "count", "layer", "kind", "severity", "message", "hint",
-                   "phase", "op", "source", "value", "threshold"]
+from ..detectors.finding import FINDING_COLUMNS
 
 
 def is_watcher(src) -> bool:
