@@ -8,12 +8,13 @@
 
 from .detectors import Finding, Thresholds
 from .gradcheck import GradcheckReport, gradcheck
+from .nonfinite import NonFiniteError
 from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
 __all__ = ["watch", "Watcher", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
-           "GradsightWarning", "load_ipython_extension"]
+           "GradsightWarning", "NonFiniteError", "load_ipython_extension"]
 __version__ = "0.1.0"
 
 

@@ -22,6 +22,8 @@ from . import bus
 from .detectors import DetectorEngine
 from .detectors.finding import SEVERITY_RANK
 from .kernel_hooks.capture import Capture
+from .kernel_hooks.filters import select_modules
+from .nonfinite import check_mode, copy_inputs, error_for, first_nonfinite, grads_finite
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
 from .records.step_record import StepRecord
@@ -44,7 +46,8 @@ class Watcher(RunQueries):
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
-                 nan_trace: str = "module"):
+                 nan_trace: str = "module", include: Any = None, exclude: Any = None,
+                 on_nonfinite: str = "warn"):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -66,6 +69,8 @@ class Watcher(RunQueries):
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise TypeError(f"gradsight.watch: scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}.")
 
+        self.on_nonfinite = check_mode(on_nonfinite)
+        selected = select_modules(_compiled_inner(model) or model, include, exclude)
         previous = bus.watcher_of(model)
         if previous is not None:  # a re-run cell: replace, never stack hooks
             previous.close()
@@ -75,8 +80,12 @@ class Watcher(RunQueries):
         self._errors_reported: set[str] = set()
         self.errors: list[tuple[str, str]] = []
         self._capture = Capture(self._compiled or model, activations=activations, bins=self.bins,
-                                on_error=self._hook_error)
+                                on_error=self._hook_error, modules=selected)
         self._capture.on_root_forward = self._on_root_forward
+        self._batch: Any = None  # on_nonfinite="raise": the latest forward's inputs, detached
+        self._withheld: list = []  # on_nonfinite="skip": (param, grad) kept from one optimizer.step()
+        if self.on_nonfinite == "raise":
+            self._capture.on_root_inputs = self._keep_inputs
         self._scaler = scaler
         self._scale_this_step = float("nan") if scaler is not None else 1.0
         self._nan_tracer = None
@@ -171,18 +180,61 @@ class Watcher(RunQueries):
             if not skipped and self._scaler is not None and np.isfinite(self._scale_this_step):
                 skipped = _scaler_scale(self._scaler) < self._scale_this_step
             if skipped:
-                self._close_step(loss=None, optimizer_stepped=False)
+                self._close_step(loss=None, optimizer_stepped=False, check=False)
         if self._scaler is not None and not np.isfinite(self._scale_this_step) and self._capture.capturing:
             self._scale_this_step = _scaler_scale(self._scaler)
+
+    def _keep_inputs(self, args: tuple, kwargs: dict) -> None:
+        self._batch = copy_inputs(args, kwargs)
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
             self._capture.optimizer_pre_step()
+            if self.on_nonfinite != "warn":
+                self.before_optimizer_step()
+
+    def before_optimizer_step(self) -> bool:
+        """Apply ``on_nonfinite`` to the gradients the optimizer is about to use; returns False
+        when this step must not update the weights. Called from the optimizer pre-hook, or by a
+        trainer integration at its "before optimizer step" point."""
+        if self.on_nonfinite == "warn":
+            return True
+        params = self._capture.parameters()
+        ok, bad = grads_finite(params)
+        if ok:
+            return True
+        if self.on_nonfinite == "skip":
+            self._withheld = [(p, p.grad) for p in params if p.grad is not None]
+            for p, _ in self._withheld:
+                p.grad = None  # optimizers skip parameters without a gradient
+            return False
+        step = self.step_count
+        self._close_step(loss=None, optimizer_stepped=False, check=False)
+        rec = self._last_record
+        where = first_nonfinite(rec) if rec is not None and rec.step == step else None
+        if where is None:
+            owner = self._capture.param_layer[self._capture_param_index(params[bad[0]])]
+            where = (self._capture.names[int(owner)], "backward")
+        raise error_for(self.name, step, where, self._batch)
+
+    def _capture_param_index(self, p) -> int:
+        for j, ref in enumerate(self._capture._params):
+            if ref() is p:
+                return j
+        return 0
 
     def _optimizer_post_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
-            self._close_step(loss=None, optimizer_stepped=True)
+            stepped = not self._withheld
+            self.after_optimizer_step()
+            self._close_step(loss=None, optimizer_stepped=stepped)
             self._auto_closed_pending_loss = True
+
+    def after_optimizer_step(self) -> None:
+        """Give back the gradients ``on_nonfinite="skip"`` withheld from the optimizer."""
+        for p, g in self._withheld:
+            p.grad = g
+        self._withheld = []
 
     def step(self, loss: Any = None) -> None:
         """Close one training step (called for you after ``optimizer.step()`` with ``optimizer=``).
@@ -202,7 +254,7 @@ class Watcher(RunQueries):
             return
         self._close_step(loss=loss, optimizer_stepped=None)
 
-    def _close_step(self, loss: Any, optimizer_stepped: bool | None) -> None:
+    def _close_step(self, loss: Any, optimizer_stepped: bool | None, check: bool = True) -> None:
         step = self.step_count
         capturing = self._capture.capturing
         rec = self._capture.harvest(step) if capturing else None
@@ -229,6 +281,10 @@ class Watcher(RunQueries):
         self.step_count += 1
         self._begin_step()
         bus.publish("step", self)
+        if check and rec is not None and self.on_nonfinite == "raise":
+            where = first_nonfinite(rec, rec.loss if loss is not None else None)
+            if where is not None:
+                raise error_for(self.name, step, where, self._batch)
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""
@@ -362,7 +418,8 @@ def _warn_finding(name: str, finding: Any) -> None:
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
-          name: str | None = None, scaler: Any = None, nan_trace: str = "module") -> Watcher:
+          name: str | None = None, scaler: Any = None, nan_trace: str = "module", include: Any = None,
+          exclude: Any = None, on_nonfinite: str = "warn") -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
     optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
@@ -371,8 +428,12 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     thresholds: detector thresholds (``gs.Thresholds``). scaler: the ``GradScaler`` in use, so
     gradients are reported unscaled and skipped steps are recognised. nan_trace: "module"
     (default, cheap) or "op" (the exact op and source line of the first NaN/Inf).
+    include/exclude: glob patterns on qualified module names and class names (``"encoder.*"``,
+    ``"Dropout"``); only the selected modules (and the root) get hooks; ``w.layers()`` lists them.
+    on_nonfinite: "warn" (default), "raise" (``gs.NonFiniteError`` with the batch) or "skip"
+    (that ``optimizer.step()`` does not run); see :mod:`gradsight.nonfinite`.
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
-                   nan_trace=nan_trace)
+                   nan_trace=nan_trace, include=include, exclude=exclude, on_nonfinite=on_nonfinite)
 

@@ -23,7 +23,10 @@ from .unit_history import UnitRing
 HISTORY_BYTES = 32 * 2**20     # cap for per-layer metric history
 HISTOGRAM_BYTES = 32 * 2**20   # cap for stored histograms
 SCALAR_CAPACITY = 8192         # loss / lr / timings rows before thinning
-STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
+STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm", "grad_scale", "optimizer_stepped")
+"""Per-step scalars. grad_scale: the GradScaler's scale in that step's backward (1 without
+``scaler=``; statistics are already divided by it). optimizer_stepped: 1 if ``optimizer.step()``
+updated the weights, 0 if it was skipped (GradScaler, ``on_nonfinite="skip"``), NaN if unknown."""
 
 
 class RunHistory:
@@ -87,7 +90,9 @@ class RunHistory:
                 ring = self.units[i] = UnitRing(per_unit.size)
             ring.add(rec.step, per_unit)
         lr = rec.lrs[0] if rec.lrs else float("nan")
-        self.scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec)])
+        stepped = float("nan") if rec.optimizer_stepped is None else float(rec.optimizer_stepped)
+        self.scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec),
+                                       rec.grad_scale, stepped])
         if rec.hist:
             self._append_histograms(rec)
         return metrics
