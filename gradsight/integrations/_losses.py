@@ -14,13 +14,13 @@ class StepLoss:
     def __init__(self) -> None:
         self._parts: list[torch.Tensor] = []
 
-    def add(self, loss: Any) -> None:
+    def add(self, loss: Any, scale: float = 1) -> None:
         if isinstance(loss, dict):
             loss = loss.get("loss")
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._parts.append(loss.detach().reshape(()).float())
+            self._parts.append(loss.detach().reshape(()).float() * scale)
         elif isinstance(loss, (int, float)):
-            self._parts.append(torch.tensor(float(loss)))
+            self._parts.append(torch.tensor(float(loss) * scale))
 
     def take(self) -> float | None:
         parts, self._parts = self._parts, []

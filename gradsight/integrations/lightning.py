@@ -66,7 +66,8 @@ class GradsightCallback(pl.Callback):
         w = self.watcher
         if w is None or w.closed:
             return
-        self._loss.add(outputs)
+        # Lightning hands over the loss divided by accumulate_grad_batches: undo it
+        self._loss.add(outputs, scale=getattr(trainer, "accumulate_grad_batches", 1) or 1)
         if not self._stepped:  # accumulating: the step closes with the optimizer step
             return
         self._stepped = False
