@@ -27,11 +27,13 @@ from ._losses import StepLoss
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
-    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (or a similar wrapper)."""
-    seen = 0
-    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer) and seen < 5:
-        optimizer = getattr(optimizer, "optimizer", None)
-        seen += 1
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (which subclasses
+    ``torch.optim.Optimizer`` without being one: its hooks would never fire) or a similar wrapper."""
+    for _ in range(5):
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer:
+            break
+        optimizer = inner
     return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
 
 
