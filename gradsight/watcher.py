@@ -47,7 +47,7 @@ class Watcher(RunQueries):
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
                  nan_trace: str = "module", include: Any = None, exclude: Any = None,
-                 on_nonfinite: str = "warn"):
+                 on_nonfinite: str = "warn", tensorboard: Any = None):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -108,6 +108,11 @@ class Watcher(RunQueries):
                                    histogram_every=self.histogram_every)
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
                                          thresholds=thresholds)
+        self._tensorboard = None
+        if tensorboard is not None:
+            from .records.tensorboard_export import TensorBoardStream
+
+            self._tensorboard = TensorBoardStream(self._history, tensorboard)
         if optimizer is not None:
             self._opt_handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_step))
             self._opt_handles.append(optimizer.register_step_post_hook(self._optimizer_post_step))
@@ -136,6 +141,8 @@ class Watcher(RunQueries):
         for h in self._opt_handles:
             h.remove()
         self._opt_handles.clear()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         self.closed = True
         bus.discard(self)
         bus.publish("close", self)
@@ -251,6 +258,8 @@ class Watcher(RunQueries):
             if loss is not None and rec is not None:
                 rec.loss = _to_float(loss)
                 self._history.set_loss(rec.step, rec.loss)
+                if self._tensorboard is not None:
+                    self._tensorboard.write_loss(rec.step, rec.loss)
             return
         self._close_step(loss=loss, optimizer_stepped=None)
 
@@ -277,6 +286,8 @@ class Watcher(RunQueries):
                 new = []
             for finding in new:
                 _warn_finding(self.name, finding)
+            if self._tensorboard is not None:
+                self._tensorboard.write_latest(with_loss=loss is not None)
         self._auto_closed_pending_loss = False
         self.step_count += 1
         self._begin_step()
@@ -419,7 +430,7 @@ def _warn_finding(name: str, finding: Any) -> None:
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
           name: str | None = None, scaler: Any = None, nan_trace: str = "module", include: Any = None,
-          exclude: Any = None, on_nonfinite: str = "warn") -> Watcher:
+          exclude: Any = None, on_nonfinite: str = "warn", tensorboard: Any = None) -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
     optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
@@ -432,8 +443,10 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     ``"Dropout"``); only the selected modules (and the root) get hooks; ``w.layers()`` lists them.
     on_nonfinite: "warn" (default), "raise" (``gs.NonFiniteError`` with the batch) or "skip"
     (that ``optimizer.step()`` does not run); see :mod:`gradsight.nonfinite`.
+    tensorboard: a log directory; each closed step is also written there as TensorBoard events.
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
-                   nan_trace=nan_trace, include=include, exclude=exclude, on_nonfinite=on_nonfinite)
+                   nan_trace=nan_trace, include=include, exclude=exclude, on_nonfinite=on_nonfinite,
+                   tensorboard=tensorboard)
 

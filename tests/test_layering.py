@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "gradsight"
 RANKS = {
     "records": 0, "bus": 0, "throttle": 0, "warnings": 0,
     "kernel_hooks": 1,
-    "detectors": 2,
+    "detectors": 2, "nonfinite": 2,
     "gradcheck": 3,
     "watcher": 4,
     "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5,

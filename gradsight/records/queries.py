@@ -121,6 +121,13 @@ class RunQueries:
         steps, values = ring.ordered()
         return pd.DataFrame(values, index=pd.Index(steps, name="step"))
 
+    def to_tensorboard(self, logdir) -> int:
+        """Write this run's stored steps to TensorBoard event files in ``logdir`` (scalars, per-layer
+        norms, non-finite counts, pre-binned histograms); returns the number of steps written."""
+        from .tensorboard_export import export
+
+        return export(self._history, logdir)
+
     def findings(self) -> pd.DataFrame:
         """What the detectors found: one row per episode (see issue 3's contract)."""
         return self._findings_frame()
