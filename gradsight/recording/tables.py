@@ -1,0 +1,123 @@
+"""Rows to Arrow tables: from step records (streaming) and from the read API (saving).
+
+Column names, types and units are documented in docs/recording-format.md; the layer
+metrics are float32, as in gradsight's in-memory history, and ``latest.parquet`` keeps
+the newest step's values in full precision (what ``layers()`` shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..records.metrics import LAYER_METRICS, total_grad_norm
+from ..records.step_record import StepRecord
+from .format import HIST_EXTRA
+
+STEP_FIELDS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
+
+
+def _pa():
+    import pyarrow as pa
+
+    return pa
+
+
+def _names(indices: np.ndarray, names: Sequence[str]):
+    pa = _pa()
+    return pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()), pa.array(list(names), pa.string()))
+
+
+def _lists(values: list[np.ndarray], dtype) -> Any:
+    pa = _pa()
+    flat = np.concatenate(values) if values else np.zeros(0, dtype=dtype)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(dtype, copy=False)))
+
+
+def steps_table(steps: np.ndarray, scalars: np.ndarray, detail: np.ndarray | None):
+    """``scalars``: [n, 5] float64 in STEP_FIELDS order; ``detail``: bool per step or None (unknown)."""
+    pa = _pa()
+    cols = {"step": pa.array(np.asarray(steps, dtype=np.int64))}
+    for k, f in enumerate(STEP_FIELDS):
+        cols[f] = pa.array(np.asarray(scalars[:, k], dtype=np.float64))
+    cols["detail"] = pa.array(detail, pa.bool_()) if detail is not None else pa.nulls(len(steps), pa.bool_())
+    return pa.table(cols)
+
+
+def layers_table(steps: np.ndarray, values: np.ndarray, names: Sequence[str]):
+    """``values``: [n, len(LAYER_METRICS), L] -> one row per (step, layer), float32 metrics."""
+    pa = _pa()
+    n, _, L = values.shape
+    cols = {"step": pa.array(np.repeat(np.asarray(steps, dtype=np.int64), L)),
+            "layer": _names(np.tile(np.arange(L, dtype=np.int32), n), names)}
+    v = np.asarray(values, dtype=np.float32)
+    for k, m in enumerate(LAYER_METRICS):
+        cols[m] = pa.array(np.ascontiguousarray(v[:, k, :]).ravel())
+    return pa.table(cols)
+
+
+def histograms_table(rows: list[tuple[int, int, str, Any]], names: Sequence[str]):
+    """``rows``: (step, layer index, of, Histogram)."""
+    pa = _pa()
+    extra = np.array([[getattr(h, e) for e in HIST_EXTRA] for *_, h in rows], dtype=np.int64).reshape(-1, 5)
+    cols = {"step": pa.array(np.array([r[0] for r in rows], dtype=np.int64)),
+            "layer": _names(np.array([r[1] for r in rows], dtype=np.int32), names),
+            "of": pa.array([r[2] for r in rows], pa.string()),
+            "edges": _lists([np.asarray(r[3].edges) for r in rows], np.float64),
+            "counts": _lists([np.asarray(r[3].counts) for r in rows], np.int64)}
+    for k, e in enumerate(HIST_EXTRA):
+        cols[e] = pa.array(extra[:, k])
+    return pa.table(cols)
+
+
+def units_table(rows: list[tuple[int, int, np.ndarray]], names: Sequence[str]):
+    """``rows``: (step, layer index, per-unit max output)."""
+    pa = _pa()
+    return pa.table({"step": pa.array(np.array([r[0] for r in rows], dtype=np.int64)),
+                     "layer": _names(np.array([r[1] for r in rows], dtype=np.int32), names),
+                     "values": _lists([np.asarray(r[2]) for r in rows], np.float32)})
+
+
+def frame_table(df: pd.DataFrame):
+    pa = _pa()
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+# --- from step records (the streaming writer) ---------------------------------------------
+
+class RecordBatch:
+    """Step records waiting to be written, turned into tables at flush time (writer thread)."""
+
+    def __init__(self, names: Sequence[str], hist_kinds: Sequence[str]):
+        self.names = tuple(names)
+        self.kinds = tuple(hist_kinds)
+        self.items: list[tuple[StepRecord, dict]] = []
+
+    def add(self, rec: StepRecord, metrics: dict) -> None:
+        self.items.append((rec, metrics))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def tables(self) -> dict[str, Any]:
+        items, names = self.items, self.names
+        steps = np.array([r.step for r, _ in items], dtype=np.int64)
+        scalars = np.array([[r.loss, r.lrs[0] if r.lrs else np.nan, r.forward_s, r.backward_s, total_grad_norm(r)]
+                            for r, _ in items], dtype=np.float64).reshape(-1, len(STEP_FIELDS))
+        detail = np.array([bool(r.detail) for r, _ in items])
+        values = np.stack([np.stack([m[k] for k in LAYER_METRICS]) for _, m in items])
+        out = {"steps": steps_table(steps, scalars, detail), "layers": layers_table(steps, values, names)}
+        hist = [(r.step, i, of, h) for r, _ in items
+                for (i, of), h in sorted(r.hist.items(), key=lambda kv: (kv[0][0], self.kinds.index(kv[0][1])))]
+        if hist:
+            out["histograms"] = histograms_table(hist, names)
+        units = [(r.step, i, v) for r, _ in items for i, v in sorted(r.units.items())]
+        if units:
+            out["units"] = units_table(units, names)
+        return out
+
