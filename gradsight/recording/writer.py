@@ -100,7 +100,8 @@ class RecordingWriter:
 
     def __init__(self, root: Path, manifest: dict[str, Any], *, names: Sequence[str], hist_kinds: Sequence[str],
                  bins: int, flush_steps: int = FLUSH_STEPS, flush_seconds: float = FLUSH_SECONDS,
-                 queue_steps: int = QUEUE_STEPS, units_window: int = 100, thread: bool = True):
+                 queue_steps: int = QUEUE_STEPS, units_window: int = 100, thread: bool = True,
+                 capacity: int | None = None, hist_capacity: int | None = None):
         from .tables import RecordBatch
 
         self.root = root
@@ -112,10 +113,11 @@ class RecordingWriter:
         self.steps_written = 0
         self.error: str | None = None
         L = max(1, len(self.names))
-        self._main = _Stream(root, (LAYERS, STEPS), level_capacity(L * len(LAYER_METRICS) * 4 + 64, LEVEL_BYTES,
-                                                                   256, 16384))
         per_hist = L * len(hist_kinds) * ((2 * bins + 1) * 8 + 96)
-        self._hist = _Stream(root, (HISTOGRAMS,), level_capacity(per_hist, HIST_LEVEL_BYTES, 16, 4096))
+        self.capacity = capacity or level_capacity(L * len(LAYER_METRICS) * 4 + 64, LEVEL_BYTES, 256, 16384)
+        self.hist_capacity = hist_capacity or level_capacity(per_hist, HIST_LEVEL_BYTES, 16, 4096)
+        self._main = _Stream(root, (LAYERS, STEPS), self.capacity)
+        self._hist = _Stream(root, (HISTOGRAMS,), self.hist_capacity)
         self._units = _Stream(root, (UNITS,), 0, window=units_window)
         self._batch = RecordBatch(self.names, hist_kinds)
         self._new_batch = lambda: RecordBatch(self.names, hist_kinds)
@@ -137,6 +139,12 @@ class RecordingWriter:
             return True
         except queue.Full:
             return False
+
+    def add(self, rec, metrics) -> None:
+        """Without a thread (``thread=False``): add a step and write a chunk when one is due."""
+        self._batch.add(rec, metrics)
+        if len(self._batch) >= self.flush_steps:
+            self.flush()
 
     def snapshot(self, layers, findings) -> None:
         with self._lock:

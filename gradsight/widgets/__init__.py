@@ -11,6 +11,7 @@ import neither.
     gw.heatmap(w)                # layer × step gradient norm
     gw.dead_units(w, "relu1")
     gw.training_curves(w)
+    gw.compare(gs.open("runs/a"), gs.open("runs/b"))   # two runs side by side
     gw.gradcheck_figure(report)
     w.dashboard()                # all of it, live
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 # The figure modules import matplotlib only inside their functions, so importing them here
 # is cheap; the functions replace the same-named submodules as attributes of this package.
+from .compare import compare
 from .dead_units import UnitActivity, dead_units
 from .distribution import distribution
 from .gradcheck_plot import gradcheck_figure
@@ -28,7 +30,7 @@ from .histogram import histogram
 from .summary_html import findings_html, watcher_html
 from .training_curves import training_curves
 
-__all__ = ["Dashboard", "UnitActivity", "dead_units", "distribution", "findings_html", "gradcheck_figure",
+__all__ = ["Dashboard", "UnitActivity", "compare", "dead_units", "distribution", "findings_html", "gradcheck_figure",
            "gradient_flow", "heatmap", "histogram", "training_curves", "watcher_html"]
 
 
