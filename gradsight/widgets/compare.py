@@ -40,7 +40,7 @@ def compare(a, b, *, labels: tuple[str, str] | None = None, metric: str = "grad_
 
         lo, hi = float(values[ok].min()), float(values[ok].max())
         norm = LogNorm(vmin=lo if hi > lo else lo / 2, vmax=hi if hi > lo else hi * 2)
-    for k, (run, h) in enumerate(zip((a, b), hist, strict=True)):
+    for k, h in enumerate(hist):
         _heat(fig, fig.add_subplot(grid[1, k]), h, labels[k], RUN_COLORS[k], metric, norm)
     for k, run in enumerate((a, b)):
         _findings(fig.add_subplot(grid[2, k]), run, labels[k], RUN_COLORS[k])
