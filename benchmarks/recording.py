@@ -28,15 +28,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gradsight.records.histogram import HIST_KINDS, Histogram  # noqa: E402
+
 import gradsight as gs  # noqa: E402
-from gradsight.kernel_hooks.histogram import Histogram  # noqa: E402
 from gradsight.records.metrics import DETAIL_METRICS, LAYER_METRICS  # noqa: E402
 from gradsight.records.step_record import StepRecord  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
-
-HIST_KINDS = ("activation", "grad", "weight")
 
 
 class Synthetic:
@@ -87,15 +86,16 @@ class Synthetic:
 def write_synthetic(root: Path, steps: int, layers: int = 50, flush_steps: int = 100, capacity: int | None = None,
                     hist_capacity: int | None = None, on_flush=None):
     """Write a synthetic run of ``steps`` steps into ``root``; returns the writer (closed)."""
+    from gradsight.records.run_history import STEP_COLUMNS
+
     from gradsight.recording.manifest import new_manifest
-    from gradsight.recording.tables import STEP_FIELDS
     from gradsight.recording.writer import RecordingWriter
 
     syn = Synthetic(layers)
     manifest = new_manifest(name="synthetic", layers=[{"name": n, "type": t, "params": 0}
                                                       for n, t in zip(syn.names, syn.types, strict=True)],
                             bins=syn.bins, every=1, histogram_every=syn.histogram_every, hist_kinds=HIST_KINDS,
-                            layer_metrics=LAYER_METRICS, step_columns=STEP_FIELDS, source="stream",
+                            layer_metrics=LAYER_METRICS, step_columns=STEP_COLUMNS, source="stream",
                             flush_steps=flush_steps, flush_seconds=1e9, units_window=100)
     root.mkdir(parents=True, exist_ok=True)
     writer = RecordingWriter(root, manifest, names=syn.names, hist_kinds=HIST_KINDS, bins=syn.bins,
@@ -153,6 +153,15 @@ def measure_overhead(key: str, steps: int, warmup: int, tmp: Path) -> dict:
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         w = gs.watch(model, name=f"{key}-{arm}", record=(tmp / f"{key}-{arm}") if arm == "recorded" else None)
         arms[arm] = (model, opt, w)
+    recorder = arms["recorded"][2]._recorder
+    on_step, hook_time = recorder.on_step, []
+
+    def timed_on_step(*args):
+        t0 = time.perf_counter()
+        on_step(*args)
+        hook_time.append(time.perf_counter() - t0)
+
+    recorder.on_step = timed_on_step
     times = {a: [] for a in arms}
     order = list(arms)
     for r in range(warmup + steps):
@@ -172,7 +181,8 @@ def measure_overhead(key: str, steps: int, warmup: int, tmp: Path) -> dict:
     n = len(ratios)
     return {"watched": statistics.median(times["watched"]), "recorded": statistics.median(times["recorded"]),
             "ratio": statistics.median(ratios), "q1": ratios[n // 4], "q3": ratios[(3 * n) // 4],
-            "bytes": disk_bytes(tmp / f"{key}-recorded") / (warmup + steps)}
+            "bytes": disk_bytes(tmp / f"{key}-recorded") / (warmup + steps),
+            "hook": statistics.mean(hook_time), "writer_cpu": recorder.writer.cpu_seconds / (warmup + steps)}
 
 
 def main() -> None:
@@ -192,13 +202,15 @@ def main() -> None:
         out += measure_size(args.size_steps, args.layers) + [""]
         print("\n".join(out), flush=True)
     if not args.skip_overhead:
-        rows = ["| model | default watch (ms) | watch + record= (ms) | ratio (IQR) | bytes on disk per step |",
-                "|---|---|---|---|---|"]
+        rows = ["| model | default watch (ms) | watch + record= (ms) | ratio (IQR) | training-thread cost per step "
+                "| writer-thread CPU per step | bytes on disk per step |",
+                "|---|---|---|---|---|---|---|"]
         with tempfile.TemporaryDirectory() as tmp:
             for key in args.models.split(","):
                 r = measure_overhead(key, args.steps, args.warmup, Path(tmp))
                 rows.append(f"| {key} | {r['watched'] * 1e3:.1f} | {r['recorded'] * 1e3:.1f} | {r['ratio']:.3f}x "
-                            f"({r['q1']:.3f}-{r['q3']:.3f}) | {r['bytes']:,.0f} |")
+                            f"({r['q1']:.3f}-{r['q3']:.3f}) | {r['hook'] * 1e6:.0f} us ({r['hook'] / r['watched']:.2%}) "
+                            f"| {r['writer_cpu'] * 1e3:.2f} ms ({r['writer_cpu'] / r['watched']:.1%}) | {r['bytes']:,.0f} |")
                 print(rows[-1], flush=True)
         out += [f"Overhead of record= on the default watch, {args.steps} A/B-interleaved rounds after {args.warmup} "
                 f"warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {os.cpu_count()} cores, "

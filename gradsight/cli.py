@@ -65,13 +65,13 @@ def summary(rec: Any, path: str) -> tuple[str, bool]:
     for _, f in found.head(MAX_FINDINGS).iterrows():
         span = f"step {f['step']}" if f["step"] == f["last_step"] else f"steps {f['step']}-{f['last_step']}"
         where = f["layer"] if str(f["layer"]) else "(model)"
-        lines.append(_clip(f"  {str(f['severity']).upper():7} {f['kind']} at {where}, {span} (x{f['count']}): "
-                           f"{f['message']}"))
+        lines += _wrap(f"{str(f['severity']).upper():7} {f['kind']} at {where}, {span} (x{f['count']}): "
+                       f"{f['message']}", "  ", " " * 10)
         if str(f.get("hint", "")):
-            lines.append(_clip(f"          hint: {f['hint']}"))
+            lines += _wrap(f"hint: {f['hint']}", " " * 10, " " * 16)
     if len(found) > MAX_FINDINGS:
         lines.append(f"  ... and {len(found) - MAX_FINDINGS} more: gs.open({path!r}).findings()")
-    return "\n".join(lines), "error" in sev
+    return "\n".join(_clip(line.rstrip()) for line in lines), "error" in sev
 
 
 def _layers(df) -> list[str]:
@@ -118,6 +118,12 @@ def _num(v) -> str:
     if not np.isfinite(v):
         return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
     return f"{v:.4g}"
+
+
+def _wrap(text: str, first: str, rest: str) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False) or [first]
 
 
 def _clip(s: str) -> str:

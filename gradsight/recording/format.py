@@ -30,7 +30,6 @@ LATEST = "latest.parquet"
 FINDINGS = "findings.parquet"
 STEPS, LAYERS, HISTOGRAMS, UNITS = "steps", "layers", "histograms", "units"
 TABLES = (STEPS, LAYERS, HISTOGRAMS, UNITS)
-HIST_EXTRA = ("zero", "nan", "posinf", "neginf", "subnormal")
 
 _CHUNK = re.compile(r"^L(\d{2})-(\d{12})-(\d{12})\.parquet$")
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..records.histogram import EXTRA_COUNTS
 from ..records.metrics import LAYER_METRICS
+from ..records.run_history import STEP_COLUMNS
 from ..warnings import GradsightWarning
 from . import chunks
-from .format import FINDINGS, HIST_EXTRA, HISTOGRAMS, LATEST, LAYERS, STEPS, UNITS, ChunkName
-from .tables import STEP_FIELDS
+from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, STEPS, UNITS, ChunkName
 
 RETRIES = 5
 
@@ -30,7 +31,7 @@ class Update:
     """What a look found: new rows (oldest first) and, when they changed, the snapshots."""
 
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    scalars: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STEP_FIELDS))))
+    scalars: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STEP_COLUMNS))))
     layer_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     layer_values: np.ndarray | None = None        # [n, len(LAYER_METRICS), L] float32
     hist: list[tuple[int, int, str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
@@ -81,7 +82,7 @@ class Loader:
             keep = s > hwm[STEPS]
             if keep.any():
                 steps.append(s[keep])
-                scalars.append(np.column_stack([st[f].to_numpy(zero_copy_only=False) for f in STEP_FIELDS])[keep])
+                scalars.append(np.column_stack([st[f].to_numpy(zero_copy_only=False) for f in STEP_COLUMNS])[keep])
                 hwm[STEPS] = int(s[keep].max())
             if ly is not None and ly.num_rows:
                 ls, lv = self._layer_rows(ly, hwm[LAYERS])
@@ -96,7 +97,7 @@ class Loader:
         limit = np.iinfo(np.int64).max if closed else horizon
         up.hist, hwm[HISTOGRAMS] = self._side(HISTOGRAMS, hwm[HISTOGRAMS], limit, self._hist_rows)
         up.units, hwm[UNITS] = self._side(UNITS, hwm[UNITS], limit, self._unit_rows)
-        up.latest = self._snapshot(LATEST)
+        up.latest = self._snapshot(LATEST, None if closed else max(hwm[STEPS], hwm[LAYERS]))
         up.findings = self._snapshot(FINDINGS)
         self.hwm = hwm
         return up
@@ -162,7 +163,7 @@ class Loader:
         of = np.asarray(t["of"].to_pylist(), dtype=object)[keep]
         edges = t["edges"].to_pylist()
         counts = t["counts"].to_pylist()
-        extra = np.column_stack([t[e].to_numpy() for e in HIST_EXTRA])[keep]
+        extra = np.column_stack([t[e].to_numpy() for e in EXTRA_COUNTS])[keep]
         idx = np.nonzero(keep)[0]
         return [(int(s[j]), int(li[j]), str(of[j]), np.asarray(edges[i], np.float64), np.asarray(counts[i], np.int64),
                  extra[j]) for j, i in enumerate(idx) if li[j] >= 0]
@@ -174,7 +175,9 @@ class Loader:
         idx = np.nonzero(keep)[0]
         return [(int(s[j]), int(li[j]), np.asarray(values[i], np.float32)) for j, i in enumerate(idx) if li[j] >= 0]
 
-    def _snapshot(self, name: str) -> pd.DataFrame | None:
+    def _snapshot(self, name: str, upto: int | None = None) -> pd.DataFrame | None:
+        """The table if it changed since the last look; with ``upto``, only once the chunks up to
+        its step were read (it is written after them), so ``layers()`` never runs ahead."""
         path = self.root / name
         try:
             st = os.stat(path)
@@ -188,5 +191,7 @@ class Loader:
         except chunks.CorruptChunk as exc:
             self._report(exc)
             return None
+        if upto is not None and len(df) and "step" in df.columns and int(df["step"].iloc[0]) > upto:
+            return None  # the chunk it belongs to was committed after our listing: next look
         self._stamps[name] = stamp
         return df

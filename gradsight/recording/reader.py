@@ -9,11 +9,11 @@ chunks that appeared since the last one (at most every ``poll_seconds``).
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..records.queries import RunQueries
@@ -44,7 +44,8 @@ class Recording(RunQueries):
         layers = manifest["layers"]
         names = [str(entry["name"]) for entry in layers]
         self._run = RunHistory(names, [str(entry["type"]) for entry in layers], self.bins,
-                               params=np.array([int(entry.get("params", 0)) for entry in layers], dtype=np.int64))
+                               param_counts=[int(entry.get("params", 0)) for entry in layers], name=self.name,
+                               histogram_every=self.histogram_every)
         self._loader = Loader(root, names)
         self._findings = None
         self._polled = 0.0
@@ -52,6 +53,7 @@ class Recording(RunQueries):
         chunks = manifest.get("chunks") or {}
         self._stale_after = max(10.0, 20 * float(chunks.get("seconds") or 0.5))
         self._closed = manifest.get("state") == "closed"
+        self._lock = threading.Lock()  # a dashboard follows from its own thread
         self.refresh()
 
     # --- following --------------------------------------------------------------------------
@@ -64,15 +66,16 @@ class Recording(RunQueries):
 
     def refresh(self) -> bool:
         """Read what the writer added since the last look; True if anything was new."""
-        self._polled = time.monotonic()
-        if not self._closed:
-            self.manifest = read_manifest(self.root)
-            self._closed = self.manifest.get("state") == "closed"
-        update = self._loader.poll(closed=self._closed)
-        if update.findings is not None:
-            self._findings = update.findings
-        ingest(self._run, update)
-        return bool(update)
+        with self._lock:
+            self._polled = time.monotonic()
+            if not self._closed:
+                self.manifest = read_manifest(self.root)
+                self._closed = self.manifest.get("state") == "closed"
+            update = self._loader.poll(closed=self._closed)
+            if update.findings is not None:
+                self._findings = update.findings
+            ingest(self._run, update)
+            return bool(update)
 
     @property
     def _history(self) -> RunHistory:
@@ -80,6 +83,11 @@ class Recording(RunQueries):
         if not self._closed and time.monotonic() - self._polled >= self.poll_seconds:
             self.refresh()
         return self._run
+
+    @property
+    def closed(self) -> bool:
+        """True once the writer finished (or stopped: a crashed run is closed too)."""
+        return not self.live
 
     @property
     def problems(self) -> list[str]:
@@ -99,10 +107,14 @@ class Recording(RunQueries):
 
     # --- display and export -------------------------------------------------------------------
     def dashboard(self):
-        """The ipywidgets dashboard; it follows the run while ``live``."""
+        """The ipywidgets dashboard; while the run is ``live`` it redraws as new steps arrive."""
         from ..widgets.dashboard import Dashboard
+        from .follow import follow
 
-        return Dashboard(self)
+        dash = Dashboard(self)
+        if self.live:
+            follow(self, dash)
+        return dash
 
     def save(self, path) -> None:
         """Copy what this recording holds into a new recording directory."""

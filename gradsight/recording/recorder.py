@@ -3,7 +3,7 @@
 Called from the step close with the record and metrics the watcher already computed.
 A record is queued one step late, because ``w.step(loss=...)`` may still set the loss of
 the step that ``optimizer.step()`` just closed. Everything here is O(1) per step except
-the ``layers()``/``findings()`` snapshot taken every ``flush_seconds``.
+the ``findings()`` snapshot taken every ``flush_seconds``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ..records.metrics import LAYER_METRICS
+from ..records.run_history import STEP_COLUMNS
 from ..records.unit_history import WINDOW
 from ..warnings import GradsightWarning
 from .format import FINDINGS, LATEST, MANIFEST, TABLES, RecordingError, temp_name
 from .manifest import HOST, new_manifest, read_manifest
-from .tables import STEP_FIELDS
 from .writer import FLUSH_SECONDS, FLUSH_STEPS, QUEUE_STEPS, RecordingWriter
 
 
@@ -67,7 +67,7 @@ def manifest_for(q: Any, source: str, flush_steps: int, flush_seconds: float, un
         name=str(q.name), layers=[{"name": str(n), "type": str(t), "params": int(p)}
                                   for n, t, p in zip(layers["layer"], layers["type"], layers["params"], strict=True)],
         bins=int(q.bins), every=int(q.every), histogram_every=int(q.histogram_every), hist_kinds=hist_kinds,
-        layer_metrics=LAYER_METRICS, step_columns=STEP_FIELDS, source=source, flush_steps=flush_steps,
+        layer_metrics=LAYER_METRICS, step_columns=STEP_COLUMNS, source=source, flush_steps=flush_steps,
         flush_seconds=flush_seconds, units_window=units_window)
 
 
@@ -121,7 +121,7 @@ class StreamRecorder:
         now = time.monotonic()
         if now >= self._next_snapshot:
             self._next_snapshot = now + self.flush_seconds
-            self.writer.snapshot(self._watcher.layers(), self._watcher.findings())
+            self.writer.set_findings(self._watcher.findings())
 
     def _enqueue(self, item: tuple) -> None:
         self._seen += 1
@@ -148,7 +148,7 @@ class StreamRecorder:
             if self._pending is not None:
                 self._enqueue(self._pending)
                 self._pending = None
-            self.writer.snapshot(self._watcher.layers(), self._watcher.findings())
+            self.writer.set_findings(self._watcher.findings())
         finally:
             self.writer.close(thinned={"stride": self.stride, "dropped_steps": self.dropped})
 

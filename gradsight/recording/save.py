@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from ..records.metrics import LAYER_METRICS
+from ..records.run_history import STEP_COLUMNS
 from ..records.unit_history import WINDOW
 from . import chunks
 from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, STEPS, TABLES, UNITS, ChunkName
 from .manifest import write_manifest
 from .recorder import manifest_for, prepare_directory
-from .tables import STEP_FIELDS, frame_table, histograms_table, layers_table, steps_table, units_table
+from .tables import frame_table, histograms_table, latest_table, layers_table, steps_table, units_table
 
 
 def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = WINDOW) -> Path:
@@ -39,7 +40,7 @@ def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = 
         name = ChunkName(int(all_steps.min()), int(all_steps.max()), 0)
         size += chunks.write_table(root / LAYERS / name.file, layers_table(layer_steps, values, names))
         size += chunks.write_table(root / STEPS / name.file,
-                                   steps_table(st["step"].to_numpy(), st[list(STEP_FIELDS)].to_numpy(), None))
+                                   steps_table(st["step"].to_numpy(), st[list(STEP_COLUMNS)].to_numpy(), None))
 
     rows = []
     for i, layer in enumerate(names):
@@ -63,7 +64,10 @@ def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = 
         s = [r[0] for r in units]
         size += chunks.write_table(root / UNITS / ChunkName(min(s), max(s), 0).file, units_table(units, names))
 
-    size += chunks.write_table(root / LATEST, frame_table(q.layers()))
+    latest = q.layers()
+    size += chunks.write_table(root / LATEST, latest_table(names, int(latest["step"].iloc[0]) if len(latest) else -1,
+                                                           latest["dtype"].tolist(),
+                                                           {m: latest[m].to_numpy() for m in LAYER_METRICS}))
     size += chunks.write_table(root / FINDINGS, frame_table(q.findings()))
     manifest.update(state="closed", closed=time.time(), bytes=size)
     write_manifest(root, manifest)  # last: a reader never sees a half-saved recording

@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..records.histogram import EXTRA_COUNTS
 from ..records.metrics import LAYER_METRICS, total_grad_norm
+from ..records.run_history import STEP_COLUMNS, merge_latest
 from ..records.step_record import StepRecord
-from .format import HIST_EXTRA
-
-STEP_FIELDS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
 
 
 def _pa():
@@ -40,10 +39,10 @@ def _lists(values: list[np.ndarray], dtype) -> Any:
 
 
 def steps_table(steps: np.ndarray, scalars: np.ndarray, detail: np.ndarray | None):
-    """``scalars``: [n, 5] float64 in STEP_FIELDS order; ``detail``: bool per step or None (unknown)."""
+    """``scalars``: [n, 5] float64 in STEP_COLUMNS order; ``detail``: bool per step or None (unknown)."""
     pa = _pa()
     cols = {"step": pa.array(np.asarray(steps, dtype=np.int64))}
-    for k, f in enumerate(STEP_FIELDS):
+    for k, f in enumerate(STEP_COLUMNS):
         cols[f] = pa.array(np.asarray(scalars[:, k], dtype=np.float64))
     cols["detail"] = pa.array(detail, pa.bool_()) if detail is not None else pa.nulls(len(steps), pa.bool_())
     return pa.table(cols)
@@ -64,13 +63,13 @@ def layers_table(steps: np.ndarray, values: np.ndarray, names: Sequence[str]):
 def histograms_table(rows: list[tuple[int, int, str, Any]], names: Sequence[str]):
     """``rows``: (step, layer index, of, Histogram)."""
     pa = _pa()
-    extra = np.array([[getattr(h, e) for e in HIST_EXTRA] for *_, h in rows], dtype=np.int64).reshape(-1, 5)
+    extra = np.array([[getattr(h, e) for e in EXTRA_COUNTS] for *_, h in rows], dtype=np.int64).reshape(-1, 5)
     cols = {"step": pa.array(np.array([r[0] for r in rows], dtype=np.int64)),
             "layer": _names(np.array([r[1] for r in rows], dtype=np.int32), names),
             "of": pa.array([r[2] for r in rows], pa.string()),
             "edges": _lists([np.asarray(r[3].edges) for r in rows], np.float64),
             "counts": _lists([np.asarray(r[3].counts) for r in rows], np.int64)}
-    for k, e in enumerate(HIST_EXTRA):
+    for k, e in enumerate(EXTRA_COUNTS):
         cols[e] = pa.array(extra[:, k])
     return pa.table(cols)
 
@@ -81,6 +80,17 @@ def units_table(rows: list[tuple[int, int, np.ndarray]], names: Sequence[str]):
     return pa.table({"step": pa.array(np.array([r[0] for r in rows], dtype=np.int64)),
                      "layer": _names(np.array([r[1] for r in rows], dtype=np.int32), names),
                      "values": _lists([np.asarray(r[2]) for r in rows], np.float32)})
+
+
+def latest_table(names: Sequence[str], step: int, dtypes: Sequence[str], latest: dict):
+    """What ``layers()`` shows beyond the manifest: each layer's dtype and latest metrics (float64)."""
+    pa = _pa()
+    L = len(names)
+    cols = {"layer": pa.array(list(names), pa.string()), "dtype": pa.array(list(dtypes), pa.string()),
+            "step": pa.array(np.full(L, step, dtype=np.int64))}
+    for m in LAYER_METRICS:
+        cols[m] = pa.array(np.asarray(latest.get(m, np.full(L, np.nan)), dtype=np.float64))
+    return pa.table(cols)
 
 
 def frame_table(df: pd.DataFrame):
@@ -104,11 +114,19 @@ class RecordBatch:
     def __len__(self) -> int:
         return len(self.items)
 
+    def merge_latest(self, latest: dict | None) -> dict | None:
+        """The latest metrics after this batch, merged as the watcher merges them (from the
+        batch's last detail step on: a detail step replaces everything)."""
+        start = max((j for j, (r, _) in enumerate(self.items) if r.detail), default=0)
+        for r, m in self.items[start:]:
+            latest = merge_latest(latest, m, r.detail)
+        return latest
+
     def tables(self) -> dict[str, Any]:
         items, names = self.items, self.names
         steps = np.array([r.step for r, _ in items], dtype=np.int64)
         scalars = np.array([[r.loss, r.lrs[0] if r.lrs else np.nan, r.forward_s, r.backward_s, total_grad_norm(r)]
-                            for r, _ in items], dtype=np.float64).reshape(-1, len(STEP_FIELDS))
+                            for r, _ in items], dtype=np.float64).reshape(-1, len(STEP_COLUMNS))
         detail = np.array([bool(r.detail) for r, _ in items])
         values = np.stack([np.stack([m[k] for k in LAYER_METRICS]) for _, m in items])
         out = {"steps": steps_table(steps, scalars, detail), "layers": layers_table(steps, values, names)}

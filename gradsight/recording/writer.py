@@ -21,12 +21,13 @@ from ..warnings import GradsightWarning
 from . import chunks
 from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, STEPS, TABLES, UNITS, ChunkName
 from .manifest import touch, write_manifest
+from .tables import RecordBatch, frame_table, latest_table
 
 FLUSH_STEPS = 100        # a chunk at least every 100 steps ...
 FLUSH_SECONDS = 0.5      # ... or every half second, so a reader follows a few times a second
 QUEUE_STEPS = 256        # records waiting for the writer before it thins
 LEVEL_BYTES = 4 * 2**20  # raw layer-metric bytes per merge level (sets the steps kept per level)
-HIST_LEVEL_BYTES = 4 * 2**20
+HIST_LEVEL_BYTES = 8 * 2**20
 MAX_LEVEL0_FILES = 16    # small chunks of a slow run are merged before they pile up
 _STOP = object()
 
@@ -94,16 +95,14 @@ class RecordingWriter:
     """Writes one recording directory from a background thread.
 
     ``put(item)`` never blocks: it returns False when the queue is full. Items are
-    ``(StepRecord, metrics)``; ``snapshot(layers, findings)`` hands over the newest
-    ``layers()`` and ``findings()`` tables, written at the next flush.
+    ``(StepRecord, metrics)``; ``set_findings(frame)`` hands over the newest ``findings()``
+    table, written at the next flush.
     """
 
     def __init__(self, root: Path, manifest: dict[str, Any], *, names: Sequence[str], hist_kinds: Sequence[str],
                  bins: int, flush_steps: int = FLUSH_STEPS, flush_seconds: float = FLUSH_SECONDS,
                  queue_steps: int = QUEUE_STEPS, units_window: int = 100, thread: bool = True,
                  capacity: int | None = None, hist_capacity: int | None = None):
-        from .tables import RecordBatch
-
         self.root = root
         self.manifest = manifest
         self.names = tuple(names)
@@ -112,6 +111,7 @@ class RecordingWriter:
         self.bytes_written = 0
         self.steps_written = 0
         self.error: str | None = None
+        self.cpu_seconds = 0.0  # the writer thread's CPU time, once closed (benchmarks/recording.py)
         L = max(1, len(self.names))
         per_hist = L * len(hist_kinds) * ((2 * bins + 1) * 8 + 96)
         self.capacity = capacity or level_capacity(L * len(LAYER_METRICS) * 4 + 64, LEVEL_BYTES, 256, 16384)
@@ -121,7 +121,8 @@ class RecordingWriter:
         self._units = _Stream(root, (UNITS,), 0, window=units_window)
         self._batch = RecordBatch(self.names, hist_kinds)
         self._new_batch = lambda: RecordBatch(self.names, hist_kinds)
-        self._snapshot: tuple[Any, Any] | None = None
+        self._findings: Any = None
+        self._latest: dict | None = None
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_steps)
         for t in TABLES:
@@ -146,9 +147,9 @@ class RecordingWriter:
         if len(self._batch) >= self.flush_steps:
             self.flush()
 
-    def snapshot(self, layers, findings) -> None:
+    def set_findings(self, findings) -> None:
         with self._lock:
-            self._snapshot = (layers, findings)
+            self._findings = findings
 
     def close(self, *, timeout: float = 30.0, **manifest_updates: Any) -> None:
         """Write everything queued, mark the manifest closed, stop the thread."""
@@ -179,6 +180,7 @@ class RecordingWriter:
             if item is _STOP:
                 self._drain()
                 self._guarded(self.flush)
+                self.cpu_seconds = time.thread_time()
                 return
             if item is not None:
                 self._batch.add(*item)
@@ -210,7 +212,7 @@ class RecordingWriter:
         """Write the batch as one chunk per table (steps last: the commit), then the snapshots."""
         batch, self._batch = self._batch, self._new_batch()
         with self._lock:
-            snap, self._snapshot = self._snapshot, None
+            findings, self._findings = self._findings, None
         if len(batch):
             parts = batch.tables()
             steps = [r.step for r, _ in batch.items]
@@ -220,10 +222,11 @@ class RecordingWriter:
                     self.bytes_written += stream.write(parts, int(s.min()), int(s.max()), len(set(s.tolist())))
             self.bytes_written += self._main.write(parts, min(steps), max(steps), len(steps))
             self.steps_written += len(steps)
-        if snap is not None:
-            from .tables import frame_table
-
-            layers, findings = snap
-            self.bytes_written += chunks.write_table(self.root / LATEST, frame_table(layers))
+            self._latest = batch.merge_latest(self._latest)
+            last = batch.items[-1][0]
+            dtypes = [last.dtypes.get(i, "") for i in range(len(self.names))]
+            self.bytes_written += chunks.write_table(self.root / LATEST, latest_table(self.names, last.step, dtypes,
+                                                                                    self._latest))
+        if findings is not None:
             self.bytes_written += chunks.write_table(self.root / FINDINGS, frame_table(findings))
         touch(self.root)

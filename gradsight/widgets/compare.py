@@ -27,8 +27,8 @@ def compare(a, b, *, labels: tuple[str, str] | None = None, metric: str = "grad_
             raise TypeError(f"gradsight.widgets.compare: {name} must be a Watcher or a Recording "
                             f"(gs.open(path)); got {type(run).__name__}.")
     labels = labels or _labels(a, b)
-    fig = style.new_figure(13.0, 11.0)
-    grid = fig.add_gridspec(3, 2, height_ratios=[1.0, 1.25, 0.75])
+    fig = style.new_figure(13.0, 10.0)
+    grid = fig.add_gridspec(3, 2, height_ratios=[1.0, 1.25, 0.5])
     _loss(fig.add_subplot(grid[0, 0]), (a, b), labels)
     _flow(fig.add_subplot(grid[0, 1]), (a, b), labels, metric)
     hist = [r.history(metric) for r in (a, b)]
@@ -40,8 +40,8 @@ def compare(a, b, *, labels: tuple[str, str] | None = None, metric: str = "grad_
 
         lo, hi = float(values[ok].min()), float(values[ok].max())
         norm = LogNorm(vmin=lo if hi > lo else lo / 2, vmax=hi if hi > lo else hi * 2)
-    for k, h in enumerate(hist):
-        _heat(fig, fig.add_subplot(grid[1, k]), h, labels[k], RUN_COLORS[k], metric, norm)
+    for k, (run, h) in enumerate(zip((a, b), hist, strict=True)):
+        _heat(fig, fig.add_subplot(grid[1, k]), run, h, labels[k], RUN_COLORS[k], metric, norm)
     for k, run in enumerate((a, b)):
         _findings(fig.add_subplot(grid[2, k]), run, labels[k], RUN_COLORS[k])
     fig.suptitle(f"{labels[0]}  vs  {labels[1]}", fontsize=12)
@@ -64,14 +64,16 @@ def _loss(ax, runs, labels) -> None:
         st = run.steps()
         y = source.column(st, "loss")
         ok = np.isfinite(y)
+        x = source.column(st, "step")
         if ok.any():
-            x = source.column(st, "step")
             ax.plot(x[ok], y[ok], color=color, lw=1.5, label=label)
-            bad = np.isinf(y)
-            if bad.any():
-                ax.scatter(x[bad], np.full(bad.sum(), 0.95), transform=ax.get_xaxis_transform(), marker="X",
-                           color=color, edgecolors=style.VERMILLION, s=40, clip_on=False)
             drawn = True
+        elif len(y):
+            ax.plot([], [], color=color, lw=1.5, label=f"{label}: no finite loss")
+        bad = np.isinf(y) | (np.isnan(y) & (np.arange(len(y)) > (np.argmax(ok) if ok.any() else len(y))))
+        if bad.any():  # NaN after finite values: the loss diverged there
+            ax.scatter(x[bad], np.full(bad.sum(), 0.95), transform=ax.get_xaxis_transform(), marker="X",
+                       color=color, edgecolors=style.VERMILLION, s=40, clip_on=False)
     if not drawn:
         style.no_data(ax, "no loss recorded (pass w.step(loss=...))", title="Loss")
         return
@@ -106,10 +108,11 @@ def _flow(ax, runs, labels, metric: str) -> None:
         step = int(df["step"].iloc[0]) if len(df) else -1
         ax.plot(x, np.where(ok, y, np.nan), marker=marker, ms=4, lw=1.3, color=color,
                 label=f"{label} (step {step})")
-        bad = ~np.isfinite(y) & ~np.isnan(y)
+        counts = dict(zip((str(n) for n in df["layer"]), source.nonfinite_counts(df, "grad"), strict=True))
+        bad = (np.array([counts.get(n, 0.0) for n in order]) > 0) | np.isinf(y)
         if bad.any():
             ax.scatter(x[bad], np.full(bad.sum(), 0.965), transform=ax.get_xaxis_transform(), marker="X", s=60,
-                       color=style.VERMILLION, edgecolors=color, clip_on=False)
+                       color=style.VERMILLION, edgecolors=color, clip_on=False, label=f"{label}: NaN/Inf")
     limits = style.log_limits(np.concatenate(all_values))
     if limits:
         ax.set_ylim(*limits)
@@ -121,7 +124,7 @@ def _flow(ax, runs, labels, metric: str) -> None:
     ax.legend(fontsize=8, frameon=False)
 
 
-def _heat(fig, ax, hist, label: str, color: str, metric: str, norm) -> None:
+def _heat(fig, ax, run, hist, label: str, color: str, metric: str, norm) -> None:
     names = [str(c) for c in hist.columns]
     idx = source.leaf_layers(names)
     title = f"{label}: {metric.replace('_', ' ')} per layer over steps"
@@ -135,16 +138,20 @@ def _heat(fig, ax, hist, label: str, color: str, metric: str, norm) -> None:
     mid = (steps[:-1] + steps[1:]) / 2 if steps.size > 1 else np.array([])
     x = np.concatenate([[steps[0] - 0.5], mid, [steps[-1] + 0.5]]) if steps.size > 1 else \
         np.array([steps[0] - 0.5, steps[0] + 0.5])
-    cmap = matplotlib.colormaps[style.SEQUENTIAL_CMAP].with_extremes(bad=style.VERMILLION, under=style.BLACK)
-    shown = np.where(np.isnan(values), np.nan, np.where(np.isfinite(values), values, np.nan))
+    from matplotlib.colors import ListedColormap
+
+    from .heatmap import _nonfinite
+
+    cmap = matplotlib.colormaps[style.SEQUENTIAL_CMAP].with_extremes(bad="#eeeeee", under=style.BLACK)
+    shown = np.where(style.finite_positive(values), values, np.nan)
     shown = np.where(values == 0, norm.vmin / 10, shown)
-    nonfinite = ~np.isfinite(values) & ~np.isnan(values)
-    mesh = ax.pcolormesh(x, np.arange(len(idx) + 1) - 0.5, np.ma.masked_invalid(shown), cmap=cmap, norm=norm,
-                         shading="flat", rasterized=True)
-    if nonfinite.any():
-        r, c = np.nonzero(nonfinite)
-        centres = (x[:-1] + x[1:]) / 2
-        ax.scatter(centres[c], r, marker="x", s=16, color=style.VERMILLION, lw=0.9)
+    y = np.arange(len(idx) + 1) - 0.5
+    mesh = ax.pcolormesh(x, y, np.ma.masked_invalid(shown), cmap=cmap, norm=norm, shading="flat", rasterized=True)
+    nonfinite = _nonfinite(run, metric, None, hist, idx) | np.isinf(values)
+    if nonfinite.any():  # NaN/Inf in vermillion; grey cells were not measured
+        ax.pcolormesh(x, y, np.ma.masked_where(~nonfinite, np.ones_like(values)),
+                      cmap=ListedColormap([style.VERMILLION]), shading="flat", rasterized=True)
+        title += " (vermillion: NaN/Inf)"
     fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.05, aspect=30).set_label("log scale", fontsize=8)
     style.label_layers(ax, [names[i] for i in idx], axis="y", max_labels=30)
     ax.invert_yaxis()
