@@ -220,8 +220,10 @@ def test_a_truncated_chunk_is_named_and_the_rest_opens(tmp_path):
 def test_writing_refuses_foreign_directories_and_replaces_its_own(tmp_path):
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "notes.txt").write_text("mine")
+    model = _mlp()
     with pytest.raises(RecordingError, match="not empty and is not a gradsight recording"):
-        gs.watch(_mlp(), record=tmp_path / "stuff")
+        gs.watch(model, record=tmp_path / "stuff")
+    assert all(not m._forward_hooks for m in model.modules())  # no hook left behind
     _train(_mlp(), 3, tmp_path / "run").close()
     w = _train(_mlp(), 5, tmp_path / "run")  # the same process again: a re-run cell records afresh
     w.close()
