@@ -8,8 +8,8 @@
 
 from .detectors import Finding, Thresholds
 from .gradcheck import GradcheckReport, gradcheck
-from .records.histogram import Histogram
 from .recording.recorder import RecordTo
+from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
