@@ -213,8 +213,9 @@ def test_a_truncated_chunk_is_named_and_the_rest_opens(tmp_path):
     assert rec.history("grad_norm").index.equals(pd.Index(kept, name="step"))
     # garbage in place of the findings snapshot: named, and the recording still opens
     (tmp_path / "run" / "findings.parquet").write_bytes(b"PAR1 not really")
-    with pytest.warns(GradsightWarning, match="findings.parquet"):
+    with pytest.warns(GradsightWarning) as caught:
         assert len(gs.open(tmp_path / "run").findings()) == 0
+    assert any("findings.parquet" in str(c.message) for c in caught)
 
 
 def test_writing_refuses_foreign_directories_and_replaces_its_own(tmp_path):
@@ -346,7 +347,7 @@ def test_a_dashboard_on_a_live_recording_follows_it(tmp_path):
         def header_step() -> int:
             return int(re.search(r"dashboard-step'>(\d+)<", dash.header.value).group(1))
 
-        for k in range(1, 4):
+        for k in range(1, 3):
             for _ in range(10):
                 loss = model(torch.randn(4, 8)).pow(2).mean()
                 opt.zero_grad()
@@ -359,7 +360,7 @@ def test_a_dashboard_on_a_live_recording_follows_it(tmp_path):
                 time.sleep(0.05)
         w.close()
         deadline = time.monotonic() + 10
-        while header_step() < 30 or "closed" not in dash.header.value:
+        while header_step() < 20 or "closed" not in dash.header.value:
             assert time.monotonic() < deadline, dash.header.value
             time.sleep(0.05)
     finally:

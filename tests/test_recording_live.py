@@ -22,7 +22,7 @@ FLUSH_STEPS = 5
 CHILD = """
 import sys, time, torch, gradsight as gs
 from torch import nn
-path, steps, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+path, steps, pause, close = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "close"
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
 opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -33,7 +33,8 @@ for step in range(steps):
     opt.zero_grad(); loss.backward(); opt.step(); w.step(loss=loss)
     print(step, flush=True)
     time.sleep(pause)
-w.close()
+if close:
+    w.close()  # otherwise the end of the script closes the recording
 print("done", flush=True)
 """.replace("FLUSH_STEPS", str(FLUSH_STEPS))
 
@@ -41,9 +42,10 @@ print("done", flush=True)
 class Writer:
     """A training script in another process, and the steps it says it finished."""
 
-    def __init__(self, path: Path, steps: int, pause: float = 0.01):
+    def __init__(self, path: Path, steps: int, pause: float = 0.01, close: bool = True):
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(steps), str(pause)],
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(steps), str(pause),
+                                      "close" if close else "exit"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.last = -1
         self.done = False
@@ -113,7 +115,7 @@ def test_a_writer_killed_with_sigkill_loses_at_most_its_last_chunk(tmp_path):
 
 def test_two_readers_follow_one_writer(tmp_path):
     path = tmp_path / "run"
-    writer = Writer(path, steps=60)
+    writer = Writer(path, steps=60, close=False)  # the script just ends: the recording still closes
     a, b = gs.open(path), gs.open(path)
     deadline = time.monotonic() + 120
     counts = []

@@ -22,13 +22,16 @@ def follow(rec: Any, dashboard: Any, interval: float = INTERVAL) -> threading.Th
 
     def run() -> None:
         failures = 0
+        drawn = -1
         while True:
             dash = ref()
             if dash is None or getattr(dash, "comm", True) is None:  # dropped or closed
                 return
             live = rec.live
             try:
-                if rec.refresh() or not live:
+                rec.refresh()
+                if rec.version != drawn or not live:
+                    drawn = rec.version
                     dash.refresh(live=True)
                 failures = 0
             except Exception:  # a view must never kill the follower for good; give up after a few

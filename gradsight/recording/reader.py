@@ -54,12 +54,14 @@ class Recording(RunQueries):
         self._stale_after = max(10.0, 20 * float(chunks.get("seconds") or 0.5))
         self._closed = manifest.get("state") == "closed"
         self._lock = threading.Lock()  # a dashboard follows from its own thread
+        self.version = 0  # counts the looks that found something new (what a follower redraws on)
         self.refresh()
 
     # --- following --------------------------------------------------------------------------
     @property
     def live(self) -> bool:
         """True while the writer is still appending (its process alive, the manifest recently touched)."""
+        self._look_if_due()
         if self._closed:
             return False
         return writer_alive(self.manifest, self.root, self._stale_after)
@@ -75,14 +77,18 @@ class Recording(RunQueries):
             if update.findings is not None:
                 self._findings = update.findings
             ingest(self._run, update)
+            self.version += bool(update)
             return bool(update)
 
     @property
     def _history(self) -> RunHistory:
         """What the queries read: brought up to date first while the run is being written."""
+        self._look_if_due()
+        return self._run
+
+    def _look_if_due(self) -> None:
         if not self._closed and time.monotonic() - self._polled >= self.poll_seconds:
             self.refresh()
-        return self._run
 
     @property
     def closed(self) -> bool:
