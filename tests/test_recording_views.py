@@ -89,6 +89,7 @@ def test_every_figure_takes_a_recording(runs):
 
     rec = gs.open(runs / "healthy")
     layer = rec.layer_names[1]
+    assert "closed" in rec._repr_html_() and "20 steps" in rec._repr_html_()
     for fig in (gw.gradient_flow(rec), gw.heatmap(rec), gw.training_curves(rec), gw.distribution(rec, layer),
                 gw.histogram(rec, layer), gw.dead_units(rec, "1")):
         assert fig.axes

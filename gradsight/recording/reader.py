@@ -128,6 +128,11 @@ class Recording(RunQueries):
 
         save(self, path, hist_kinds=tuple(self.manifest["hist_kinds"]))
 
+    def _repr_html_(self) -> str:
+        from ..widgets.summary_html import watcher_html  # the watcher's summary: same read API
+
+        return watcher_html(self)
+
     def __repr__(self) -> str:
         state = "live" if self.live else self.manifest.get("state", "?")
         return (f"<gradsight.Recording {self.name!r} at {str(self.root)!r}: {len(self.layer_names)} layers, "

@@ -122,6 +122,7 @@ class RecordingWriter:
         self._batch = RecordBatch(self.names, hist_kinds)
         self._new_batch = lambda: RecordBatch(self.names, hist_kinds)
         self._findings: Any = None
+        self._findings_written: Any = None
         self._latest: dict | None = None
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_steps)
@@ -227,6 +228,7 @@ class RecordingWriter:
             dtypes = [last.dtypes.get(i, "") for i in range(len(self.names))]
             self.bytes_written += chunks.write_table(self.root / LATEST, latest_table(self.names, last.step, dtypes,
                                                                                     self._latest))
-        if findings is not None:
+        if findings is not None and not (self._findings_written is not None and findings.equals(self._findings_written)):
             self.bytes_written += chunks.write_table(self.root / FINDINGS, frame_table(findings))
+            self._findings_written = findings
         touch(self.root)
