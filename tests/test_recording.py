@@ -239,6 +239,13 @@ def test_writing_refuses_foreign_directories_and_replaces_its_own(tmp_path):
         w.save(tmp_path / "run")
     with pytest.raises(ValueError, match="flush_steps"):
         gs.RecordTo(tmp_path / "x", flush_steps=0)
+    live = gs.watch(_mlp(), record=tmp_path / "busy", name="first")
+    with pytest.raises(RecordingError, match="being recorded right now by watcher 'first'"):
+        gs.watch(_mlp(), record=tmp_path / "busy")
+    with pytest.raises(RecordingError, match="being recorded right now"):
+        live.save(tmp_path / "busy")
+    live.close()
+    gs.watch(_mlp(), record=tmp_path / "busy").close()  # free again once closed
 
 
 # --- live --------------------------------------------------------------------------------------
@@ -367,3 +374,24 @@ def test_a_dashboard_on_a_live_recording_follows_it(tmp_path):
     finally:
         w.close()
         dash.close()
+
+
+def test_chunks_left_over_by_a_crash_during_a_merge_are_ignored(tmp_path):
+    import shutil
+
+    w = _train(_mlp(), 60, gs.RecordTo(tmp_path / "run", flush_steps=20, flush_seconds=3600))
+    w.close()
+    root = tmp_path / "run"
+    # a merge wrote its output, then the process died before removing its inputs: put inputs back
+    for table in ("steps", "layers"):
+        files = sorted((root / table).iterdir())
+        merged = root / table / ChunkName(0, 59, 1).file
+        shutil.copy(files[0], merged)
+        for f in files[1:]:
+            f.unlink()
+        assert files[0].name == ChunkName(0, 19, 0).file  # left in place: the stale input ...
+        files[0].write_bytes(b"stale")  # ... which is never read (else it would be reported)
+        (root / table / ".tmp-123-L00-000000000020-000000000039.parquet").write_bytes(b"half")
+    rec = gs.open(root)
+    assert rec.problems == []
+    assert rec.steps()["step"].is_unique and rec.history("grad_norm").index.is_unique

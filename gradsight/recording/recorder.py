@@ -25,6 +25,8 @@ from .format import FINDINGS, LATEST, MANIFEST, TABLES, RecordingError, temp_nam
 from .manifest import HOST, new_manifest, read_manifest
 from .writer import FLUSH_SECONDS, FLUSH_STEPS, QUEUE_STEPS, RecordingWriter
 
+_WRITING: dict[Path, str] = {}  # directories this process is streaming into -> watcher name
+
 
 def prepare_directory(path: Any, where: str) -> Path:
     """A directory to write a new recording into: created, empty, or an earlier recording of
@@ -32,6 +34,10 @@ def prepare_directory(path: Any, where: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{where}: the recording path must be a str or Path; got {type(path).__name__}.")
     root = Path(path).expanduser()
+    if root.resolve() in _WRITING:
+        raise RecordingError(f"{where}: {str(root)!r} is being recorded right now by watcher "
+                             f"{_WRITING[root.resolve()]!r} in this process. Pass another path, or close that "
+                             "watcher first (w.close()).")
     if root.exists() and not root.is_dir():
         raise RecordingError(f"{where}: {str(root)!r} is a file; a recording is a directory. Pass a new "
                              "directory path, e.g. 'runs/exp1'.")
@@ -100,6 +106,7 @@ class StreamRecorder:
                  queue_steps: int = QUEUE_STEPS):
         _check_flush(flush_steps, flush_seconds)
         self.root = prepare_directory(path, "gs.watch(record=...)")
+        _WRITING[self.root.resolve()] = str(watcher.name)
         self._watcher = watcher
         manifest = manifest_for(watcher, "stream", flush_steps, flush_seconds, units_window, hist_kinds)
         self.writer = RecordingWriter(self.root, manifest, names=watcher.layer_names, hist_kinds=hist_kinds,
@@ -144,6 +151,7 @@ class StreamRecorder:
             return
         self.closed = True
         atexit.unregister(self.close)
+        _WRITING.pop(self.root.resolve(), None)
         try:
             if self._pending is not None:
                 self._enqueue(self._pending)
