@@ -69,12 +69,13 @@ class _Stream:
             self._merge(level0, 1, thin=False)
         elif len(level0) >= MAX_LEVEL0_FILES:
             self._merge(level0, 0, thin=False)
-        while True:
-            levels = [c[0].level for c in self.chunks if c[0].level >= 1]
+        while True:  # the newest merged chunk stays out: the last `capacity` steps stay complete
+            older = [c for c in self.chunks if c[0].level >= 1][:-1]
+            levels = [c[0].level for c in older]
             twice = sorted({k for k in levels if levels.count(k) >= 2})
             if not twice:
                 return
-            pair = [c for c in self.chunks if c[0].level == twice[0]][:2]
+            pair = [c for c in older if c[0].level == twice[0]][:2]
             self._merge(pair, twice[0] + 1, thin=True)
 
     def _prune(self) -> None:
