@@ -181,6 +181,12 @@ def test_clear_errors_for_paths_that_are_not_recordings(tmp_path):
     (tmp_path / "foreign" / "manifest.json").write_text('{"name": "something else"}')
     with pytest.raises(RecordingError, match="not a gradsight recording manifest"):
         gs.open(tmp_path / "foreign")
+    _train(_mlp(), 2, tmp_path / "damaged").close()
+    manifest = json.loads((tmp_path / "damaged" / "manifest.json").read_text())
+    manifest["layers"] = [{"type": "Linear"}]
+    (tmp_path / "damaged" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecordingError, match="manifest.json' is damaged"):
+        gs.open(tmp_path / "damaged")
     with pytest.raises(TypeError, match="path of a recording"):
         gs.open(42)
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..records.queries import RunQueries
 from ..records.run_history import RunHistory
+from .format import MANIFEST, RecordingError
 from .ingest import ingest
 from .loader import Loader
 from .manifest import read_manifest, resolve, writer_alive
@@ -28,7 +29,14 @@ POLL_SECONDS = 0.2
 def open_recording(path: Any) -> Recording:
     """Open the recording at ``path`` (a directory written by ``record=`` or ``w.save``)."""
     root = resolve(path)
-    return Recording(root, read_manifest(root))
+    manifest = read_manifest(root)
+    try:
+        return Recording(root, manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, RecordingError):
+            raise
+        raise RecordingError(f"gradsight.open: {str(root / MANIFEST)!r} is damaged ({type(exc).__name__}: {exc}); "
+                             "it does not describe the run's layers and settings as gradsight writes them.") from None
 
 
 class Recording(RunQueries):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records.metrics import LAYER_METRICS
+from ..records.unit_history import WINDOW
 from ..warnings import GradsightWarning
 from . import chunks
 from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, STEPS, TABLES, UNITS, ChunkName
@@ -102,7 +103,7 @@ class RecordingWriter:
 
     def __init__(self, root: Path, manifest: dict[str, Any], *, names: Sequence[str], hist_kinds: Sequence[str],
                  bins: int, flush_steps: int = FLUSH_STEPS, flush_seconds: float = FLUSH_SECONDS,
-                 queue_steps: int = QUEUE_STEPS, units_window: int = 100, thread: bool = True,
+                 queue_steps: int = QUEUE_STEPS, units_window: int = WINDOW, thread: bool = True,
                  capacity: int | None = None, hist_capacity: int | None = None):
         self.root = root
         self.manifest = manifest
