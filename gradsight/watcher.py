@@ -214,7 +214,7 @@ class Watcher:
             self._auto_closed_pending_loss = False
             rec = self._last_record
             if loss is not None and rec is not None:
-                rec.loss = _to_float(loss)
+                rec.loss, rec.loss_given = _to_float(loss), True
                 row = self._scalars.row_of(rec.step)
                 if row is not None:
                     self._scalars.data[row, STEP_COLUMNS.index("loss")] = rec.loss
@@ -227,6 +227,7 @@ class Watcher:
         rec = self._capture.harvest(step) if capturing else None
         if rec is not None:
             rec.loss = _to_float(loss) if loss is not None else float("nan")
+            rec.loss_given = loss is not None
             rec.grad_scale = self._scale_this_step
             if self._nan_tracer is not None:
                 rec.nan_events = self._nan_tracer.harvest()
@@ -394,9 +395,12 @@ class Watcher:
         steps, values = ring.ordered()
         return pd.DataFrame(values, index=pd.Index(steps, name="step"))
 
-    def findings(self) -> pd.DataFrame:
-        """What the detectors found: one row per episode (see issue 3's contract)."""
-        return self._detectors.frame()
+    def findings(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - reads as w.findings(all=True)
+        """What the detectors found: one row per episode (issue 3's contract), ordered by first
+        step, then severity, then layer. ``status`` is ``suspected`` while the evidence is
+        still building and ``confirmed`` once it is complete; ``all=True`` also lists the
+        suspicions that were dismissed because they stopped holding."""
+        return self._detectors.frame(all=all)
 
     def last_record(self) -> StepRecord | None:
         return self._last_record

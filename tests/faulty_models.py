@@ -308,3 +308,120 @@ def aggressive_clipping(steps: int = 12, max_norm: float = 1e-3) -> Run:
     model = he_mlp()
     return train(model, torch.optim.SGD(model.parameters(), lr=0.05), classification(), steps,
                  F.cross_entropy, clip=max_norm)
+
+
+# --- real architectures, random init (issue 10: zero false alarms, role-aware thresholds) ---------
+
+def _token_batch(vocab: int, n: int = 8, seq: int = 16):
+    def batch(gen):
+        x = torch.randint(0, vocab, (n, seq), generator=gen)
+        return x, x.roll(1, dims=1)
+    return batch
+
+
+class HFCausalLM(nn.Module):
+    """A random-init GPT-2 from ``transformers`` (config built in code, nothing downloaded)."""
+
+    def __init__(self, dropout: float = 0.1, n_layer: int = 2):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        cfg = GPT2Config(vocab_size=512, n_positions=32, n_embd=64, n_layer=n_layer, n_head=4,
+                         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                         bos_token_id=0, eos_token_id=0)
+        self.lm = GPT2LMHeadModel(cfg)
+
+    def forward(self, x):
+        return self.lm(input_ids=x).logits
+
+
+class HFClassifier(nn.Module):
+    """A random-init BERT sequence classifier (issue 10's false-alarm case, smaller)."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        cfg = BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, num_labels=3, max_position_embeddings=32)
+        self.bert = BertForSequenceClassification(cfg)
+
+    def forward(self, x):
+        return self.bert(input_ids=x).logits
+
+
+class ResNetish(nn.Module):
+    """A small ResNet-style CNN: conv-BN-ReLU stem, two residual blocks, pooled head."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                                  nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                                  nn.BatchNorm2d(c)) for _ in range(2))
+        self.act = nn.ReLU()
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = self.act(x + b(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _image_batch(n: int = 16, size: int = 12):
+    def batch(gen):
+        x = torch.randn(n, 3, size, size, generator=gen)
+        return x, (x.mean(dim=(2, 3)) * torch.tensor([1.0, -1.0, 0.5])).sum(1).gt(0).long() * 3
+    return batch
+
+
+def _seq_ce(out, y):
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def bench_transformer() -> nn.Module:
+    """The benchmark transformer (benchmarks/models.py), at a test-sized width."""
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.head(self.encoder(x).mean(dim=1))
+
+    return Encoder()
+
+
+def _bench_batch(gen):
+    x = torch.randn(8, 12, 32, generator=gen)
+    return x, (x[:, :, :10].mean(dim=1)).argmax(dim=1)
+
+
+HEALTHY = {
+    # name: (model factory, batch, loss)
+    "mlp": (he_mlp, classification(), F.cross_entropy),
+    "cnn_bn": (ResNetish, _image_batch(), F.cross_entropy),
+    "transformer": (bench_transformer, _bench_batch, F.cross_entropy),
+    "gpt2": (HFCausalLM, _token_batch(512), _seq_ce),
+    "bert": (HFClassifier, _token_batch(512), lambda out, y: F.cross_entropy(out, y[:, 0] % 3)),
+}
+OPTIMIZERS = {
+    "adamw": lambda p: torch.optim.AdamW(p, lr=3e-4),
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.01),
+}
+
+
+def healthy(name: str, optimizer: str, steps: int = 60, watch: dict | None = None) -> Run:
+    """One of the healthy architectures, trained ``steps`` steps with AdamW 3e-4 or SGD 0.01."""
+    torch.manual_seed(0)
+    factory, batch, loss_fn = HEALTHY[name]
+    model = factory()
+    return train(model, OPTIMIZERS[optimizer](model.parameters()), batch, steps, loss_fn, watch=watch)

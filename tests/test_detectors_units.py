@@ -205,7 +205,8 @@ def test_engine_keeps_working_when_one_detector_fails(monkeypatch):
     def boom(*a):
         raise RuntimeError("bug in a detector")
 
-    monkeypatch.setattr(eng.dead, "update", boom)
+    dead = next(d for d in eng.detectors if d.kinds == ("dead_units",))
+    monkeypatch.setattr(dead, "update", boom)
     with pytest.raises(RuntimeError, match="bug in a detector"):
         eng.update(record(act_nan=(2, 1, 3, 0), input_bad=(3,)))
     assert list(eng.frame().kind) == ["nan_origin"]  # the other detectors still ran and logged

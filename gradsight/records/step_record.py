@@ -46,6 +46,7 @@ class StepRecord:
     dtypes: dict[int, str] = field(default_factory=dict)      # layer -> activation dtype
     grad_dtypes: dict[int, str] = field(default_factory=dict)
     loss: float = float("nan")
+    loss_given: bool = False  # the user passed a loss (a NaN loss is then a NaN loss, not a missing one)
     lrs: tuple[float, ...] = ()
     forward_s: float = float("nan")
     backward_s: float = float("nan")
