@@ -218,6 +218,7 @@ class Watcher:
                 row = self._scalars.row_of(rec.step)
                 if row is not None:
                     self._scalars.data[row, STEP_COLUMNS.index("loss")] = rec.loss
+                self._detect(lambda: self._detectors.loss_arrived(rec))
             return
         self._close_step(loss=loss, optimizer_stepped=None)
 
@@ -237,17 +238,20 @@ class Watcher:
                 rec.optimizer_stepped = optimizer_stepped
             self._store(rec)
             self._check_empty(rec)
-            try:
-                new = self._detectors.update(rec, metrics=self._step_metrics)
-            except Exception as exc:  # detectors are ours: report, never break training
-                self._hook_error("<detectors>", exc)
-                new = []
-            for finding in new:
-                _warn_finding(self.name, finding)
+            self._detect(lambda: self._detectors.update(rec, metrics=self._step_metrics))
         self._auto_closed_pending_loss = False
         self.step_count += 1
         self._begin_step()
         registry.publish("step", self)
+
+    def _detect(self, run) -> None:
+        try:
+            new = run()
+        except Exception as exc:  # detectors are ours: report, never break training
+            self._hook_error("<detectors>", exc)
+            new = []
+        for finding in new:
+            _warn_finding(self.name, finding)
 
     def _store(self, rec: StepRecord) -> None:
         self._last_record = rec

@@ -62,7 +62,9 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, batch, steps: int, loss_
                 opt.step()
             run.losses.append(float(loss.detach()))
             if not watch_optimizer:
-                w.step()
+                w.step(loss)
+            elif scaler is None:
+                w.step(loss)  # with optimizer= the step is closed already: this records its loss
     run.warnings = [str(c.message) for c in caught if issubclass(c.category, GradsightWarning)]
     return run
 
@@ -425,3 +427,61 @@ def healthy(name: str, optimizer: str, steps: int = 60, watch: dict | None = Non
     factory, batch, loss_fn = HEALTHY[name]
     model = factory()
     return train(model, OPTIMIZERS[optimizer](model.parameters()), batch, steps, loss_fn, watch=watch)
+
+
+# --- issue 10's cases ------------------------------------------------------------------------------
+
+def deep_relu_3he(steps: int = 3, depth: int = 12) -> Run:
+    """A 12-layer ReLU MLP initialised at three times He's std: gradients grow ~3x per layer."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for k in range(depth):
+        lin = nn.Linear(32 if k == 0 else 64, 64 if k < depth - 1 else 10)
+        nn.init.normal_(lin.weight, std=3.0 * (2.0 / lin.in_features) ** 0.5)
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.ReLU()] if k < depth - 1 else [lin]
+    model = nn.Sequential(*layers)
+    # a learning rate small enough that the weights stay as initialised: the findings are about the init
+    return train(model, torch.optim.SGD(model.parameters(), lr=1e-9), classification(), steps, F.cross_entropy)
+
+
+class DeadCNN(nn.Module):
+    """conv1 -> relu1 -> conv2 (bias -100: every pre-activation negative) -> relu2 -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.conv2.bias.fill_(-100.0)
+
+    def forward(self, x):
+        return self.head(self.relu2(self.conv2(self.relu1(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def dead_cnn(steps: int = 3) -> Run:
+    torch.manual_seed(0)
+    model = DeadCNN()
+    return train(model, torch.optim.SGD(model.parameters(), lr=0.01), _image_batch(), steps, F.cross_entropy)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return x + self.drop(self.act(self.fc(x)))
+
+
+def fp16_flush(steps: int = 3, factor: float = 1e-8) -> Run:
+    """float16 autocast on CPU, loss x 1e-8: every gradient flushes to zero in the backward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Sequential(Block(), Block(), nn.Identity()), nn.Linear(32, 10))
+    return train(model, torch.optim.SGD(model.parameters(), lr=0.01), classification(), steps,
+                 lambda out, y: F.cross_entropy(out.float(), y) * factor, autocast=torch.float16)

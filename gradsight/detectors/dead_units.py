@@ -57,13 +57,17 @@ class DeadUnits:
             confirmed = n_dead / quiet.size >= th.dead_fraction or at_once
             n = n_dead if n_dead / quiet.size >= th.dead_fraction else int(quiet.sum())
             frac = n / quiet.size
-            span = int(silent[quiet].min()) if not confirmed or at_once else th.dead_window
-            seen = f"over {int(samples):,} samples" if at_once and span < th.dead_window else \
-                f"for any sample in the last {span} step(s)"
+            longest = int(silent[quiet].max())
+            if at_once and longest < th.dead_window:
+                seen = f"over {int(samples):,} samples"
+            elif confirmed:
+                seen = f"for any sample in the last {th.dead_window} step(s)"
+            else:
+                seen = f"for any sample for up to {longest} step(s)"
             msg = (f"{n} of {quiet.size} units ({frac:.0%}) of {lay.describe(i)} produced no positive output "
                    f"{seen}{self._feeder(rec, i)}.")
             if not confirmed:
-                msg = f"Suspected ({span} of the {th.dead_window} steps needed): " + msg
+                msg = f"Suspected ({longest} of the {th.dead_window} steps needed): " + msg
             out.append(Finding(step=rec.step, layer=lay.name(i), kind=KIND,
                                severity="warning" if confirmed else "info",
                                status="confirmed" if confirmed else "suspected", message=msg, hint=HINT,

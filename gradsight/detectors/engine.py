@@ -24,7 +24,7 @@ from .clipping import Clipping
 from .dead_units import DeadUnits
 from .detector import Context, Detector
 from .finding import FINDING_COLUMNS, Finding, FindingLog
-from .gradient_scale import EXPLODE, VANISH, GradientScale
+from .gradient_scale import DIVERGENCE_KEY, EXPLODE, VANISH, GradientScale
 from .layout import Layout
 from .loss import LossWatch
 from .nonfinite import NonFinite
@@ -44,6 +44,7 @@ class DetectorEngine:
         self.layout = Layout(tuple(layers), tuple(types))
         self.log = FindingLog()
         self.detectors: list[Detector] = [cls(self.layout, self.thresholds) for cls in DETECTORS]
+        self._divergences: list[Finding] = []  # the latest divergence episodes (bounded)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -63,27 +64,52 @@ class DetectorEngine:
                 found += d.update(rec, m, ctx)
             except Exception as exc:  # one detector's bug must not silence the others
                 errors.append(exc)
-        if ctx.diverging is not None:
-            found = self._fold_into_divergence(found, ctx.diverging)
         for kind in ctx.held:
             log.hold(kind)
-        for f in found:
+        if ctx.diverging is not None:
+            ep = log.add(ctx.diverging)
+            if not self._divergences or self._divergences[-1] is not ep:
+                self._divergences = [*self._divergences[-15:], ep]
+        for f in self._fold_into_divergence(found, ctx.diverging):
             log.add(f)
         new = log.end()
         if errors:
             raise errors[0]
         return log.live_warnings(new)
 
-    def _fold_into_divergence(self, found: list[Finding], div: Finding) -> list[Finding]:
-        """Scale findings that began with the divergence follow from it: one row, its."""
-        scale = (VANISH, EXPLODE)
-        folded = [f for f in found if f.kind in scale and f is not div and f.step >= div.step - 1]
-        folded += self.log.fold(lambda e: e.kind in scale and e.key != div.key and e.step >= div.step - 1)
-        layers = [name for f in folded for name in f.affected]
-        if layers:
-            div.affected = tuple(dict.fromkeys(layers))
-            div.message += f" {len(div.affected)} layer(s) with exploding or vanishing gradients follow from it."
-        return [f for f in found if not any(f is g for g in folded)]
+    def _fold_into_divergence(self, found: list[Finding], fresh: Finding | None) -> list[Finding]:
+        """Scale findings that began with a divergence follow from it: their layers join its
+        ``affected`` and they get no row of their own — while their streak lasts, since
+        its start stays back-dated to where it began. Returns the findings to log."""
+        if not self._divergences:
+            return found
+        windows = self._divergences
+
+        def window(f: Finding) -> Finding | None:
+            if f.kind not in (VANISH, EXPLODE) or f.key == DIVERGENCE_KEY:
+                return None
+            return next((d for d in reversed(windows) if d.step <= f.step <= d.last_step + 1), None)
+
+        out = []
+        for f in [*found, *self.log.fold(lambda e: window(e) is not None)]:
+            if f is fresh:
+                continue
+            d = window(f)
+            if d is None:
+                out.append(f)
+                continue
+            d.affected = tuple(dict.fromkeys((*d.affected, *f.affected)))
+        for d in windows:
+            if d.affected:
+                base = d.message.split(" Exploding or vanishing gradients in")[0]
+                d.message = f"{base} Exploding or vanishing gradients in {len(d.affected)} layer(s) follow from it."
+        return out
+
+    def loss_arrived(self, rec: StepRecord) -> list[Finding]:
+        """``rec``'s loss arrived after ``update(rec)`` (``w.step(loss)`` after an ``optimizer=``
+        step): judge it now; return the findings to warn about."""
+        lw = next(d for d in self.detectors if isinstance(d, LossWatch))
+        return self.log.live_warnings(self.log.late(lw.late(rec), LossWatch.kinds))
 
     def findings(self) -> list[Finding]:
         return list(self.log.episodes)

@@ -127,8 +127,9 @@ class FindingLog:
             ep.last_step = f.last_step
             ep.count += 1
             news = _LEVEL[f.severity] > _LEVEL[ep.severity] or (ep.status == "suspected" and f.status == "confirmed")
-            for name in ("message", "hint", "phase", "op", "source", "value", "threshold", "layer", "affected"):
+            for name in ("message", "hint", "phase", "op", "source", "value", "threshold", "layer"):
                 setattr(ep, name, getattr(f, name))
+            ep.affected = tuple(dict.fromkeys((*ep.affected, *f.affected)))  # every layer of the episode
             if _LEVEL[f.severity] > _LEVEL[ep.severity]:
                 ep.severity = f.severity
             if ep.status == "suspected":
@@ -156,14 +157,31 @@ class FindingLog:
             out.append(ep)
         return out
 
+    def open_episode(self, key: tuple[str, str]) -> Finding | None:
+        return self._open.get(key)
+
     def end(self) -> list[Finding]:
         """Close episodes not reported in this record (a suspicion that closes unconfirmed
         is dismissed); return what is new in it."""
         for key in [k for k in self._open if k not in self._seen and k not in self._held]:
-            ep = self._open.pop(key)
-            if ep.status == "suspected":
-                ep.status = "dismissed"
+            self._close(key)
         return self._new
+
+    def late(self, found: list[Finding], kinds: tuple[str, ...]) -> list[Finding]:
+        """Findings of ``kinds`` about the record that just ended, decided after it (its loss
+        arrived late): merge them, close the open episodes of ``kinds`` they do not continue,
+        and return what is new."""
+        self._seen, self._new = {}, []
+        for f in found:
+            self.add(f)
+        for key in [k for k in self._open if k[0] in kinds and k not in self._seen]:
+            self._close(key)
+        return self._new
+
+    def _close(self, key: tuple[str, str]) -> None:
+        ep = self._open.pop(key)
+        if ep.status == "suspected":
+            ep.status = "dismissed"
 
     def live_warnings(self, new: list[Finding]) -> list[Finding]:
         """Serious findings seen for the first time (per kind and layer): one warning per kind

@@ -1,10 +1,9 @@
 """nonfinite_loss and loss_spike: what the loss itself says.
 
 With ``gs.watch(model, optimizer=opt)`` the step closes inside ``optimizer.step()`` and
-``w.step(loss)`` records the loss afterwards, so a record's loss may arrive after the
-detectors saw the record: it is then judged at the next record and the finding is
-back-dated to its own step. Without a loss passed to ``w.step(loss)`` these detectors
-stay silent.
+``w.step(loss)`` records the loss afterwards: the record is then judged when its loss
+arrives (:meth:`LossWatch.late`), and until then its episodes are held open. Without a
+loss passed to ``w.step(loss)`` these detectors stay silent.
 
 - ``nonfinite_loss``: the loss is NaN/Inf while every gradient is finite (for example a
   masked ``log(0)`` in a term whose gradient is masked away): the number people read
@@ -50,18 +49,22 @@ class LossWatch:
         self._pending: tuple[StepRecord, bool, np.ndarray] | None = None  # (record, non-finite, grad norms)
 
     def update(self, rec: StepRecord, metrics: dict, ctx: Context) -> list[Finding]:
-        out: list[Finding] = []
         g = _grad_norms(metrics, len(self.layout.layers))
-        if self._pending is not None:
-            prev, bad, pg = self._pending
-            self._pending = None
-            if prev.loss_given:
-                out += self._judge(prev, bad, pg)
         if rec.loss_given:
-            out += self._judge(rec, ctx.nonfinite, g)
-        else:
-            self._pending = (rec, ctx.nonfinite, g)
-        return out
+            self._pending = None
+            return self._judge(rec, ctx.nonfinite, g)
+        self._pending = (rec, ctx.nonfinite, g)
+        for k in self.kinds:
+            ctx.hold(k)
+        return []
+
+    def late(self, rec: StepRecord) -> list[Finding]:
+        """The loss of the record just processed arrived after it (``w.step(loss)`` after an
+        ``optimizer=`` step closed it)."""
+        p, self._pending = self._pending, None
+        if p is None or p[0] is not rec or not rec.loss_given:
+            return []
+        return self._judge(rec, p[1], p[2])
 
     def _judge(self, rec: StepRecord, nonfinite: bool, g: np.ndarray) -> list[Finding]:
         loss = rec.loss
@@ -74,11 +77,11 @@ class LossWatch:
             return [Finding(step=rec.step, layer="", kind=NONFINITE, severity="warning", message=msg,
                             hint=NONFINITE_HINT, phase="forward", value=float(loss))]
         found = self._spike(rec, loss, g)
-        if found is None:
-            k = self.filled % len(self.losses)
-            self.losses[k] = loss
-            self.grads[k] = g
-            self.filled += 1
+        # a spike joins the recent range too: a lasting jump (a new regime) is one row, not many
+        k = self.filled % len(self.losses)
+        self.losses[k] = loss
+        self.grads[k] = g
+        self.filled += 1
         return [found] if found is not None else []
 
     def _spike(self, rec: StepRecord, loss: float, g: np.ndarray) -> Finding | None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..kernel_hooks.summary import F
 from ..records.step_record import StepRecord
-from .layout import Layout, fmt, nonfinite_counts
+from .layout import Layout, cannot_create_nonfinite, fmt, nonfinite_counts
 
 KIND = "nan_origin"
 TRACE_HINT = 'For the exact op and source line, watch with gs.watch(model, nan_trace="op").'
@@ -113,7 +113,10 @@ class NanOrigin:
         lay = self.layout
         sub_bad = self._subtree_bad()
         for i in rec.forward_order:
-            if act_n[i] > 0 and rec.input_finite[i] != 0 and not sub_bad[i]:
+            # dropout, identity, ReLU, ...: a NaN at their output came in with their input (which
+            # capture may not see: an identity returns its input tensor itself)
+            if act_n[i] > 0 and rec.input_finite[i] != 0 and not sub_bad[i] \
+                    and not cannot_create_nonfinite(lay.types[i]):
                 return self._forward_origin(rec, i)
         root = rec.forward_order[-1] if rec.forward_order else -1
         if root >= 0 and rec.input_finite[root] == 0 and lay.parent[root] < 0:
