@@ -243,6 +243,8 @@ def test_findings_are_ordered_by_step_then_severity_then_layer():
     log.end()
     f = log.frame()
     assert list(zip(f.step, f.layer, strict=True)) == [(1, "a"), (3, "z"), (3, "a"), (3, "b"), (3, "")]
+    f = log.frame(position={"z": 0, "b": 1, "a": 2})  # layers in model order, the whole model first
+    assert list(zip(f.step, f.layer, strict=True)) == [(1, "a"), (3, "z"), (3, "b"), (3, "a"), (3, "")]
     assert list(f.columns) == FINDING_COLUMNS
 
 

@@ -210,16 +210,19 @@ class FindingLog:
                     return
         del self.episodes[0]
 
-    def frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - the public keyword is w.findings(all=True)
-        """Episodes ordered by first step, then severity (error first), then layer.
-        Dismissed suspicions only with ``all=True``."""
+    def frame(self, all: bool = False, position: dict[str, int] | None = None) -> pd.DataFrame:  # noqa: A002
+        """Episodes ordered by first step, then severity (error first), then layer (in model
+        order when ``position`` maps names to it; the whole model ``""`` first). Dismissed
+        suspicions only with ``all=True``."""
         eps = self.episodes if all else [e for e in self.episodes if e.status != "dismissed"]
         if not eps:
             return pd.DataFrame({c: pd.Series(dtype=_DTYPES.get(c, object)) for c in FINDING_COLUMNS})
         df = pd.DataFrame([e.as_dict() for e in eps], columns=FINDING_COLUMNS).astype(_DTYPES)
         rank = df["severity"].map(SEVERITY_RANK)
-        order = pd.DataFrame({"step": df["step"], "rank": rank, "layer": df["layer"]})
-        return df.loc[order.sort_values(["step", "rank", "layer"], kind="stable").index].reset_index(drop=True)
+        where = df["layer"].map(lambda n: -1 if not n else (position or {}).get(n, len(position or ())))
+        order = pd.DataFrame({"step": df["step"], "rank": rank, "where": where, "layer": df["layer"]})
+        keys = ["step", "rank", "where", "layer"]
+        return df.loc[order.sort_values(keys, kind="stable").index].reset_index(drop=True)
 
 
 _DTYPES = {"step": "int64", "last_step": "int64", "count": "int64", "value": "float64", "threshold": "float64"}
