@@ -8,7 +8,7 @@
 
 from .detectors import Finding, Thresholds
 from .gradcheck import GradcheckReport, gradcheck
-from .kernel_hooks.histogram import Histogram
+from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradsight.detectors import FINDING_COLUMNS, Thresholds
+from gradsight.detectors import Thresholds
 from gradsight.widgets.summary_html import watcher_html
 
 PASS_THROUGH = ("Dropout", "Identity", "ReLU", "GELU", "Sequential", "Block", "ModuleList")
@@ -226,26 +226,6 @@ def test_diverging_adamw_run_warns_divergence_first_with_scale_findings_folded_i
 def test_large_init_is_one_row():
     f = kind(scenario("large_init"), "exploding_gradient")
     assert len(f) == 1 and f.layer.iloc[0] == "big.0"
-
-
-def test_findings_are_ordered_by_step_then_severity_then_layer():
-    from gradsight.detectors.finding import FindingLog
-
-    log = FindingLog()
-    log.begin(3)
-    log.report("clipping", "", "info", "c")
-    log.report("dead_units", "b", "warning", "d")
-    log.report("nan_origin", "z", "error", "n")
-    log.report("dead_units", "a", "warning", "d")
-    log.end()
-    log.begin(4)
-    log.report("nan_origin", "a", "error", "n", at=1)
-    log.end()
-    f = log.frame()
-    assert list(zip(f.step, f.layer, strict=True)) == [(1, "a"), (3, "z"), (3, "a"), (3, "b"), (3, "")]
-    f = log.frame(position={"z": 0, "b": 1, "a": 2})  # layers in model order, the whole model first
-    assert list(zip(f.step, f.layer, strict=True)) == [(1, "a"), (3, "z"), (3, "b"), (3, "a"), (3, "")]
-    assert list(f.columns) == FINDING_COLUMNS
 
 
 # --- new kinds --------------------------------------------------------------------------------------

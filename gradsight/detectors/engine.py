@@ -115,4 +115,4 @@ class DetectorEngine:
         return list(self.log.episodes)
 
     def frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - mirrors w.findings(all=True)
-        return self.log.frame(all=all, position=self.layout.index)
+        return self.log.frame(all=all)

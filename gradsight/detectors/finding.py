@@ -22,7 +22,8 @@ import pandas as pd
 FINDING_COLUMNS = ["step", "last_step", "count", "layer", "kind", "severity", "message", "hint",
                    "phase", "op", "source", "value", "threshold", "status", "affected"]
 SEVERITIES = ("info", "warning", "error")
-SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}  # most serious first (sort key)
+SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+"""Most serious first: the order of severities wherever findings are ordered or compared."""
 STATUSES = ("suspected", "confirmed", "dismissed")
 _LEVEL = {s: i for i, s in enumerate(SEVERITIES)}  # escalation order
 MAX_EPISODES = 2000
@@ -210,19 +211,14 @@ class FindingLog:
                     return
         del self.episodes[0]
 
-    def frame(self, all: bool = False, position: dict[str, int] | None = None) -> pd.DataFrame:  # noqa: A002
-        """Episodes ordered by first step, then severity (error first), then layer (in model
-        order when ``position`` maps names to it; the whole model ``""`` first). Dismissed
-        suspicions only with ``all=True``."""
+    def frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - mirrors w.findings(all=True)
+        """Episodes by first step (the watcher orders them fully). Dismissed suspicions only
+        with ``all=True``."""
         eps = self.episodes if all else [e for e in self.episodes if e.status != "dismissed"]
         if not eps:
             return pd.DataFrame({c: pd.Series(dtype=_DTYPES.get(c, object)) for c in FINDING_COLUMNS})
         df = pd.DataFrame([e.as_dict() for e in eps], columns=FINDING_COLUMNS).astype(_DTYPES)
-        rank = df["severity"].map(SEVERITY_RANK)
-        where = df["layer"].map(lambda n: -1 if not n else (position or {}).get(n, len(position or ())))
-        order = pd.DataFrame({"step": df["step"], "rank": rank, "where": where, "layer": df["layer"]})
-        keys = ["step", "rank", "where", "layer"]
-        return df.loc[order.sort_values(keys, kind="stable").index].reset_index(drop=True)
+        return df.sort_values(["step", "last_step"], kind="stable").reset_index(drop=True)
 
 
 _DTYPES = {"step": "int64", "last_step": "int64", "count": "int64", "value": "float64", "threshold": "float64"}
