@@ -93,7 +93,6 @@ class Watcher(RunQueries):
         self._opt_stepped_this_step = False
         self._last_record: StepRecord | None = None
         self._warned_empty = False
-        self._step_started = time.perf_counter()
         self._history = RunHistory(self._capture.names, self._capture.types, self.bins,
                                    param_counts=self._capture.param_counts(), name=self.name,
                                    histogram_every=self.histogram_every)
@@ -155,7 +154,7 @@ class Watcher(RunQueries):
         c.detail = c.capturing and sampled
         c.measure_update = c.capturing and sampled
         self._opt_stepped_this_step = False
-        self._step_started = time.perf_counter()
+        c.step_started = time.perf_counter()  # the data-loading time runs from here to the next forward
         if self._scaler is not None:
             self._scale_this_step = float("nan")
 
@@ -206,6 +205,8 @@ class Watcher(RunQueries):
     def _close_step(self, loss: Any, optimizer_stepped: bool | None) -> None:
         step = self.step_count
         capturing = self._capture.capturing
+        if capturing and self._optimizer_ref is None and self._capture.detail:
+            self._capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
         rec = self._capture.harvest(step) if capturing else None
         if rec is not None:
             rec.loss = _to_float(loss) if loss is not None else float("nan")

@@ -11,12 +11,23 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gradsight as gs
 from gradsight.warnings import GradsightWarning
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest and immune to other processes competing for cores.
+    Use as ``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @dataclass
@@ -304,12 +315,12 @@ def diverging_lr(steps: int = 12) -> Run:
     return train(model, torch.optim.SGD(model.parameters(), lr=0.5), regression(), steps, F.mse_loss)
 
 
-def aggressive_clipping(steps: int = 12, max_norm: float = 1e-3) -> Run:
+def aggressive_clipping(steps: int = 12, max_norm: float = 1e-3, watch_optimizer: bool = True) -> Run:
     """clip_grad_norm_ with max_norm 1e-3 while the gradient norm is ~4: clipped ~4000x every step."""
     torch.manual_seed(0)
     model = he_mlp()
     return train(model, torch.optim.SGD(model.parameters(), lr=0.05), classification(), steps,
-                 F.cross_entropy, clip=max_norm)
+                 F.cross_entropy, clip=max_norm, watch_optimizer=watch_optimizer)
 
 
 # --- real architectures, random init (issue 10: zero false alarms, role-aware thresholds) ---------

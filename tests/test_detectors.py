@@ -10,17 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from faulty_models import one_thread  # noqa: F401 - the fixture
 
 from gradsight.detectors import FINDING_COLUMNS, Thresholds
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one thread is fastest and immune to other processes competing for cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

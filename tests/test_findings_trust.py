@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from faulty_models import one_thread  # noqa: F401 - the fixture
 from torch import nn
 
 from gradsight.detectors import Thresholds
@@ -21,12 +22,7 @@ from gradsight.widgets.summary_html import watcher_html
 PASS_THROUGH = ("Dropout", "Identity", "ReLU", "GELU", "Sequential", "Block", "ModuleList")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
@@ -273,3 +269,30 @@ def test_loss_detectors_work_without_optimizer_too():
                    lambda out, y: F.cross_entropy(out, y) * float("inf"), watch_optimizer=False)
     assert "nonfinite_loss" not in set(run.findings().kind)  # Inf gradients too: that is nan_origin's
     assert "nan_origin" in set(run.findings().kind)
+
+
+# --- 5. a weight set to Inf by hand -----------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["edit", "load_state_dict"])
+def test_a_weight_set_to_inf_by_hand_is_not_blamed_on_the_layer(how):
+    torch.manual_seed(0)
+    model = fm.he_mlp()
+
+    def on_step(step, m):
+        if step == 3:
+            if how == "edit":
+                with torch.no_grad():
+                    m[2].weight[0, 0] = float("inf")
+            else:
+                state = {k: v.clone() for k, v in m.state_dict().items()}
+                state["2.weight"][0, 0] = float("inf")
+                m.load_state_dict(state)
+
+    run = fm.train(model, torch.optim.SGD(model.parameters(), lr=0.01), fm.classification(), 6, F.cross_entropy,
+                   on_step=on_step)
+    nan = kind(run, "nan_origin")
+    assert len(nan) == 1, nan[["step", "layer", "message"]]
+    row = nan.iloc[0]
+    assert (row.step, row.layer) == (3, "2")
+    assert "'2.weight'" in row.message and "already non-finite" in row.message
+    assert "finite parameters" not in row.message and "load_state_dict" in row.hint

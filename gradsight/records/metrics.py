@@ -13,12 +13,12 @@ from .step_record import StepRecord
 
 # Measured only on detail steps (every histogram_every-th): everything but norms and counts.
 DETAIL_METRICS = tuple(f"{p}_{n}" for p in ("act", "grad") for n in ("mean", "std", "min", "max", "zero_frac")) \
-    + ("param_norm", "update_norm", "update_ratio", "saturation")
+    + ("param_norm", "update_norm", "update_ratio", "saturation", "saved_bytes")
 STAT_NAMES = ("mean", "std", "min", "max", "norm", "zero_frac", "nan", "posinf", "neginf")
 LAYER_METRICS = (
     tuple(f"act_{n}" for n in STAT_NAMES)
     + tuple(f"grad_{n}" for n in STAT_NAMES)
-    + ("param_norm", "param_grad_norm", "update_norm", "update_ratio", "saturation")
+    + ("param_norm", "param_grad_norm", "update_norm", "update_ratio", "saturation", "saved_bytes")
 )
 
 
@@ -76,6 +76,9 @@ def layer_metrics(rec: StepRecord) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         out["update_ratio"] = out["update_norm"] / out["param_norm"]
     out["saturation"] = rec.saturation.astype(np.float64)
+    # bytes this layer's forward saved for backward (detail steps; NaN elsewhere)
+    out["saved_bytes"] = np.asarray(rec.saved_bytes, dtype=np.float64) if rec.saved_bytes is not None \
+        else np.full(L, np.nan)
     return out
 
 
