@@ -59,8 +59,8 @@ class SavedBytes:
 
     def finish(self, i: int) -> None:
         """``i``'s forward returned (its forward hook): leave it."""
-        if i in self._stack[1:]:
-            while self._stack.pop() != i:
+        if len(self._stack) > 1 and i in self._stack:  # empty outside detail forwards: one check
+            while len(self._stack) > 1 and self._stack.pop() != i:
                 pass
 
     def end(self) -> None:
