@@ -37,7 +37,7 @@ class Context:
     held: set[str] = field(default_factory=set)
     origin: Origin | None = None   # where this step's first NaN/Inf appeared (NonFinite)
     skipped: bool = False          # the optimizer did not step (GradScaler skip)
-    nonfinite: bool = False        # something in this record is NaN/Inf: scale statistics say nothing
+    nonfinite: bool = False        # a gradient in this record is NaN/Inf: scale statistics say nothing
     diverging: Finding | None = None  # this record's divergence warning, if any (GradientScale)
 
     def hold(self, kind: str) -> None:

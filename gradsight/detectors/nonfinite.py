@@ -46,7 +46,8 @@ class NonFinite:
         out: list[Finding] = []
         self._resolve_pending(rec, out)
         pgrad_bad = rec.param_seen[:, 1] & ~np.isfinite(rec.param_grad_sumsq)
-        ctx.nonfinite = bool(nonfinite_counts(rec.act).any() or nonfinite_counts(rec.grad).any() or pgrad_bad.any())
+        # gradients only: a forward that makes -Inf on purpose (an attention mask) leaves them finite
+        ctx.nonfinite = bool(nonfinite_counts(rec.grad).any() or pgrad_bad.any())
         origin = self.nan.locate(rec)
         skipped = rec.optimizer_stepped is False
         ctx.skipped, ctx.origin = skipped, origin
