@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Context:
-    """Per-record facts shared between detectors (filled in model order of the engine's list)."""
+    """Per-record facts shared between detectors (filled in the order of the engine's list)."""
 
     step: int
     held: set[str] = field(default_factory=set)

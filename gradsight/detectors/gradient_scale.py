@@ -83,8 +83,9 @@ class GradientScale:
                    "bias": th.vanishing_ratio_norm}
         self.limits = np.array([by_role[ROLES[r]] for r in self.roles])
 
-    def update(self, rec: StepRecord, m: dict, ctx: Context) -> list[Finding]:
+    def update(self, rec: StepRecord, metrics: dict, ctx: Context) -> list[Finding]:
         self._bind_roles()
+        m = metrics
         w = m["param_norm"]
         known = np.isfinite(w)
         self.w_norm[known] = w[known]
