@@ -1,13 +1,14 @@
 /**
  * One layer in detail: its histograms over the recent steps (gradient, activation or
- * weight; darker is newer) on the signed log-spaced bins the kernel uses, the non-finite
- * and zero counts kept apart, and its latest statistics.
+ * weight; darker is newer) on the common signed log-spaced grid the kernel regrids a series
+ * onto, the non-finite and zero counts kept apart, and its latest statistics.
  */
 import type { TooltipItem } from 'chart.js';
 
-import type { IHistogramData, ILayerData } from '../data';
+import { overlay } from '../data';
+import type { ILayerData } from '../data';
 import type { GradientsModel } from '../model';
-import type { HistKind } from '../protocol';
+import type { HistKind, LayerMetric } from '../protocol';
 import { HIST_KINDS } from '../protocol';
 import { Chart, theme, withAlpha } from './charts';
 import { empty, fmt, fmtEdge, h } from './dom';
@@ -15,7 +16,8 @@ import { SectionView } from './section';
 
 const KIND_LABEL: { [K in HistKind]: string } = { grad: 'gradient', activation: 'activation', weight: 'weight' };
 
-const STAT_ROWS: [string, string, string][] = [
+/** Rows of the statistics table: label, gradient metric, activation metric (names: the schema's). */
+const STAT_ROWS: [string, LayerMetric, LayerMetric][] = [
   ['norm', 'grad_norm', 'act_norm'],
   ['mean', 'grad_mean', 'act_mean'],
   ['std', 'grad_std', 'act_std'],
@@ -26,7 +28,7 @@ const STAT_ROWS: [string, string, string][] = [
   ['+Inf', 'grad_posinf', 'act_posinf'],
   ['-Inf', 'grad_neginf', 'act_neginf']
 ];
-const PARAM_STATS: [string, string][] = [
+const PARAM_STATS: [string, LayerMetric][] = [
   ['param norm', 'param_norm'],
   ['param grad norm', 'param_grad_norm'],
   ['update norm', 'update_norm'],
@@ -123,14 +125,16 @@ export class LayerView extends SectionView {
     this._histEmpty.replaceChildren();
     this._show(true);
     const latest = series[series.length - 1];
-    const labels = binLabels(latest.edges);
+    const grid = overlay(series);
+    const labels = binLabels(grid.edges);
     const t = theme();
     const datasets = series.map((hist, k) => {
+      const counts = grid.counts[k];
       const newest = k === series.length - 1;
       const alpha = newest ? 1 : 0.15 + (0.55 * (k + 1)) / series.length;
       return {
         label: `step ${hist.step ?? '?'}`,
-        data: sameBins(hist, latest) ? Array.from(hist.counts) : [],
+        data: counts ? Array.from(counts) : [],
         borderColor: withAlpha(t.accent, alpha),
         backgroundColor: withAlpha(t.accent, newest ? 0.15 : 0),
         borderWidth: newest ? 2 : 1,
@@ -181,7 +185,7 @@ export class LayerView extends SectionView {
         }
       });
     }
-    this._edges = latest.edges;
+    this._edges = grid.edges;
     this._chart.data.labels = labels;
     this._chart.data.datasets = datasets;
     this._chart.update('none');
@@ -247,10 +251,6 @@ export function binLabels(edges: Float64Array): string[] {
     out.push(fmtEdge(Math.abs(lo) > Math.abs(hi) ? lo : hi));
   }
   return out;
-}
-
-function sameBins(a: IHistogramData, b: IHistogramData): boolean {
-  return a.counts.length === b.counts.length;
 }
 
 /** A statistic; counts of non-finite values are highlighted when there are any. */
