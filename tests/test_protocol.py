@@ -84,7 +84,7 @@ def test_histogram_kinds_are_listed_once():
     d = load_schema()["definitions"]
     assert d["layer"]["properties"]["histograms"]["required"] == d["of"]["enum"]
     assert list(d["layer"]["properties"]["histograms"]["properties"]) == d["of"]["enum"]
-    assert payloads.HISTOGRAM_KINDS == tuple(d["of"]["enum"])
+    assert tuple(d["of"]["enum"]) == payloads.HISTOGRAM_KINDS
 
 
 def test_protocol_version_is_the_schemas_not_the_packages():

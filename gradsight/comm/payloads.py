@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import convert
 from ..widgets.signed_log import common_axis, regrid
+from . import convert
 from .buffers import Packer
 from .errors import ProtocolError
 from .histcache import Hist, HistogramCache
