@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PIPQ := $(BIN)/pip install -q --disable-pip-version-check
 # Build tools must be in the venv first: the package is installed without build isolation
 # so that the labextension build reuses the venv's jupyterlab (saves ~20 s and a second download).
-BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" editables "jupyterlab>=4.6,<5"
+BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" "hatch-nodejs-version>=0.3.2" editables "jupyterlab>=4.6,<5"
 STAMP := $(VENV)/.gradsight-installed
 EXT_SRC := $(shell find extension style -name '*.ts' -o -name '*.css' -o -name '*.js') protocol/schema.json \
 	package.json yarn.lock tsconfig.json

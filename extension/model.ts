@@ -12,6 +12,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import { Connection, ICommLike, IIncoming, ProtocolRequestError } from './connection';
 import { ILayerData, IReportsData, ISnapshotData, layerData, snapshotData } from './data';
+import packageInfo from '../package.json';
 import { COMM_TARGET, GradcheckReports, Layer, Snapshot, Status, WatcherSummary, isReply } from './protocol';
 
 /** Where the model stands with the current notebook's kernel. */
@@ -68,7 +69,7 @@ export namespace GradientsModel {
 export class GradientsModel implements IDisposable {
   constructor(options: GradientsModel.IOptions = {}) {
     this._clientId = options.clientId ?? `gs-${Math.random().toString(36).slice(2, 10)}`;
-    this._clientVersion = options.clientVersion ?? '0.1.0';
+    this._clientVersion = options.clientVersion ?? packageInfo.version;
     this._active = options.active ?? true;
   }
 

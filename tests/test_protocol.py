@@ -254,3 +254,36 @@ def test_common_grid_of_one_histogram_keeps_its_counts():
         assert len(counts) == len(orig.counts)
     finally:
         w.close()
+
+
+def test_the_version_is_package_json_s():
+    """package.json is the one place; the installed metadata (hatch-nodejs-version) and a
+    source checkout both answer with it, and the panel is told it in status."""
+    import gradsight
+
+    class NoSources:  # what payloads.status reads of a source of watchers
+        registry = None
+
+        def watchers(self):
+            return []
+
+        def gradcheck_reports(self):
+            return None
+
+    expected = json.loads((ROOT / "package.json").read_text())["version"]
+    assert gradsight.__version__ == expected
+    msg, _ = payloads.status(NoSources())
+    validate(msg)
+    assert msg["gradsight_version"] == expected and msg["protocol"] == PROTOCOL_VERSION
+
+
+def test_a_source_checkout_reads_package_json(monkeypatch):
+    from importlib.metadata import PackageNotFoundError
+
+    from gradsight import _version
+
+    def missing(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(_version, "version", missing)
+    assert _version._package_version() == json.loads((ROOT / "package.json").read_text())["version"]
