@@ -1,6 +1,10 @@
 import {
+  HIST_KINDS,
+  LAYER_METRICS,
+  PROTOCOL_VERSION,
   REPLY_KINDS,
   REQUEST_KINDS,
+  SEVERITIES,
   decodeArray,
   isMessage,
   isReply,
@@ -57,6 +61,28 @@ describe('protocol fixtures', () => {
     const why = whyInvalid(f.message);
     expect(why !== null || !isRequest(f.message)).toBe(true);
     expect(isRequest(f.message)).toBe(false);
+  });
+});
+
+describe('facts read from the schema', () => {
+  const defs = schema.definitions as unknown as { [name: string]: { [key: string]: unknown } };
+  const kindsOf = (union: string): string[] =>
+    (defs[union].oneOf as { $ref: string }[]).map(r => {
+      const name = r.$ref.split('/').pop() as string;
+      return ((defs[name].properties as { kind: { const: string } }).kind.const);
+    });
+
+  it('lists each direction\'s kinds once, matching its union of message types', () => {
+    expect([...REQUEST_KINDS]).toEqual(kindsOf('request'));
+    expect([...REPLY_KINDS]).toEqual(kindsOf('reply'));
+  });
+
+  it('names the metrics, histogram kinds and severities', () => {
+    expect(LAYER_METRICS).toContain('grad_norm');
+    expect(LAYER_METRICS).toContain('update_ratio');
+    expect([...HIST_KINDS]).toEqual(['grad', 'activation', 'weight']);
+    expect([...SEVERITIES]).toEqual(['info', 'warning', 'error']);
+    expect(PROTOCOL_VERSION).toBe(1);
   });
 });
 

@@ -1,6 +1,7 @@
 /**
- * Findings table: what the detectors reported, most severe first (the kernel's order),
- * coloured by severity; a NaN origin shows its op and the user's source line.
+ * Findings table: what the detectors reported, in the order the kernel sends them (that of
+ * w.findings(): first step ascending, then severity, then layer order; never re-sorted
+ * here), coloured by severity; a NaN origin shows its op and the user's source line.
  */
 import type { Finding } from '../protocol';
 import type { GradientsModel } from '../model';
