@@ -1,7 +1,8 @@
 /**
  * gradsight's JupyterLab extension: wires the Gradients panel into the right sidebar,
  * points its model at the active notebook's session, and registers the commands.
- * Everything else lives in model.ts (kernel I/O) and views/ (rendering).
+ * Everything else lives in follower.ts (following the kernel), model.ts (the data store)
+ * and views/ (rendering).
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';

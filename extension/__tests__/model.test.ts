@@ -237,9 +237,15 @@ describe('GradientsModel', () => {
     model = t.model;
     model.setSession(t.session);
     await settle();
+    const before = t.changes.length;
     model.dispose();
     expect(t.kernel.openComms).toHaveLength(0);
     expect(t.kernel.targets.size).toBe(0);
     expect(model.isDisposed).toBe(true);
+    t.kernel.executeCell(); // nothing the kernel or session does reaches the disposed model
+    t.session.changeKernel(new FakeKernel('k2'));
+    await settle();
+    expect(t.kernel.comms).toHaveLength(1);
+    expect(t.changes.length).toBe(before);
   });
 });
