@@ -22,7 +22,8 @@ namespace CommandIDs {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'gradsight:plugin',
-  description: 'A "Gradients" panel beside the notebook: live per-layer gradients, findings, histograms and gradchecks.',
+  description:
+    'A "Gradients" panel beside the notebook: live per-layer gradients, findings, histograms and gradchecks.',
   autoStart: true,
   requires: [INotebookTracker],
   optional: [ICommandPalette, ILayoutRestorer],

@@ -153,7 +153,9 @@ export function decodeArray(ref: ArrayRef, buffers: readonly Buffer[]): Float64A
   const n = ref.shape.reduce((a, b) => a * b, 1);
   const size = ITEMSIZE[ref.dtype];
   if (view.byteLength !== n * size) {
-    throw new Error(`buffer ${ref.buffer} has ${view.byteLength} bytes; ${ref.dtype}${JSON.stringify(ref.shape)} needs ${n * size}`);
+    throw new Error(
+      `buffer ${ref.buffer} has ${view.byteLength} bytes; ${ref.dtype}${JSON.stringify(ref.shape)} needs ${n * size}`
+    );
   }
   const out = new Float64Array(n);
   for (let i = 0; i < n; i++) {

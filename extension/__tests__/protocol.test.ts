@@ -69,10 +69,10 @@ describe('facts read from the schema', () => {
   const kindsOf = (union: string): string[] =>
     (defs[union].oneOf as { $ref: string }[]).map(r => {
       const name = r.$ref.split('/').pop() as string;
-      return ((defs[name].properties as { kind: { const: string } }).kind.const);
+      return (defs[name].properties as { kind: { const: string } }).kind.const;
     });
 
-  it('lists each direction\'s kinds once, matching its union of message types', () => {
+  it("lists each direction's kinds once, matching its union of message types", () => {
     expect([...REQUEST_KINDS]).toEqual(kindsOf('request'));
     expect([...REPLY_KINDS]).toEqual(kindsOf('reply'));
   });

@@ -32,7 +32,9 @@ export class FindingsView extends SectionView {
     const list = h('div', { class: 'jp-gradsight-findings-list', role: 'list' }, ...rows.map(f => this._item(f)));
     const parts: (Node | null)[] = [h('div', { class: 'jp-gradsight-scroll' }, list)];
     if (total > rows.length) {
-      parts.push(h('div', { class: 'jp-gradsight-muted' }, `showing ${rows.length} of ${total}; w.findings() has them all`));
+      parts.push(
+        h('div', { class: 'jp-gradsight-muted' }, `showing ${rows.length} of ${total}; w.findings() has them all`)
+      );
     }
     this.setBody(...parts);
   }
@@ -66,9 +68,15 @@ export class FindingsView extends SectionView {
       head,
       f.message ? h('div', { class: 'jp-gradsight-finding-message' }, f.message) : null,
       hasValue || hasThreshold
-        ? h('div', { class: 'jp-gradsight-muted' }, `value ${fmt(f.value)}${hasThreshold ? `, threshold ${fmt(f.threshold)}` : ''}`)
+        ? h(
+            'div',
+            { class: 'jp-gradsight-muted' },
+            `value ${fmt(f.value)}${hasThreshold ? `, threshold ${fmt(f.threshold)}` : ''}`
+          )
         : null,
-      f.op || f.source ? h('div', { class: 'jp-gradsight-where' }, h('code', {}, [f.op, f.source].filter(Boolean).join(' at '))) : null,
+      f.op || f.source
+        ? h('div', { class: 'jp-gradsight-where' }, h('code', {}, [f.op, f.source].filter(Boolean).join(' at ')))
+        : null,
       f.hint ? h('div', { class: 'jp-gradsight-hint' }, f.hint) : null
     );
   }

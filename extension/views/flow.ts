@@ -32,7 +32,12 @@ export class FlowView extends SectionView {
     this._canvasBox.appendChild(this._canvas);
     this._note = h('div', { class: 'jp-gradsight-muted jp-gradsight-note' });
     this._empty = h('div');
-    this.body.append(h('div', { class: 'jp-gradsight-controls' }, this._select), this._canvasBox, this._note, this._empty);
+    this.body.append(
+      h('div', { class: 'jp-gradsight-controls' }, this._select),
+      this._canvasBox,
+      this._note,
+      this._empty
+    );
   }
 
   protected render(): void {
@@ -124,7 +129,12 @@ export class FlowView extends SectionView {
             x: {
               type: 'logarithmic',
               title: { display: true, text: '', color: t.muted },
-              ticks: { color: t.muted, callback: v => (isPowerOfTen(Number(v)) ? fmt(Number(v)) : ''), autoSkip: false, maxRotation: 0 },
+              ticks: {
+                color: t.muted,
+                callback: v => (isPowerOfTen(Number(v)) ? fmt(Number(v)) : ''),
+                autoSkip: false,
+                maxRotation: 0
+              },
               grid: { color: t.grid }
             },
             y: {

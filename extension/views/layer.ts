@@ -55,7 +55,14 @@ export class LayerView extends SectionView {
     this._histNote = h('div', { class: 'jp-gradsight-hist-note' });
     this._histEmpty = h('div');
     this._stats = h('div', { class: 'jp-gradsight-stats' });
-    this.body.append(h('div', { class: 'jp-gradsight-controls' }, this._picker), this._tabs, this._canvasBox, this._histNote, this._histEmpty, this._stats);
+    this.body.append(
+      h('div', { class: 'jp-gradsight-controls' }, this._picker),
+      this._tabs,
+      this._canvasBox,
+      this._histNote,
+      this._histEmpty,
+      this._stats
+    );
   }
 
   protected render(): void {
@@ -191,7 +198,11 @@ export class LayerView extends SectionView {
     this._chart.update('none');
     const first = series[0].step;
     this._histNote.replaceChildren(
-      h('span', { class: 'jp-gradsight-muted' }, series.length > 1 ? `steps ${first}–${latest.step}, darker is newer · ` : `step ${latest.step} · `),
+      h(
+        'span',
+        { class: 'jp-gradsight-muted' },
+        series.length > 1 ? `steps ${first}–${latest.step}, darker is newer · ` : `step ${latest.step} · `
+      ),
       chip('zero', latest.zero),
       chip('NaN', latest.nan, latest.nan > 0),
       chip('+Inf', latest.posinf, latest.posinf > 0),
@@ -204,7 +215,17 @@ export class LayerView extends SectionView {
     const table = h(
       'table',
       { class: 'jp-gradsight-table jp-gradsight-stats-table' },
-      h('thead', {}, h('tr', {}, h('th', {}, `latest (step ${fmt(s.step ?? null)})`), h('th', {}, 'gradient'), h('th', {}, 'activation')))
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          h('th', {}, `latest (step ${fmt(s.step ?? null)})`),
+          h('th', {}, 'gradient'),
+          h('th', {}, 'activation')
+        )
+      )
     );
     const body = h('tbody');
     for (const [label, g, a] of STAT_ROWS) {
@@ -217,7 +238,9 @@ export class LayerView extends SectionView {
       ? h(
           'div',
           { class: 'jp-gradsight-params' },
-          ...params.map(([label, key]) => h('span', { class: 'jp-gradsight-param' }, `${label} `, h('b', {}, fmt(s[key]))))
+          ...params.map(([label, key]) =>
+            h('span', { class: 'jp-gradsight-param' }, `${label} `, h('b', {}, fmt(s[key])))
+          )
         )
       : h('div', { class: 'jp-gradsight-muted' }, 'No parameters of its own.');
     this._stats.replaceChildren(table, paramList);
