@@ -9,7 +9,7 @@
 from ._version import __version__ as __version__  # package.json holds it
 from .detectors import Finding, Thresholds
 from .gradcheck import GradcheckReport, gradcheck
-from .kernel_hooks.histogram import Histogram
+from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "GRADSIGHT_DEMO"
 PROBE = f"""
 import json as _json
-from gradsight.kernel_hooks import registry as _registry
+from gradsight import bus as _registry
 _rows = []
 for _w in _registry.active_watchers():
     _f = _w.findings()

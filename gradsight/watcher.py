@@ -18,22 +18,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import bus
 from .detectors import DetectorEngine
-from .kernel_hooks import registry
+from .detectors.finding import SEVERITY_RANK
 from .kernel_hooks.capture import Capture
-from .kernel_hooks.histogram import Histogram
-from .records.history import DecimatingStore
-from .records.metrics import DETAIL_METRICS, LAYER_METRICS, layer_metrics, total_grad_norm
+from .records.queries import RunQueries
+from .records.run_history import RunHistory
 from .records.step_record import StepRecord
-from .records.unit_history import UnitRing
 from .warnings import GradsightWarning
-
-HISTORY_BYTES = 32 * 2**20     # cap for per-layer metric history
-HISTOGRAM_BYTES = 32 * 2**20   # cap for stored histograms
-SCALAR_CAPACITY = 8192         # loss / lr / timings rows before thinning
-HIST_KINDS = ("activation", "grad", "weight")
-_EXTRA = ("zero", "nan", "posinf", "neginf", "subnormal")
-STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -42,8 +34,12 @@ def _check_positive_int(name: str, value: Any) -> int:
     return value
 
 
-class Watcher:
-    """Watches one model's training. Create it with :func:`gradsight.watch`."""
+class Watcher(RunQueries):
+    """Watches one model's training. Create it with :func:`gradsight.watch`.
+
+    The read API (``layers()``, ``history()``, ...) is :class:`~.records.queries.RunQueries`
+    over this run's :class:`~.records.run_history.RunHistory`; the watcher adds the hooks,
+    the optimizer hooks and the detectors."""
 
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
@@ -70,7 +66,7 @@ class Watcher:
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise TypeError(f"gradsight.watch: scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}.")
 
-        previous = registry.watcher_of(model)
+        previous = bus.watcher_of(model)
         if previous is not None:  # a re-run cell: replace, never stack hooks
             previous.close()
 
@@ -88,7 +84,7 @@ class Watcher:
             from .kernel_hooks.nan_trace import NanTracer
 
             self._nan_tracer = NanTracer(self._compiled or model, list(self._capture.names))
-        self.name = registry.unique_name(name or type(model).__name__)
+        self.name = bus.unique_name(name or type(model).__name__)
         self.closed = False
         self.step_count = 0
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
@@ -96,24 +92,11 @@ class Watcher:
         self._auto_closed_pending_loss = False
         self._opt_stepped_this_step = False
         self._last_record: StepRecord | None = None
-        self._step_metrics: dict[str, np.ndarray] | None = None
-        self._latest_metrics: dict[str, np.ndarray] | None = None
-        self._latest_step: int | None = None
         self._warned_empty = False
         self._step_started = time.perf_counter()
-
-        L = len(self._capture.names)
-        cap = HISTORY_BYTES // max(1, 4 * L * len(LAYER_METRICS))
-        self._layer_hist = DecimatingStore(min(4096, max(64, cap)), (len(LAYER_METRICS), L))
-        self._scalars = DecimatingStore(SCALAR_CAPACITY, (len(STEP_COLUMNS),), dtype=np.float64)
-        per_hist = L * len(HIST_KINDS) * (2 * self.bins + 1 + len(_EXTRA)) * 8
-        self._hist_edges = DecimatingStore(max(8, min(1024, HISTOGRAM_BYTES // max(per_hist, 1))),
-                                           (L, len(HIST_KINDS), self.bins + 1), dtype=np.float64)
-        self._hist_counts = DecimatingStore(self._hist_edges.capacity, (L, len(HIST_KINDS), self.bins),
-                                            dtype=np.int64, fill=-1)
-        self._hist_extra = DecimatingStore(self._hist_edges.capacity, (L, len(HIST_KINDS), len(_EXTRA)),
-                                           dtype=np.int64, fill=-1)
-        self._units: dict[int, UnitRing] = {}
+        self._history = RunHistory(self._capture.names, self._capture.types, self.bins,
+                                   param_counts=self._capture.param_counts(), name=self.name,
+                                   histogram_every=self.histogram_every)
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
                                          thresholds=thresholds)
         if optimizer is not None:
@@ -126,7 +109,7 @@ class Watcher:
                 "captured. To see every layer, watch the model before compiling it, or debug uncompiled.",
                 GradsightWarning, stacklevel=3)
         self._begin_step()
-        registry.add(self)
+        bus.add(self)
 
     # --- life cycle --------------------------------------------------------------------
     @property
@@ -145,8 +128,8 @@ class Watcher:
             h.remove()
         self._opt_handles.clear()
         self.closed = True
-        registry.discard(self)
-        registry.publish("close", self)
+        bus.discard(self)
+        bus.publish("close", self)
 
     def __enter__(self) -> Watcher:
         return self
@@ -183,7 +166,7 @@ class Watcher:
         it (even when ``zero_grad`` comes after the forward); and the first forward of a step
         reads the scale its backward will use."""
         if self._capture.backward_passes and self._optimizer_ref is not None:
-            first = next((p for p in self._param_list() if p.requires_grad), None)
+            first = next((p for p in self._capture.parameters() if p.requires_grad), None)
             skipped = first is not None and first.grad is None
             if not skipped and self._scaler is not None and np.isfinite(self._scale_this_step):
                 skipped = _scaler_scale(self._scaler) < self._scale_this_step
@@ -215,9 +198,7 @@ class Watcher:
             rec = self._last_record
             if loss is not None and rec is not None:
                 rec.loss = _to_float(loss)
-                row = self._scalars.row_of(rec.step)
-                if row is not None:
-                    self._scalars.data[row, STEP_COLUMNS.index("loss")] = rec.loss
+                self._history.set_loss(rec.step, rec.loss)
             return
         self._close_step(loss=loss, optimizer_stepped=None)
 
@@ -234,10 +215,11 @@ class Watcher:
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
-            self._store(rec)
+            self._last_record = rec
+            metrics = self._history.append(rec)
             self._check_empty(rec)
             try:
-                new = self._detectors.update(rec, metrics=self._step_metrics)
+                new = self._detectors.update(rec, metrics=metrics)
             except Exception as exc:  # detectors are ours: report, never break training
                 self._hook_error("<detectors>", exc)
                 new = []
@@ -246,34 +228,7 @@ class Watcher:
         self._auto_closed_pending_loss = False
         self.step_count += 1
         self._begin_step()
-        registry.publish("step", self)
-
-    def _store(self, rec: StepRecord) -> None:
-        self._last_record = rec
-        metrics = self._step_metrics = layer_metrics(rec)
-        self._latest_metrics = _merge_latest(self._latest_metrics, metrics, rec.detail)
-        self._latest_step = rec.step
-        self._layer_hist.append(rec.step, np.stack([metrics[m] for m in LAYER_METRICS]))
-        for i, per_unit in rec.units.items():
-            ring = self._units.get(i)
-            if ring is None or ring.values.shape[1] != per_unit.size:
-                ring = self._units[i] = UnitRing(per_unit.size)
-            ring.add(rec.step, per_unit)
-        lr = rec.lrs[0] if rec.lrs else float("nan")
-        self._scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec)])
-        if rec.hist:
-            L = rec.n_layers
-            edges = np.full((L, len(HIST_KINDS), self.bins + 1), np.nan)
-            counts = np.full((L, len(HIST_KINDS), self.bins), -1, dtype=np.int64)
-            extra = np.full((L, len(HIST_KINDS), len(_EXTRA)), -1, dtype=np.int64)
-            for (i, of), h in rec.hist.items():
-                k = HIST_KINDS.index(of)
-                edges[i, k] = h.edges
-                counts[i, k] = h.counts
-                extra[i, k] = [h.zero, h.nan, h.posinf, h.neginf, h.subnormal]
-            self._hist_edges.append(rec.step, edges)
-            self._hist_counts.append(rec.step, counts)
-            self._hist_extra.append(rec.step, extra)
+        bus.publish("step", self)
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""
@@ -297,114 +252,23 @@ class Watcher:
                       f"(reported once; training continues): {type(exc).__name__}: {exc}",
                       GradsightWarning, stacklevel=2)
 
-    # --- queries ------------------------------------------------------------------------
-    @property
-    def layer_names(self) -> list[str]:
-        return list(self._capture.names)
-
-    def _layer_index(self, layer: str, where: str) -> int:
-        if not isinstance(layer, str):
-            raise TypeError(f"gradsight: {where} takes a layer name (str) as in model.named_modules(); "
-                            f"got {type(layer).__name__}.")
-        idx = self._capture.index.get(layer)
-        if idx is None:
-            import difflib
-
-            close = difflib.get_close_matches(layer, self._capture.names, n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"gradsight: {where}: no layer named {layer!r} in {self.name}.{hint} "
-                             f"Known layers: w.layer_names ({len(self._capture.names)} names).")
-        return idx
-
-    def layers(self) -> pd.DataFrame:
-        """One row per watched module, in model order, with the latest step's statistics."""
-        c = self._capture
-        L = len(c.names)
-        n_params = np.zeros(L, dtype=np.int64)
-        for j, ref in enumerate(c._params):
-            p = ref()
-            if p is not None:
-                n_params[c.param_layer[j]] += p.numel()
-        rec = self._last_record
-        metrics = self._latest_metrics or {}
-        columns = {"layer": c.names, "type": c.types, "params": n_params,
-                   "dtype": [rec.dtypes.get(i, "") if rec else "" for i in range(L)]}
-        columns.update({m: metrics.get(m, np.full(L, np.nan)) for m in LAYER_METRICS})
-        columns["step"] = np.full(L, self._latest_step if self._latest_step is not None else -1)
-        return pd.DataFrame(columns)  # built in one go: the panel reads it on every push
-
-    def history(self, metric: str = "grad_norm") -> pd.DataFrame:
-        """One row per recorded step, one column per layer (or one column for step metrics)."""
-        if metric in STEP_COLUMNS:
-            steps, data = self._scalars.valid()
-            return pd.DataFrame({metric: data[:, STEP_COLUMNS.index(metric)]},
-                                index=pd.Index(steps, name="step"))
-        if metric not in LAYER_METRICS:
-            raise ValueError(f"gradsight: history({metric!r}): unknown metric. Layer metrics: "
-                             f"{', '.join(LAYER_METRICS)}; step metrics: {', '.join(STEP_COLUMNS)}.")
-        steps, data = self._layer_hist.valid()
-        k = LAYER_METRICS.index(metric)
-        return pd.DataFrame(data[:, k, :].astype(np.float64), index=pd.Index(steps, name="step"),
-                            columns=self._capture.names)
-
-    def steps(self) -> pd.DataFrame:
-        """Per-step scalars: loss, learning rate (first group), wall times, total gradient norm."""
-        steps, data = self._scalars.valid()
-        df = pd.DataFrame(data, columns=list(STEP_COLUMNS))
-        df.insert(0, "step", steps)
-        return df
-
-    def histogram_steps(self, layer: str, of: str = "grad") -> list[int]:
-        i = self._layer_index(layer, "histogram_steps")
-        k = _of_index(of)
-        steps, counts = self._hist_counts.valid()
-        return [int(s) for s, c in zip(steps, counts, strict=True) if c[i, k, 0] >= 0]
-
-    def histogram(self, layer: str, of: str = "grad", step: int | None = None) -> Histogram:
-        """The histogram of ``layer``'s gradient, activation or weight (latest, or at ``step``)."""
-        i = self._layer_index(layer, "histogram")
-        k = _of_index(of)
-        available = self.histogram_steps(layer, of)
-        if not available:
-            raise ValueError(
-                f"gradsight: no {of} histogram of {layer!r} yet. Histograms are taken every "
-                f"{self.histogram_every} step(s) (histogram_every=); run a training step first"
-                + (" (weights only exist for layers with their own parameters)." if of == "weight" else "."))
-        if step is None:
-            step = available[-1]
-        if step not in available:
-            raise ValueError(f"gradsight: no {of} histogram of {layer!r} at step {step}; "
-                             f"available: {available[:5]}{' ...' if len(available) > 5 else ''} up to {available[-1]}.")
-        r = self._hist_counts.row_of(step)
-        extra = self._hist_extra.data[r, i, k]
-        return Histogram(layer=layer, of=of, step=int(step), edges=self._hist_edges.data[r, i, k].copy(),
-                         counts=self._hist_counts.data[r, i, k].copy(), zero=int(extra[0]), nan=int(extra[1]),
-                         posinf=int(extra[2]), neginf=int(extra[3]), subnormal=int(extra[4]))
-
-    def unit_history(self, layer: str) -> pd.DataFrame:
-        """Per-unit max output of a ReLU-family layer over the last steps (rows: steps, columns:
-        units). A unit whose column never exceeds 0 produced no positive value in the window."""
-        i = self._layer_index(layer, "unit_history")
-        ring = self._units.get(i)
-        if ring is None:
-            kind = self._capture.types[i]
-            raise ValueError(f"gradsight: unit_history({layer!r}): no unit activity recorded for this {kind}. "
-                             "It is kept for ReLU-family modules (ReLU, LeakyReLU, GELU, SiLU, ...) after a "
-                             "training step.")
-        steps, values = ring.ordered()
-        return pd.DataFrame(values, index=pd.Index(steps, name="step"))
-
-    def findings(self) -> pd.DataFrame:
-        """What the detectors found: one row per episode (see issue 3's contract)."""
-        return self._detectors.frame()
+    # --- queries (the rest is RunQueries, over self._history) ----------------------------
+    def _findings_frame(self) -> pd.DataFrame:
+        """The one order of findings, everywhere they are shown: by first step, then severity
+        (error, warning, info), then layer in model order (whole-model findings first)."""
+        df = self._detectors.frame()
+        if len(df) < 2:
+            return df
+        key = pd.DataFrame({"step": df["step"], "rank": df["severity"].map(SEVERITY_RANK).fillna(len(SEVERITY_RANK)),
+                            "layer": df["layer"].map(self._history.index).fillna(len(self._history.names))})
+        return df.loc[key.sort_values(["step", "rank", "layer"], kind="stable").index].reset_index(drop=True)
 
     def last_record(self) -> StepRecord | None:
         return self._last_record
 
     def memory_bytes(self) -> int:
         """Host memory held by the bounded history (the documented cap is ~64 MiB)."""
-        stores = (self._layer_hist, self._scalars, self._hist_edges, self._hist_counts, self._hist_extra)
-        return sum(s.nbytes for s in stores)
+        return self._history.nbytes
 
     def gradcheck(self, layer: str, mode: str = "full", **kwargs):
         """Finite-difference check of ``layer`` on the inputs it saw in the last training step."""
@@ -434,9 +298,6 @@ class Watcher:
             pass
         return report
 
-    def _param_list(self) -> list[nn.Parameter]:
-        return [p for ref in self._capture._params if (p := ref()) is not None]
-
     # --- display ------------------------------------------------------------------------
     def dashboard(self):
         """A live ipywidgets dashboard (imported on first use)."""
@@ -446,35 +307,12 @@ class Watcher:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.step_count} steps"
-        return f"<gradsight.Watcher {self.name!r}: {len(self._capture.names)} layers, {state}>"
+        return f"<gradsight.Watcher {self.name!r}: {len(self.layer_names)} layers, {state}>"
 
     def _repr_html_(self) -> str:
         from .widgets.summary_html import watcher_html  # plain HTML, no matplotlib
 
         return watcher_html(self)
-
-
-def _merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
-    """Latest value of every metric for layers(): on light steps the detail metrics keep their
-    last measured value — unless the layer went non-finite, when the new values are the news."""
-    if old is None or detail:
-        return new
-    merged = dict(new)
-    for prefix in ("act", "grad"):
-        with np.errstate(invalid="ignore"):
-            news = (new[f"{prefix}_nan"] > 0) | (new[f"{prefix}_posinf"] > 0) | (new[f"{prefix}_neginf"] > 0)
-        for m in DETAIL_METRICS:
-            if m.startswith(prefix):
-                merged[m] = np.where(news, new[m], old[m])
-    for m in ("param_norm", "update_norm", "update_ratio", "saturation"):
-        merged[m] = old[m]
-    return merged
-
-
-def _of_index(of: str) -> int:
-    if of not in HIST_KINDS:
-        raise ValueError(f"gradsight: of={of!r}; expected one of {', '.join(map(repr, HIST_KINDS))}.")
-    return HIST_KINDS.index(of)
 
 
 def _to_float(loss: Any) -> float:

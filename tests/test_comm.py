@@ -507,7 +507,7 @@ def test_register_if_ipython_is_a_silent_no_op_outside_a_kernel(fresh_comm_state
 def test_real_watcher_through_the_protocol():
     torch = pytest.importorskip("torch")
     import gradsight as gs
-    from gradsight.kernel_hooks import registry
+    from gradsight import bus as registry
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 1))

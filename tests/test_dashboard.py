@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
-from gradsight.kernel_hooks import registry
+from gradsight import bus as registry
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
@@ -88,7 +88,7 @@ def test_live_redraws_are_throttled_and_change_the_picture():
     elapsed = time.perf_counter() - t0
     assert 1 <= dash.redraws <= elapsed / dash.min_interval + 1, (dash.redraws, elapsed)
     assert dash.images["flow"].value != first
-    assert f">{w.step_count - 1}<" in dash.header.value or dash._pending
+    assert f">{w.step_count - 1}<" in dash.header.value or dash.throttle.pending is not None
     dash._after_cell()  # the cell finished: a throttled redraw catches up
     assert f">{w.step_count}<" in dash.header.value
     dash.close()
@@ -138,10 +138,10 @@ def test_choosing_a_finding_selects_its_layer_and_step(monkeypatch):
     dash = w.dashboard()
     show(dash)
     labels = [label for label, _ in dash.findings.options]
-    assert labels[0].startswith("ERROR") and "nan_origin" in labels[0]  # most serious first
+    assert labels[1].startswith("ERROR") and "nan_origin" in labels[1]  # w.findings()'s order (issue 9)
     assert "1 error" in dash.header.value and "1 warning" in dash.header.value
-    assert dash.layer.value == "2"  # the first flagged layer is selected by default
-    dash.findings.value = 1  # the dead_units row
+    assert dash.layer.value == "2"  # the most seriously flagged layer is selected by default
+    dash.findings.value = 0  # the dead_units row
     assert dash.layer.value == "3"
     assert dash.step.value == min(w.histogram_steps("3", "grad"), key=lambda s: abs(s - 2))
     dash.close()

@@ -9,7 +9,7 @@ import pytest
 from gradsight.detectors import DetectorEngine, Thresholds
 from gradsight.detectors.finding import FindingLog
 from gradsight.detectors.streak import Streak
-from gradsight.kernel_hooks.summary import N_FIELDS, F
+from gradsight.records.fields import N_FIELDS, F
 from gradsight.records.step_record import StepRecord
 
 # --- the episode log ---------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from gradsight.kernel_hooks.histogram import naive_counts, octave_counts, rebin
+from gradsight.kernel_hooks.histogram import octave_counts
+from gradsight.records.histogram import naive_counts, rebin
 
 
 def test_counts_match_naive_over_sixteen_decades():

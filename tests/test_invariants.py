@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradsight as gs
-from gradsight.kernel_hooks import registry
+from gradsight import bus as registry
 from gradsight.kernel_hooks.step_buffer import StepBuffer
 
 
@@ -170,10 +170,10 @@ def test_memory_stays_bounded_over_20000_steps_of_a_50_layer_model(monkeypatch):
     are shrunk so that thinning happens several times within the test's time budget; the
     code path is the one that runs at the default caps (32 MiB metrics, 32 MiB histograms).
     """
-    import gradsight.watcher as watcher_mod
+    import gradsight.records.run_history as run_history
 
-    monkeypatch.setattr(watcher_mod, "HISTORY_BYTES", 2**20)
-    monkeypatch.setattr(watcher_mod, "HISTOGRAM_BYTES", 2**20)
+    monkeypatch.setattr(run_history, "HISTORY_BYTES", 2**20)
+    monkeypatch.setattr(run_history, "HISTOGRAM_BYTES", 2**20)
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(50)])
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)

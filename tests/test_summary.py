@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradsight.kernel_hooks.summary import FIELDS, F, combine, measure, summarize
+from gradsight.kernel_hooks.summary import combine, measure, summarize
+from gradsight.records.fields import FIELDS, F
 from gradsight.records.metrics import tensor_stats
 
 

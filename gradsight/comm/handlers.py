@@ -1,53 +1,63 @@
 """One function per request kind; the table HANDLERS is the whole of what a panel can ask.
 
-A handler only reads watchers through their public API and builds a reply; nothing from the
+A handler is a plain function ``(context, request) -> reply``: the session calls it and sends
+the reply. The context is anything with the :class:`Context` members (the session is one), so
+handlers import neither the session nor the hub. A handler only reads watchers through their public API and builds a reply; nothing from the
 request is ever evaluated, imported or used as an attribute name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import payloads
 from .errors import ProtocolError
 from .limits import MAX_HIST_STEPS
 
-if TYPE_CHECKING:
-    from .session import Session
 
-Handler = Callable[["Session", dict[str, Any]], payloads.Message]
+class Context(Protocol):
+    """What a handler may use: where watchers come from, the cell state, the panel's selection."""
 
+    sources: Any
+    executing: bool  # a cell is running: nothing may run the model now
 
-def hello(session: Session, req: dict[str, Any]) -> payloads.Message:
-    return payloads.status(session.sources, req["id"])
-
-
-def get_snapshot(session: Session, req: dict[str, Any]) -> payloads.Message:
-    w = session.sources.find(req["watcher"])
-    session.follow(watcher=w.name)
-    return session.snapshot_of(w, req["id"])
+    def follow(self, watcher: str | None = None, layer: str | None = None) -> None: ...
+    def snapshot_of(self, w: Any, request_id: str | None = None, **kw: Any) -> payloads.Message: ...
 
 
-def get_layer(session: Session, req: dict[str, Any]) -> payloads.Message:
-    w = session.sources.find(req["watcher"])
+Handler = Callable[[Context, dict[str, Any]], payloads.Message]
+
+
+def hello(context: Context, req: dict[str, Any]) -> payloads.Message:
+    return payloads.status(context.sources, req["id"])
+
+
+def get_snapshot(context: Context, req: dict[str, Any]) -> payloads.Message:
+    w = context.sources.find(req["watcher"])
+    context.follow(watcher=w.name)
+    return context.snapshot_of(w, req["id"])
+
+
+def get_layer(context: Context, req: dict[str, Any]) -> payloads.Message:
+    w = context.sources.find(req["watcher"])
     msg = payloads.layer(w, req["layer"], req.get("max_steps", MAX_HIST_STEPS), req["id"])
-    session.follow(watcher=w.name, layer=req["layer"] if req.get("follow", True) else None)
+    context.follow(watcher=w.name, layer=req["layer"] if req.get("follow", True) else None)
     return msg
 
 
-def get_gradcheck_reports(session: Session, req: dict[str, Any]) -> payloads.Message:
-    reports = session.sources.gradcheck_reports()
+def get_gradcheck_reports(context: Context, req: dict[str, Any]) -> payloads.Message:
+    reports = context.sources.gradcheck_reports()
     if reports is None:
         raise ProtocolError("unavailable", "gradcheck is not available in this kernel's gradsight")
     return payloads.gradcheck_reports(reports, req["id"])
 
 
-def run_gradcheck(session: Session, req: dict[str, Any]) -> payloads.Message:
+def run_gradcheck(context: Context, req: dict[str, Any]) -> payloads.Message:
     """Runs the model's layer on the kernel's thread state, so never while a cell executes."""
-    if session.hub.executing:
+    if context.executing:
         raise ProtocolError("busy", "a cell is running; run the gradcheck when the kernel is idle")
-    w = session.sources.find(req["watcher"])
+    w = context.sources.find(req["watcher"])
     layer = req["layer"]
     mode = req.get("mode", "full")
     try:
@@ -56,7 +66,7 @@ def run_gradcheck(session: Session, req: dict[str, Any]) -> payloads.Message:
         raise ProtocolError("not_found", f"gradcheck of {layer!r}: {e}") from None
     except Exception as e:
         raise ProtocolError("internal", f"gradcheck of {layer!r} failed: {type(e).__name__}: {e}") from None
-    reports = session.sources.gradcheck_reports() or []
+    reports = context.sources.gradcheck_reports() or []
     if not any(r is report for r in reports):
         reports = [*reports, report]
     return payloads.gradcheck_reports(reports, req["id"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import payloads
 from .errors import ProtocolError
@@ -19,19 +19,22 @@ from .limits import FINDINGS_EVERY_S, PUSH_HIST_STEPS
 from .schema import parse_request
 from .server_log import log
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
 
 class Session:
     """The kernel end of one comm. `confirmed` is False for a comm the kernel opened itself
-    (on import) until the panel sends its first request; see Hub.on_cell_start."""
+    (on import) until the panel sends its first request; see :meth:`on_cell_start`.
 
-    def __init__(self, comm: Any, hub: Hub, *, confirmed: bool = True):
+    It is the context the handlers answer in (``sources``, ``executing``, ``follow``,
+    ``snapshot_of``), and a listener of ``hub`` (any object with ``sources``, ``attach`` and
+    ``detach``: comm.hub.Hub), which announces steps and cell state to it.
+    """
+
+    def __init__(self, comm: Any, hub: Any, *, confirmed: bool = True):
         self.comm = comm
         self.hub = hub
         self.confirmed = confirmed
-        self.cell_ended = False
+        self.cell_ended = False  # a whole cell has run since this comm opened
+        self.executing = False   # a cell is running now (announced by the hub)
         self.closed = False
         self._lock = threading.RLock()
         self._watcher: str | None = None  # followed watcher; None: the most recent one
@@ -168,8 +171,13 @@ class Session:
                 self._push_failures.add(key)
                 log.warning("push of %s failed: %s: %s", getattr(w, "name", "?"), key, e)
 
+    def on_cell_end(self) -> None:
+        self.executing = False
+        self.cell_ended = True
+
     def on_cell_start(self) -> None:
         """A kernel-opened comm nobody answered during a whole cell has no panel: close it."""
+        self.executing = True
         if not self.confirmed and self.cell_ended:
             log.info("no gradsight panel answered; closing the announcement comm")
             self.close()

@@ -13,7 +13,7 @@ from .errors import ProtocolError
 
 
 class KernelSources:
-    """The live registry of this kernel process (gradsight.kernel_hooks.registry)."""
+    """The live registry of this kernel process (gradsight.bus)."""
 
     def __init__(self, registry: Any = None, recent_reports: Callable[[], list] | None = None):
         self._registry = registry
@@ -23,7 +23,7 @@ class KernelSources:
     def registry(self) -> Any:
         if self._registry is None:
             try:
-                from gradsight.kernel_hooks import registry
+                from gradsight import bus as registry
             except Exception:  # the engine failed to import: report it in `status`, do not crash
                 return None
             self._registry = registry

@@ -15,12 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..detectors.finding import FINDING_COLUMNS
 from .buffers import unpack
-
-FINDING_COLUMNS = [
-    "step", "last_step", "count", "layer", "kind", "severity", "message", "hint",
-    "phase", "op", "source", "value", "threshold",
-]  # fmt: skip
 
 
 class FakeComm:

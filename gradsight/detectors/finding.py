@@ -16,6 +16,8 @@ import pandas as pd
 FINDING_COLUMNS = ["step", "last_step", "count", "layer", "kind", "severity", "message", "hint",
                    "phase", "op", "source", "value", "threshold"]
 SEVERITIES = ("info", "warning", "error")
+SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+"""Most serious first: the order of severities wherever findings are ordered or compared."""
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 MAX_EPISODES = 2000
 

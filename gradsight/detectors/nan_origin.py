@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernel_hooks.summary import F
+from ..records.fields import F
 from ..records.step_record import StepRecord
 from .layout import Layout, fmt, nonfinite_counts
 

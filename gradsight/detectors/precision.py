@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernel_hooks.summary import F
+from ..records.fields import F
 from ..records.step_record import StepRecord
 from .finding import FindingLog
 from .layout import Layout, fmt

@@ -11,10 +11,11 @@ at most ``MAX_FULL_ENTRIES`` Jacobian entries (else use ``mode="fast"`` or
 ``MAX_REPORTS``.
 """
 
+from ..kernel_hooks.sampling import MAX_CAPTURE_ELEMENTS, MAX_SAMPLES, slice_batch
 from .check import gradcheck
 from .errors import GradcheckError
 from .full import MAX_FULL_ELEMENTS, MAX_FULL_ENTRIES
-from .in_model import ELEMENT_SAMPLES, MAX_CAPTURE_ELEMENTS, MAX_SAMPLES, check_module_call, slice_batch
+from .in_model import ELEMENT_SAMPLES, check_module_call
 from .registry import MAX_REPORTS, recent_reports
 from .report import GradcheckReport, TensorCheck
 

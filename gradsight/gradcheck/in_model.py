@@ -17,62 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
 
+from ..kernel_hooks.sampling import MAX_SAMPLES, slice_batch
 from .check import gradcheck
 from .errors import GradcheckError
 from .full import FullModeTooLarge
 from .inputs import describe
 from .report import GradcheckReport
 
-MAX_SAMPLES = 4
-"""Samples along dim 0 of the captured inputs that the in-model check uses."""
-
-MAX_CAPTURE_ELEMENTS = 2**20
-"""Most tensor elements one capture keeps (4 MiB in float32, 8 MiB as the float64 copies)."""
-
 ELEMENT_SAMPLES = 256
 """Elements compared per tensor when a layer is too large for full mode."""
-
-
-def _batch_size(args: tuple, kwargs: dict) -> int | None:
-    for leaf in tree_flatten((args, kwargs))[0]:
-        if isinstance(leaf, torch.Tensor) and leaf.dim() >= 1:
-            return int(leaf.shape[0])
-    return None
-
-
-def slice_batch(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_SAMPLES) -> tuple[tuple, dict]:
-    """Detached copies of ``(args, kwargs)`` cut to the first few samples along dim 0.
-
-    The batch size is dim 0 of the first tensor argument; every tensor with that
-    leading size is sliced, others (masks, lookup tables) are copied whole. Fewer than
-    ``max_samples`` samples are kept when needed to stay within ``MAX_CAPTURE_ELEMENTS``.
-    Non-tensor arguments are passed through as they are.
-    """
-    kwargs = dict(kwargs or {})
-    if not isinstance(max_samples, int) or max_samples < 1:
-        raise GradcheckError(f"max_samples must be an int >= 1, received {max_samples!r}.")
-    batch = _batch_size(tuple(args), kwargs)
-    tensors = [t for t in tree_flatten((tuple(args), kwargs))[0] if isinstance(t, torch.Tensor)]
-    keep = batch if batch is not None else 0
-    if batch is not None:
-        keep = min(batch, max_samples)
-        while keep > 1:
-            size = sum(t[:keep].numel() if t.dim() and t.shape[0] == batch else t.numel() for t in tensors)
-            if size <= MAX_CAPTURE_ELEMENTS:
-                break
-            keep -= 1
-
-    def cut(x: Any) -> Any:
-        if not isinstance(x, torch.Tensor):
-            return x
-        x = x.detach()
-        if batch is not None and x.dim() >= 1 and x.shape[0] == batch:
-            x = x[:keep]
-        return x.clone()
-
-    return tree_map(cut, tuple(args)), tree_map(cut, kwargs)
 
 
 def check_module_call(module: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, mode: str = "full",
@@ -95,6 +49,8 @@ def check_module_call(module: torch.nn.Module, args: tuple, kwargs: dict | None 
         )
     if not isinstance(args, (tuple, list)):
         args = (args,)
+    if not isinstance(max_samples, int) or max_samples < 1:
+        raise GradcheckError(f"max_samples must be an int >= 1, received {max_samples!r}.")
     args, kwargs = slice_batch(tuple(args), kwargs, max_samples)
     try:
         report = gradcheck(module, *args, mode=mode, kwargs=kwargs, **kw)

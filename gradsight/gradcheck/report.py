@@ -17,8 +17,6 @@ import pandas as pd
 
 FRAME_COLUMNS = ["name", "shape", "passed", "max_abs_err", "max_rel_err", "worst_index", "analytic", "numeric"]
 
-PASS_COLOR = "#0072B2"  # Okabe-Ito blue
-FAIL_COLOR = "#D55E00"  # Okabe-Ito vermillion: told apart from blue with any colour vision
 
 
 @dataclass
@@ -154,7 +152,7 @@ class GradcheckReport:
 
         Returns a matplotlib Figure; pass ``fig`` or two axes as ``ax`` to draw into yours.
         """
-        from .plot import plot_report
+        from ..widgets.gradcheck_plot import plot_report  # the view loads matplotlib on first use
 
         return plot_report(self, tensor=tensor, ax=ax, fig=fig)
 
@@ -170,6 +168,8 @@ class GradcheckReport:
         return f"GradcheckReport({verdict}, {self.fn}, mode={self.mode!r}: {', '.join(parts)})"
 
     def _repr_html_(self) -> str:
+        from ..widgets.style import FAIL_COLOR, PASS_COLOR  # one palette for every view (no matplotlib)
+
         esc = html.escape
         verdict = (
             f'<span style="color:{PASS_COLOR};font-weight:bold">✓ passed</span>' if self.passed

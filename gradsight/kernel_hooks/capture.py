@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gradcheck.in_model import slice_batch
+from ..records.fields import F
+from ..records.histogram import rebin
 from ..records.step_record import StepRecord
-from .histogram import octave_counts, rebin
+from .histogram import octave_counts
+from .sampling import slice_batch
 from .step_buffer import StepBuffer
-from .summary import F, measure, sum_of_squares
+from .summary import measure, sum_of_squares
 from .tensors import float_tensors, tensor_key
 
 # Units of these can "die": no positive output for any sample.
@@ -154,6 +156,20 @@ class Capture:
         self.on_root_forward: Callable[[], None] | None = None
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._register(model, modules)
+
+    # --- what the watcher may read ----------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        """The watched parameters that still exist, in model order."""
+        return [p for ref in self._params if (p := ref()) is not None]
+
+    def param_counts(self) -> np.ndarray:
+        """Number of parameter elements each layer owns (its own, not its children's), by layer."""
+        counts = np.zeros(len(self.names), dtype=np.int64)
+        for j, ref in enumerate(self._params):
+            p = ref()
+            if p is not None:
+                counts[self.param_layer[j]] += p.numel()
+        return counts
 
     # --- registration ---------------------------------------------------------------
     def _register(self, model: nn.Module, modules: list[nn.Module]) -> None:

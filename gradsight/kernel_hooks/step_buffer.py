@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from .histogram import FINE_BINS
-from .summary import N_FIELDS, F, combine
+from ..records.fields import N_FIELDS, F
+from ..records.histogram import FINE_BINS
+from .summary import combine
 
 _LIGHT_UNMEASURED = [F["sum"], F["min"], F["max"], F["nonzero"]]
 _COUNTS = [F["nan"], F["posinf"], F["neginf"]]

@@ -22,10 +22,8 @@ import math
 
 import torch
 
-# Raw, combinable fields of one row. "sum"-like fields add, MIN/MAX take the extremum.
-FIELDS = ("sum", "sumsq", "min", "max", "nonzero", "nan", "posinf", "neginf")
-N_FIELDS = len(FIELDS)
-F = {name: i for i, name in enumerate(FIELDS)}
+from ..records.fields import FIELDS
+
 _IS_MIN = torch.tensor([name == "min" for name in FIELDS])
 _IS_MAX = torch.tensor([name == "max" for name in FIELDS])
 _HALF = (torch.float16, torch.bfloat16)

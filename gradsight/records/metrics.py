@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernel_hooks.summary import F
+from ..records.fields import F
 from .step_record import StepRecord
 
 # Measured only on detail steps (every histogram_every-th): everything but norms and counts.

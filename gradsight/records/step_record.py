@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernel_hooks.histogram import Histogram
+from .histogram import Histogram
 
 
 @dataclass
 class StepRecord:
     """One closed step. Arrays are indexed by layer (model order) or parameter.
 
-    ``act``/``grad`` hold the raw summary fields (``kernel_hooks.summary.FIELDS``) per
+    ``act``/``grad`` hold the raw summary fields (``records.fields.FIELDS``) per
     layer, NaN rows where the layer was not seen this step; :mod:`.metrics` derives
     mean, std, norm, ... from them.
     """

@@ -5,7 +5,7 @@ histograms (layer, gradient/activation, step slider), layer × step heatmap, tra
 curves, dead units and gradcheck. Works in any front-end with ipywidgets 8.
 
 Live: while displayed, the dashboard subscribes to the watcher's steps
-(:func:`gradsight.kernel_hooks.registry.subscribe`) and redraws the visible tab from
+(:func:`gradsight.bus.subscribe`) and redraws the visible tab from
 inside ``step()`` — at most every ``min_interval`` seconds (0.5 s: about 2 redraws a
 second), and further apart when a redraw is slow, so the view never takes more than
 about a quarter of the training time. Each view is a PNG in an ``Image`` widget whose
@@ -26,15 +26,16 @@ import weakref
 import ipywidgets as widgets
 import numpy as np
 
-from ..kernel_hooks import registry
+from .. import bus
+from ..detectors.finding import SEVERITY_RANK
+from ..throttle import ThrottledSubscriber
 from . import source, style
-from .dead_units import UnitActivity, dead_units
+from .dead_units import dead_units
 from .distribution import distribution
 from .gradcheck_plot import gradcheck_figure
 from .gradient_flow import gradient_flow
 from .heatmap import heatmap
 from .histogram import histogram
-from .summary_html import ordered
 from .training_curves import training_curves
 
 TABS = ("Gradient flow", "Histograms", "Heatmap", "Training", "Dead units", "Gradcheck")
@@ -55,12 +56,12 @@ class Dashboard(widgets.VBox):
                             f"got {type(watcher).__name__}.")
         self.watcher = watcher
         self.min_interval = float(min_interval)
-        self.units = UnitActivity.from_watcher(watcher, window=window)
+        self.window = int(window)  # steps of unit activity the dead-units tab shows
         self.redraws = 0           # number of live (throttled) redraws, for tests and curiosity
         self.render_seconds = 0.0  # time of the last redraw
-        self._interval = self.min_interval
-        self._last_draw = 0.0
-        self._pending = False
+        self.throttle = ThrottledSubscriber(self._show_step, min_interval=self.min_interval,
+                                            max_interval=MAX_INTERVAL, max_share=MAX_RENDER_SHARE,
+                                            clock=time.perf_counter)
         self._stale: set[int] = set(range(len(TABS)))
         self._unsubscribe = None
         self._ipython = None
@@ -137,7 +138,7 @@ class Dashboard(widgets.VBox):
                 return
             dash._on_event(event, watcher)
 
-        unsubscribe = registry.subscribe(on_event)
+        unsubscribe = bus.subscribe(on_event)
         self._unsubscribe = unsubscribe
         with contextlib.suppress(Exception):
             from IPython import get_ipython
@@ -189,18 +190,13 @@ class Dashboard(widgets.VBox):
             return
         if event != "step":
             return
-        rec = watcher.last_record()
-        if rec is not None:
-            self.units.add(rec)
-        now = time.perf_counter()
-        if now - self._last_draw >= self._interval:
-            self.refresh(live=True)
-        else:
-            self._pending = True
+        self.throttle.step(watcher)
+
+    def _show_step(self, watcher, fresh: bool) -> None:
+        self.refresh(live=not fresh)
 
     def _after_cell(self, *_args) -> None:
-        if self._pending:
-            self.refresh()
+        self.throttle.flush()  # the cell finished: a step the throttle held back is drawn now
 
     def refresh(self, *, live: bool = False) -> None:
         """Redraw the header, the findings and the visible tab (others redraw when shown)."""
@@ -209,7 +205,6 @@ class Dashboard(widgets.VBox):
         self._busy = True
         t0 = time.perf_counter()
         try:
-            self._pending = False
             self._stale = set(range(len(TABS)))
             self._update_header()
             self._update_findings()
@@ -218,10 +213,10 @@ class Dashboard(widgets.VBox):
         finally:
             self._busy = False
         self.render_seconds = time.perf_counter() - t0
-        self._last_draw = time.perf_counter()
-        if live:  # the first, display-time draw also pays matplotlib's import: not a guide
+        if live:
             self.redraws += 1
-            self._interval = max(self.min_interval, min(MAX_INTERVAL, self.render_seconds / MAX_RENDER_SHARE))
+        else:
+            self.throttle.shown_elsewhere()
 
     # --- rendering -------------------------------------------------------------------------
     def _render(self, tab: int) -> None:
@@ -240,7 +235,7 @@ class Dashboard(widgets.VBox):
             elif tab == 3:
                 self._show("curves", training_curves(w))
             elif tab == 4:
-                self._show("dead", dead_units(self.units, layer))
+                self._show("dead", dead_units(w, layer, window=self.window))
             elif tab == 5:
                 self._show("gradcheck", gradcheck_figure(self._report))
         except Exception as exc:  # a view must never break the training step
@@ -267,7 +262,7 @@ class Dashboard(widgets.VBox):
 
     def _update_findings(self) -> None:
         try:
-            found = ordered(self.watcher.findings())
+            found = self.watcher.findings()  # in findings() order: one order everywhere
         except Exception:
             found = source.findings_frame(None)
         self._findings = found
@@ -364,8 +359,9 @@ def _default_layer(w) -> str:
     """The first flagged layer, else the first leaf layer with parameters, else the first leaf."""
     names = w.layer_names
     try:
-        found = ordered(w.findings())
-        for layer in found.get("layer", []):
+        found = w.findings()
+        rank = found["severity"].map(SEVERITY_RANK).fillna(len(SEVERITY_RANK))
+        for layer in found["layer"][rank.sort_values(kind="stable").index]:  # the most serious, earliest
             if str(layer) in names:
                 return str(layer)
     except Exception:

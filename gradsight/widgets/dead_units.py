@@ -1,10 +1,11 @@
 """Dead units of a ReLU-family layer: which output features never fire over a window of steps.
 
-The capture keeps, per step, each unit's largest output over the batch
-(``StepRecord.units``). :class:`UnitActivity` collects those rows over a sliding window
-(the dashboard feeds it from ``step()``); :func:`dead_units` draws steps × units with
-silent cells in black, and marks units that never produced a positive value in the
-whole window — the dead ones — in vermillion.
+The capture keeps, per step, each unit's largest output over the batch, and the run's
+history keeps the last steps of it: ``src.unit_history(layer)`` — the one source for a
+Watcher, a Recording and the dashboard alike. :func:`dead_units` draws steps × units with
+silent cells in black, and marks units that never produced a positive value in the whole
+window — the dead ones — in vermillion. :class:`UnitActivity` holds such windows for
+several layers (read from a source, or fed step records by hand).
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ class UnitActivity:
 
     @classmethod
     def from_watcher(cls, watcher, window: int = DEFAULT_WINDOW) -> UnitActivity:
+        """The last ``window`` steps of every layer's ``unit_history`` (a Watcher or a Recording)."""
         act = cls(watcher.layer_names, window)
-        rec = watcher.last_record()
-        if rec is not None:
-            act.add(rec)
+        for i, name in enumerate(act.layers):
+            steps, m = unit_matrix(watcher, name)
+            if len(steps):
+                last = slice(-act.window, None)
+                act._rows[i] = deque(zip(steps[last].tolist(), m[last].astype(np.float32), strict=True),
+                                     maxlen=act.window)
         return act
 
     def add(self, record) -> None:
@@ -67,13 +72,28 @@ class UnitActivity:
         return float((~(m > 0).any(axis=0) & ~np.isnan(m).any(axis=0)).mean())
 
 
-def dead_units(src, layer: str | None = None, *, ax=None, steps=None):
+def unit_matrix(src, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, steps × units) of ``layer`` from a source's ``unit_history``; empty when the layer
+    has no unit activity. An unknown layer name raises the source's own helpful error."""
+    if layer not in src.layer_names:
+        src.unit_history(layer)  # raises: no such layer (with close matches)
+    try:
+        df = src.unit_history(layer)
+    except ValueError:  # not a ReLU-family layer, or no step yet: the figure's empty state
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return df.index.to_numpy(dtype=np.int64), df.to_numpy()
+
+
+def dead_units(src, layer: str | None = None, *, ax=None, steps=None, window: int | None = None):
     """Plot per-unit activity of ``layer`` over the window.
 
-    ``src`` is a :class:`UnitActivity`, a Watcher (its last step only), or a
-    steps × units array of per-unit max outputs (with ``steps`` optional). Returns the Figure.
+    ``src`` is a Watcher or a Recording (its ``unit_history``: the last steps it keeps, or
+    the last ``window`` of them), a :class:`UnitActivity`, or a steps × units array of
+    per-unit max outputs (with ``steps`` optional). Returns the Figure.
     """
     steps_arr, m, name = _resolve(src, layer, steps)
+    if window is not None and len(steps_arr) > window:
+        steps_arr, m = steps_arr[-window:], m[-window:]
     fig, ax = style.figure_and_axes(ax, width=8.0, height=3.8)
     title = f"Unit activity of {style.short_name(name, 40)}"
     if m.size == 0:
@@ -140,14 +160,12 @@ def _resolve(src, layer, steps):
         layer = layer if layer is not None else (names[0] if names else "")
         s, m = src.matrix(layer)
         return s, m, layer
-    if hasattr(src, "last_record") and hasattr(src, "layer_names"):
-        act = UnitActivity.from_watcher(src)
-        names = act.layer_names()
+    if hasattr(src, "unit_history") and hasattr(src, "layer_names"):
         if layer is None:
-            layer = names[0] if names else ""
-        elif layer not in src.layer_names:
-            src.histogram_steps(layer)  # raises the watcher's helpful unknown-layer error
-        s, m = act.matrix(layer)
+            layer = next((n for n in src.layer_names if len(unit_matrix(src, n)[0])), "")
+            if not layer:
+                return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), ""
+        s, m = unit_matrix(src, layer)
         return s, m, layer
     if src is None:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), layer or ""

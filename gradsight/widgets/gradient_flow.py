@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..detectors.finding import SEVERITY_RANK
 from . import source, style
 
 SERIES = (
@@ -161,7 +162,7 @@ def _flags(found, shown: list[str]) -> dict[int, tuple[str, list[str]]]:
         kind = str(getattr(row, "kind", ""))
         i = pos[layer]
         old_sev, kinds = out.get(i, (sev, []))
-        if style.SEVERITY_RANK.get(sev, 3) < style.SEVERITY_RANK.get(old_sev, 3):
+        if SEVERITY_RANK.get(sev, 3) < SEVERITY_RANK.get(old_sev, 3):
             old_sev = sev
         if kind and kind not in kinds:
             kinds.append(kind)

@@ -1,8 +1,13 @@
-"""What views read: pandas tables from a watcher, or the same tables saved earlier.
+"""What views read: a run *source* (a live Watcher, a Recording), or tables saved earlier.
 
-Every figure accepts either a live :class:`~gradsight.Watcher` or the frames it
-returns (``w.layers()``, ``w.history(metric)``, ``w.findings()``), so a view can be
-re-rendered from saved data and never touches the model.
+A source is anything with the public read API of :class:`gradsight.records.queries.RunQueries`
+— ``layer_names``, ``layers()``, ``history(metric)``, ``steps()``,
+``histogram_steps(layer, of)``, ``histogram(layer, of, step)``, ``unit_history(layer)``,
+``findings()``, ``last_step`` — plus ``name`` (str) and ``step_count`` (steps so far).
+Live sources may also have ``closed`` (bool); ``gradcheck(layer)`` and ``dashboard()``
+exist only on a live Watcher. Views use nothing else: never watcher internals, never the
+model, so a Recording works in every figure unchanged. Every figure also accepts the frames
+a source returns (``layers()``, ``history(metric)``, ``findings()``).
 """
 
 from __future__ import annotations
@@ -12,8 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-FINDING_COLUMNS = ["step", "last_step", "count", "layer", "kind", "severity", "message", "hint",
-                   "phase", "op", "source", "value", "threshold"]
+from ..detectors.finding import FINDING_COLUMNS
 
 
 def is_watcher(src) -> bool:

@@ -26,9 +26,10 @@ BLACK = "#000000"
 GREY = "#999999"
 PALETTE = (BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK)
 
+PASS_COLOR = BLUE        # gradcheck: within tolerance
+FAIL_COLOR = VERMILLION  # told apart from blue with any colour vision
 SEVERITY_COLOR = {"error": VERMILLION, "warning": ORANGE, "info": SKY}
 SEVERITY_MARKER = {"error": "X", "warning": "v", "info": "o"}
-SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 SEQUENTIAL_CMAP = "viridis"
 NO_DATA = "no data yet: run a training step"
 DPI = 100

@@ -1,8 +1,8 @@
 """The compact HTML a Watcher shows as the last expression of a cell.
 
 One status line (layers, steps, latest loss and total gradient norm, with a loss
-sparkline as inline SVG), findings counted by severity, and the most serious findings
-as a short table. Plain HTML with inline styles and no matplotlib, so it renders in any
+sparkline as inline SVG), findings counted by severity, and the findings as a short
+table in the order ``w.findings()`` returns (earliest first). Plain HTML with inline styles and no matplotlib, so it renders in any
 front-end (JupyterLab, Notebook 7, VS Code, Colab) and costs microseconds.
 """
 
@@ -48,7 +48,7 @@ def watcher_html(w, *, max_rows: int = MAX_ROWS) -> str:
 
 
 def findings_html(found, *, max_rows: int = MAX_ROWS) -> str:
-    """Findings as a compact HTML table (most serious first)."""
+    """Findings as a compact HTML table, in the order given (w.findings() order)."""
     return _table(source.findings_frame(None, found), max_rows)
 
 
@@ -94,22 +94,12 @@ def _badges(found) -> str:
     return "".join(out)
 
 
-def ordered(found):
-    """Most serious first, then earliest."""
-    if not len(found):
-        return found
-    rank = found["severity"].astype(str).map(style.SEVERITY_RANK).fillna(3) if "severity" in found else 0
-    step = found.get("step", 0)
-    return found.assign(_rank=rank, _step=step).sort_values(["_rank", "_step"], kind="stable").drop(
-        columns=["_rank", "_step"])
-
-
 def _table(found, max_rows: int) -> str:
     esc = html.escape
     if not len(found):
         return ""
     rows = []
-    for r in ordered(found).head(max_rows).to_dict("records"):
+    for r in found.head(max_rows).to_dict("records"):  # in findings() order: one order everywhere
         sev = str(r.get("severity", ""))
         steps = _steps(r)
         where = f"<code>{esc(style.short_name(str(r.get('layer', '')), 40))}</code>"

@@ -43,7 +43,7 @@ APPEND_AND_RUN = """async (code) => {
 }"""
 
 FAKE_WATCHER = """from gradsight.comm.testing import FakeWatcher
-from gradsight.kernel_hooks import registry
+from gradsight import bus as registry
 fw = FakeWatcher("Diverging", layers=("embed", "block.0.attn", "head"))
 fw.advance(12)
 fw.add_finding(step=11, last_step=11, count=1, layer="block.0.attn", kind="nan_origin", severity="error",

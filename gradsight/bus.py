@@ -1,6 +1,7 @@
-"""Which watchers are alive in this process, and who wants to hear about them.
+"""The bus: which watchers are alive in this process, and who wants to hear about them.
 
-A re-run notebook cell calls ``gs.watch(model)`` again: the registry finds the old
+A package-level module because its listeners (the watcher publishes; ``widgets.dashboard``
+and ``comm`` subscribe) sit in different layers; it imports nothing of gradsight's. A re-run notebook cell calls ``gs.watch(model)`` again: the registry finds the old
 watcher of the same model (by identity, through a weak reference) so the new one can
 replace it instead of stacking hooks. The JupyterLab panel subscribes here; with no
 subscriber, publishing costs one empty loop.

@@ -1,0 +1,132 @@
+"""The public read API of a run, as pandas tables: one implementation for a live Watcher and a
+saved Recording, so every view and the panel work on both.
+
+:class:`RunQueries` reads only ``self._history`` (a :class:`~.run_history.RunHistory`) and asks
+the subclass for one thing it keeps elsewhere: the findings table (``_findings_frame``).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+import pandas as pd
+
+from .histogram import EXTRA_COUNTS, HIST_KINDS, Histogram
+from .metrics import LAYER_METRICS
+from .run_history import STEP_COLUMNS, RunHistory
+
+
+class RunQueries:
+    """Mixin: ``layers()``, ``history()``, ``steps()``, histograms, unit activity, findings."""
+
+    _history: RunHistory
+
+    def _findings_frame(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self._history.names)
+
+    @property
+    def last_step(self) -> int | None:
+        """The latest recorded step, or None before the first."""
+        return self._history.latest_step
+
+    def _layer_index(self, layer: str, where: str) -> int:
+        h = self._history
+        if not isinstance(layer, str):
+            raise TypeError(f"gradsight: {where} takes a layer name (str) as in model.named_modules(); "
+                            f"got {type(layer).__name__}.")
+        idx = h.index.get(layer)
+        if idx is None:
+            close = difflib.get_close_matches(layer, h.names, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"gradsight: {where}: no layer named {layer!r} in {h.name}.{hint} "
+                             f"Known layers: w.layer_names ({len(h.names)} names).")
+        return idx
+
+    def layers(self) -> pd.DataFrame:
+        """One row per watched module, in model order, with the latest step's statistics."""
+        h = self._history
+        L = h.n_layers
+        metrics = h.latest_metrics or {}
+        columns = {"layer": list(h.names), "type": list(h.types), "params": h.param_counts.copy(),
+                   "dtype": list(h.dtypes)}
+        columns.update({m: metrics.get(m, np.full(L, np.nan)) for m in LAYER_METRICS})
+        columns["step"] = np.full(L, h.latest_step if h.latest_step is not None else -1)
+        return pd.DataFrame(columns)  # built in one go: the panel reads it on every push
+
+    def history(self, metric: str = "grad_norm") -> pd.DataFrame:
+        """One row per recorded step, one column per layer (or one column for step metrics)."""
+        h = self._history
+        if metric in STEP_COLUMNS:
+            steps, data = h.scalars.valid()
+            return pd.DataFrame({metric: data[:, STEP_COLUMNS.index(metric)]},
+                                index=pd.Index(steps, name="step"))
+        if metric not in LAYER_METRICS:
+            raise ValueError(f"gradsight: history({metric!r}): unknown metric. Layer metrics: "
+                             f"{', '.join(LAYER_METRICS)}; step metrics: {', '.join(STEP_COLUMNS)}.")
+        steps, data = h.layer_metrics.valid()
+        k = LAYER_METRICS.index(metric)
+        return pd.DataFrame(data[:, k, :].astype(np.float64), index=pd.Index(steps, name="step"),
+                            columns=list(h.names))
+
+    def steps(self) -> pd.DataFrame:
+        """Per-step scalars: loss, learning rate (first group), wall times, total gradient norm."""
+        steps, data = self._history.scalars.valid()
+        df = pd.DataFrame(data, columns=list(STEP_COLUMNS))
+        df.insert(0, "step", steps)
+        return df
+
+    def histogram_steps(self, layer: str, of: str = "grad") -> list[int]:
+        i = self._layer_index(layer, "histogram_steps")
+        k = _of_index(of)
+        steps, counts = self._history.hist_counts.valid()
+        return [int(s) for s, c in zip(steps, counts, strict=True) if c[i, k, 0] >= 0]
+
+    def histogram(self, layer: str, of: str = "grad", step: int | None = None) -> Histogram:
+        """The histogram of ``layer``'s gradient, activation or weight (latest, or at ``step``)."""
+        h = self._history
+        i = self._layer_index(layer, "histogram")
+        k = _of_index(of)
+        available = self.histogram_steps(layer, of)
+        if not available:
+            raise ValueError(
+                f"gradsight: no {of} histogram of {layer!r} yet. Histograms are taken every "
+                f"{h.histogram_every} step(s) (histogram_every=); run a training step first"
+                + (" (weights only exist for layers with their own parameters)." if of == "weight" else "."))
+        if step is None:
+            step = available[-1]
+        if step not in available:
+            raise ValueError(f"gradsight: no {of} histogram of {layer!r} at step {step}; "
+                             f"available: {available[:5]}{' ...' if len(available) > 5 else ''} up to {available[-1]}.")
+        r = h.hist_counts.row_of(step)
+        extra = dict(zip(EXTRA_COUNTS, map(int, h.hist_extra.data[r, i, k]),
+                         strict=True))
+        return Histogram(layer=layer, of=of, step=int(step), edges=h.hist_edges.data[r, i, k].copy(),
+                         counts=h.hist_counts.data[r, i, k].copy(), **extra)
+
+    def unit_history(self, layer: str) -> pd.DataFrame:
+        """Per-unit max output of a ReLU-family layer over the last steps (rows: steps, columns:
+        units). A unit whose column never exceeds 0 produced no positive value in the window."""
+        h = self._history
+        i = self._layer_index(layer, "unit_history")
+        ring = h.units.get(i)
+        if ring is None:
+            raise ValueError(f"gradsight: unit_history({layer!r}): no unit activity recorded for this "
+                             f"{h.types[i]}. It is kept for ReLU-family modules (ReLU, LeakyReLU, GELU, SiLU, "
+                             "...) after a training step.")
+        steps, values = ring.ordered()
+        return pd.DataFrame(values, index=pd.Index(steps, name="step"))
+
+    def findings(self) -> pd.DataFrame:
+        """What the detectors found: one row per episode (see issue 3's contract)."""
+        return self._findings_frame()
+
+
+def _of_index(of: str) -> int:
+    if of not in HIST_KINDS:
+        raise ValueError(f"gradsight: of={of!r}; expected one of {', '.join(map(repr, HIST_KINDS))}.")
+    return HIST_KINDS.index(of)
