@@ -63,7 +63,7 @@ export const PROTOCOL_VERSION = definitions.envelope.properties.v.const as Reque
 export const COMM_TARGET = 'gradsight';
 export const REQUEST_KINDS = definitions.request_kind.enum as readonly RequestKind[];
 export const REPLY_KINDS = definitions.reply_kind.enum as readonly ReplyKind[];
-/** Histogram kinds, in the order the views show them. */
+/** Histogram kinds, in the one order of records.HIST_KINDS (the panel's tabs too). */
 export const HIST_KINDS = definitions.of.enum as readonly HistKind[];
 /** The per-layer statistics every watcher computes (snapshot columns, layer stats). */
 export const LAYER_METRICS = definitions.layer_metric.enum as readonly LayerMetric[];

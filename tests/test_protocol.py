@@ -80,8 +80,14 @@ def test_schema_metric_names_are_the_watchers_layer_metrics():
     assert load_schema()["definitions"]["layer_metric"]["enum"] == list(LAYER_METRICS)
 
 
-def test_histogram_kinds_are_listed_once():
+def test_histogram_kinds_and_severities_are_the_records():
+    """One order everywhere: the schema's lists are records.HIST_KINDS and detectors' SEVERITIES."""
+    from gradsight.detectors.finding import SEVERITIES
+    from gradsight.records import HIST_KINDS
+
     d = load_schema()["definitions"]
+    assert d["of"]["enum"] == list(HIST_KINDS)
+    assert d["severity"]["enum"] == list(SEVERITIES) == list(payloads.SEVERITIES)
     assert d["layer"]["properties"]["histograms"]["required"] == d["of"]["enum"]
     assert list(d["layer"]["properties"]["histograms"]["properties"]) == d["of"]["enum"]
     assert tuple(d["of"]["enum"]) == payloads.HISTOGRAM_KINDS

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._version import __version__
 from ..widgets.signed_log import common_axis, regrid
 from . import convert
 from .buffers import Packer
@@ -36,15 +37,6 @@ Message = tuple[dict[str, Any], list[memoryview]]
 _COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 SEVERITIES: tuple[str, ...] = tuple(definition("severity")["enum"])  # least to most severe
 HISTOGRAM_KINDS: tuple[str, ...] = tuple(definition("of")["enum"])
-
-
-def _version() -> str:
-    try:
-        from gradsight import __version__
-
-        return str(__version__)
-    except Exception:
-        return "unknown"
 
 
 def _torch_version() -> str:
@@ -79,7 +71,7 @@ def status(sources: Any, request_id: str | None = None) -> Message:
         "v": PROTOCOL_VERSION,
         "kind": "status",
         "id": request_id,
-        "gradsight_version": _version()[:64],
+        "gradsight_version": __version__[:64],
         "protocol": PROTOCOL_VERSION,
         "kernel": {"python": platform.python_version(), "torch": _torch_version(), "pid": os.getpid()},
         "watchers": [watcher_summary(w) for w in watchers],
