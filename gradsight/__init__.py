@@ -6,6 +6,7 @@
     w.findings(); w.layers(); w.history("grad_norm"); w.histogram("fc1", of="grad")
 """
 
+from ._version import __version__ as __version__  # package.json holds it
 from .detectors import Finding, Thresholds
 from .gradcheck import GradcheckReport, gradcheck
 from .recording.recorder import RecordTo
@@ -13,9 +14,8 @@ from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
-__all__ = ["watch", "Watcher", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding",
-           "gradcheck", "GradcheckReport", "GradsightWarning", "load_ipython_extension"]
-__version__ = "0.1.0"
+__all__ = ["watch", "Watcher", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
+           "GradsightWarning", "load_ipython_extension"]
 
 
 def open(path):  # noqa: A001 - gs.open(path) is the contract

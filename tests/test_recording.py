@@ -17,12 +17,12 @@ import gradsight as gs
 from gradsight.recording import RecordingError, RecordingNotFound, RecordingVersionError
 from gradsight.recording.format import ChunkName
 from gradsight.records.metrics import LAYER_METRICS
+from gradsight.records.run_history import STEP_COLUMNS
 from gradsight.warnings import GradsightWarning
 from tests import faulty_models as fm
 
 pytest.importorskip("pyarrow")
 
-STEP_METRICS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
 KINDS = ("activation", "grad", "weight")
 
 
@@ -32,7 +32,7 @@ def assert_same_queries(rec, w) -> None:
     assert rec.last_step == w.last_step
     pd.testing.assert_frame_equal(rec.layers(), w.layers())
     pd.testing.assert_frame_equal(rec.steps(), w.steps())
-    for m in LAYER_METRICS + STEP_METRICS:
+    for m in LAYER_METRICS + STEP_COLUMNS:
         pd.testing.assert_frame_equal(rec.history(m), w.history(m))
     for layer in w.layer_names:
         for of in KINDS:
@@ -53,6 +53,8 @@ def assert_same_queries(rec, w) -> None:
         else:
             pd.testing.assert_frame_equal(rec.unit_history(layer), expected)
     pd.testing.assert_frame_equal(rec.findings(), w.findings())
+    for c in w.findings().columns:  # same Python types too (affected: tuples)
+        assert rec.findings()[c].map(type).tolist() == w.findings()[c].map(type).tolist(), c
 
 
 def _train(model, steps, path=None, seed=1, **watch):

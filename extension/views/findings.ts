@@ -1,6 +1,7 @@
 /**
- * Findings table: what the detectors reported, most severe first (the kernel's order),
- * coloured by severity; a NaN origin shows its op and the user's source line.
+ * Findings table: what the detectors reported, in the order the kernel sends them (that of
+ * w.findings(): first step ascending, then severity, then layer order; never re-sorted
+ * here), coloured by severity; a NaN origin shows its op and the user's source line.
  */
 import type { Finding } from '../protocol';
 import type { GradientsModel } from '../model';
@@ -31,7 +32,9 @@ export class FindingsView extends SectionView {
     const list = h('div', { class: 'jp-gradsight-findings-list', role: 'list' }, ...rows.map(f => this._item(f)));
     const parts: (Node | null)[] = [h('div', { class: 'jp-gradsight-scroll' }, list)];
     if (total > rows.length) {
-      parts.push(h('div', { class: 'jp-gradsight-muted' }, `showing ${rows.length} of ${total}; w.findings() has them all`));
+      parts.push(
+        h('div', { class: 'jp-gradsight-muted' }, `showing ${rows.length} of ${total}; w.findings() has them all`)
+      );
     }
     this.setBody(...parts);
   }
@@ -65,9 +68,15 @@ export class FindingsView extends SectionView {
       head,
       f.message ? h('div', { class: 'jp-gradsight-finding-message' }, f.message) : null,
       hasValue || hasThreshold
-        ? h('div', { class: 'jp-gradsight-muted' }, `value ${fmt(f.value)}${hasThreshold ? `, threshold ${fmt(f.threshold)}` : ''}`)
+        ? h(
+            'div',
+            { class: 'jp-gradsight-muted' },
+            `value ${fmt(f.value)}${hasThreshold ? `, threshold ${fmt(f.threshold)}` : ''}`
+          )
         : null,
-      f.op || f.source ? h('div', { class: 'jp-gradsight-where' }, h('code', {}, [f.op, f.source].filter(Boolean).join(' at '))) : null,
+      f.op || f.source
+        ? h('div', { class: 'jp-gradsight-where' }, h('code', {}, [f.op, f.source].filter(Boolean).join(' at ')))
+        : null,
       f.hint ? h('div', { class: 'jp-gradsight-hint' }, f.hint) : null
     );
   }

@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 INTERVAL = 0.5        # a few updates a second at most
+MAX_INTERVAL = 3.0    # ... and never further apart than this (the first draw imports matplotlib)
 MAX_RENDER_SHARE = 0.25
 
 
@@ -38,7 +39,7 @@ def follow(rec: Any, dashboard: Any, interval: float = INTERVAL) -> threading.Th
                 failures += 1
                 if failures > 3:
                     return
-            pause = max(interval, getattr(dash, "render_seconds", 0.0) / MAX_RENDER_SHARE)
+            pause = min(MAX_INTERVAL, max(interval, getattr(dash, "render_seconds", 0.0) / MAX_RENDER_SHARE))
             del dash
             if not live:
                 return

@@ -31,7 +31,7 @@ HOST = socket.gethostname()
 
 
 def gradsight_version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..records.queries import RunQueries
@@ -37,6 +38,14 @@ def open_recording(path: Any) -> Recording:
             raise
         raise RecordingError(f"gradsight.open: {str(root / MANIFEST)!r} is damaged ({type(exc).__name__}: {exc}); "
                              "it does not describe the run's layers and settings as gradsight writes them.") from None
+
+
+def _tuples(df: pd.DataFrame) -> pd.DataFrame:
+    """List columns (``affected``) come back from Parquet as arrays; findings hold tuples."""
+    for c in df.columns:
+        if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], np.ndarray):
+            df[c] = df[c].map(tuple)
+    return df
 
 
 class Recording(RunQueries):
@@ -83,7 +92,7 @@ class Recording(RunQueries):
                 self._closed = self.manifest.get("state") == "closed"
             update = self._loader.poll(closed=self._closed)
             if update.findings is not None:
-                self._findings = update.findings
+                self._findings = _tuples(update.findings)
             ingest(self._run, update)
             self.version += bool(update)
             return bool(update)

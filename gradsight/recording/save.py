@@ -32,10 +32,14 @@ def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = 
     size = 0
 
     st = q.steps()
-    hist = {m: q.history(m) for m in LAYER_METRICS}
+    # a layer metric that is also a step column (saved_bytes) answers history() as the step
+    # total: its per-layer history is not in the read API, and is saved as NaN
+    hist = {m: q.history(m) for m in LAYER_METRICS if m not in STEP_COLUMNS}
     layer_steps = hist[LAYER_METRICS[0]].index.to_numpy(dtype=np.int64)
     if len(st) or len(layer_steps):
-        values = np.stack([hist[m].to_numpy(dtype=np.float64) for m in LAYER_METRICS], axis=1)
+        shape = (len(layer_steps), len(names))
+        values = np.stack([hist[m].to_numpy(dtype=np.float64) if m in hist else np.full(shape, np.nan)
+                           for m in LAYER_METRICS], axis=1)
         all_steps = np.concatenate([st["step"].to_numpy(dtype=np.int64), layer_steps])
         name = ChunkName(int(all_steps.min()), int(all_steps.max()), 0)
         size += chunks.write_table(root / LAYERS / name.file, layers_table(layer_steps, values, names))

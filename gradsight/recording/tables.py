@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..records.histogram import EXTRA_COUNTS
-from ..records.metrics import LAYER_METRICS, total_grad_norm
-from ..records.run_history import STEP_COLUMNS, merge_latest
+from ..records.metrics import LAYER_METRICS
+from ..records.run_history import STEP_COLUMNS, merge_latest, step_scalars
 from ..records.step_record import StepRecord
 
 
@@ -39,7 +39,7 @@ def _lists(values: list[np.ndarray], dtype) -> Any:
 
 
 def steps_table(steps: np.ndarray, scalars: np.ndarray, detail: np.ndarray | None):
-    """``scalars``: [n, 5] float64 in STEP_COLUMNS order; ``detail``: bool per step or None (unknown)."""
+    """``scalars``: [n, len(STEP_COLUMNS)] float64; ``detail``: bool per step or None (unknown)."""
     pa = _pa()
     cols = {"step": pa.array(np.asarray(steps, dtype=np.int64))}
     for k, f in enumerate(STEP_COLUMNS):
@@ -125,8 +125,7 @@ class RecordBatch:
     def tables(self) -> dict[str, Any]:
         items, names = self.items, self.names
         steps = np.array([r.step for r, _ in items], dtype=np.int64)
-        scalars = np.array([[r.loss, r.lrs[0] if r.lrs else np.nan, r.forward_s, r.backward_s, total_grad_norm(r)]
-                            for r, _ in items], dtype=np.float64).reshape(-1, len(STEP_COLUMNS))
+        scalars = np.array([step_scalars(r) for r, _ in items], dtype=np.float64).reshape(-1, len(STEP_COLUMNS))
         detail = np.array([bool(r.detail) for r, _ in items])
         values = np.stack([np.stack([m[k] for k in LAYER_METRICS]) for _, m in items])
         out = {"steps": steps_table(steps, scalars, detail), "layers": layers_table(steps, values, names)}
