@@ -293,3 +293,33 @@ def test_a_source_checkout_reads_package_json(monkeypatch):
 
     monkeypatch.setattr(_version, "version", missing)
     assert _version._package_version() == json.loads((ROOT / "package.json").read_text())["version"]
+
+
+def test_findings_carry_status_and_affected_to_the_panel():
+    """A suspicion (window not yet filled) reaches the panel as such, with the layers its one
+    cause covers; the row validates against the schema's finding definition."""
+    import jsonschema
+    import torch
+    from torch import nn
+
+    import gradsight as gs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every unit of the ReLU is dead from the first step
+    w = gs.watch(model)
+    model(torch.randn(32, 8)).sum().backward()
+    w.step()
+    rows = payloads.findings(w.findings())["rows"]
+    w.close()
+    dead = [r for r in rows if r["kind"] == "dead_units"]
+    assert dead and dead[0]["status"] in ("suspected", "confirmed")
+    assert isinstance(dead[0]["affected"], list)
+    schema = load_schema()
+    for r in rows:
+        jsonschema.validate(r, {"$ref": "#/definitions/finding", "definitions": schema["definitions"]})
+    assert payloads.finding_row({"step": 1, "kind": "x", "severity": "info", "message": "m",
+                                 "status": "suspected", "affected": ("a", "b")})["affected"] == ["a", "b"]
+    assert payloads.finding_row({"step": 1, "kind": "x", "severity": "info", "message": "m",
+                                 "status": float("nan"), "affected": float("nan")})["status"] == "confirmed"

@@ -42,4 +42,27 @@ describe('FindingsView', () => {
     view.dispose();
     model.dispose();
   });
+
+  it('marks a suspected finding and says how many layers one cause covers', async () => {
+    const kernel = new FakeKernel('k1');
+    const suspected = { ...row(1, 'info', 'fc1', 'vanishing_gradient'), status: 'suspected', affected: ['fc1', 'fc2'] };
+    const confirmed = { ...row(2, 'error', 'fc2', 'nan_origin'), status: 'confirmed', affected: ['fc2'] };
+    kernel.overrides.get_snapshot = req => {
+      const f = fixture('snapshot_push');
+      const message = f.message as JSONObject;
+      return [{ ...message, id: req.id, findings: { total: 2, rows: [suspected, confirmed] } }, f.buffers];
+    };
+    const model = new GradientsModel({ clientId: 'test' });
+    const view = new FindingsView(model);
+    Widget.attach(view, document.body);
+    model.setSession(new FakeSession(kernel));
+    await settle();
+    await new Promise(resolve => requestAnimationFrame(() => resolve(undefined)));
+    const cards = Array.from(view.node.querySelectorAll('.jp-gradsight-finding'));
+    expect(cards[0].querySelector('.jp-gradsight-pill-suspected')).not.toBeNull();
+    expect(cards[0].textContent).toContain('one cause across 2 layers');
+    expect(cards[1].querySelector('.jp-gradsight-pill-suspected')).toBeNull();
+    view.dispose();
+    model.dispose();
+  });
 });

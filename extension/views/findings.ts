@@ -56,6 +56,16 @@ export class FindingsView extends SectionView {
       'div',
       { class: 'jp-gradsight-finding-head' },
       h('span', { class: `jp-gradsight-pill jp-gradsight-pill-${f.severity}` }, f.severity),
+      f.status === 'suspected'
+        ? h(
+            'span',
+            {
+              class: 'jp-gradsight-pill jp-gradsight-pill-suspected',
+              title: 'evidence is building: the window has not filled'
+            },
+            'suspected'
+          )
+        : null,
       h('span', { class: 'jp-gradsight-finding-kind' }, f.kind),
       layerLink,
       h('span', { class: 'jp-gradsight-muted' }, `${steps}${f.count && f.count > 1 ? ` ×${f.count}` : ''}`)
@@ -67,6 +77,13 @@ export class FindingsView extends SectionView {
       { class: `jp-gradsight-finding jp-gradsight-sev-${f.severity}`, role: 'listitem', 'data-kind': f.kind },
       head,
       f.message ? h('div', { class: 'jp-gradsight-finding-message' }, f.message) : null,
+      f.affected && f.affected.length > 1
+        ? h(
+            'div',
+            { class: 'jp-gradsight-muted', title: f.affected.filter(Boolean).join(', ') },
+            `one cause across ${f.affected.length} layers`
+          )
+        : null,
       hasValue || hasThreshold
         ? h(
             'div',

@@ -19,6 +19,7 @@ MAX_REPORT_TENSORS: int = definition("gradcheck_report")["properties"]["tensors"
 MAX_WATCHERS: int = definition("status")["properties"]["watchers"]["maxItems"]
 MAX_TEXT: int = definition("text")["maxLength"]
 MAX_SHORT_TEXT: int = definition("short_text")["maxLength"]
+MAX_AFFECTED: int = definition("finding")["properties"]["affected"]["maxItems"]  # layers named by one finding
 MAX_COLUMNS: int = definition("columns")["maxProperties"]
 
 PUSH_HIST_STEPS = 8  # histograms per kind in a pushed `layer` (pushes run while training)
@@ -27,5 +28,5 @@ MAX_PUSH_SHARE = 0.05  # pushes take at most 5% of a training loop's wall time (
 FINDINGS_EVERY_S = 1.0  # pushes re-read w.findings() at most this often (and at the end of a cell)
 
 __all__ = ["MAX_REQUEST_BYTES", "MAX_LAYERS", "MAX_STEPS", "MAX_FINDINGS", "MAX_HIST_STEPS", "MAX_REPORTS",
-           "MAX_REPORT_TENSORS", "MAX_WATCHERS", "MAX_TEXT", "MAX_SHORT_TEXT", "MAX_COLUMNS", "PUSH_HIST_STEPS",
+           "MAX_REPORT_TENSORS", "MAX_WATCHERS", "MAX_TEXT", "MAX_SHORT_TEXT", "MAX_AFFECTED", "MAX_COLUMNS", "PUSH_HIST_STEPS",
            "MIN_PUSH_INTERVAL_S", "MAX_PUSH_SHARE", "FINDINGS_EVERY_S"]

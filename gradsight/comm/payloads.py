@@ -21,6 +21,7 @@ from .buffers import Packer
 from .errors import ProtocolError
 from .histcache import Hist, HistogramCache
 from .limits import (
+    MAX_AFFECTED,
     MAX_COLUMNS,
     MAX_FINDINGS,
     MAX_LAYERS,
@@ -135,7 +136,17 @@ def finding_row(row: dict[str, Any]) -> dict[str, Any]:
         "source": convert.text(row.get("source"), MAX_SHORT_TEXT),
         "value": convert.number(row.get("value")),
         "threshold": convert.number(row.get("threshold")),
+        "status": status if (status := str(row.get("status") or "confirmed")) in _STATUSES else "confirmed",
+        "affected": [convert.text(a, MAX_SHORT_TEXT) for a in _as_list(row.get("affected"))[:MAX_AFFECTED]],
     }
+
+
+_STATUSES = tuple(definition("finding")["properties"]["status"]["enum"])
+
+
+def _as_list(value: Any) -> list:
+    """`affected` arrives as a tuple of layer names (or NaN/None for rows without one)."""
+    return list(value) if isinstance(value, (list, tuple)) else []
 
 
 def findings(df: pd.DataFrame) -> dict[str, Any]:
