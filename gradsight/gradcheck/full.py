@@ -133,6 +133,7 @@ def _row(ev: Evaluator, aj: AnalyticJacobian, i: int, cols: torch.Tensor, rows: 
         passed=c.passed, max_abs_err=c.max_abs_err, max_rel_err=c.max_rel_err,
         worst_index=tuple(int(j) for j in np.unravel_index(worst_flat, slot.shape)) if k else None,
         worst_output=ev.layout.locate(out_row) if k and ev.layout.size else None,
+        output=ev.layout.output_of(out_row) if k and ev.layout.size else None,
         analytic=c.analytic, numeric=c.numeric, method=method, note=note, excess=c.excess,
         plot_data=PlotData(
             sample_analytic=c.sample_analytic, sample_numeric=c.sample_numeric,

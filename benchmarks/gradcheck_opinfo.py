@@ -1,0 +1,229 @@
+"""gs.gradcheck vs torch.autograd.gradcheck over PyTorch's own OpInfo database.
+
+Every op of ``torch.testing._internal.common_methods_invocations.op_db`` that supports
+autograd in float64 on the CPU, every sample input whose tensors hold at most
+``MAX_SAMPLE_ELEMENTS`` elements in all (torch's full check costs two calls per
+element; larger samples would make the sweep take hours on two cores), except random
+ops (``RANDOM_WORDS``: finite differences of a random function are noise for torch,
+while gradsight replays the RNG, so the two cannot be compared). The sample is called
+as torch's own ``test_fn_grad`` calls it: tensors that require grad (also inside a list
+input, as for ``cat``) become the checked arguments, through ``op.gradcheck_wrapper``
+and ``output_process_fn_grad``.
+
+Both checkers use the same eps/atol/rtol. torch's verdict is ``pass`` or ``fail`` (its
+GradcheckError), or ``error`` (anything else: torch cannot check the sample; those are
+listed apart and left out of the agreement rate, gradsight may still check them).
+gradsight's full and fast modes are each compared with torch's full mode.
+
+    python benchmarks/gradcheck_opinfo.py [--every N] [--seed S]
+
+writes the per-sample outcomes to benchmarks/results/gradcheck_opinfo.json and the
+summary with every disagreement into the "OpInfo agreement" section of
+benchmarks/results/gradcheck.md. ``tests/test_gradcheck_opinfo.py`` runs a seeded subset
+in ``make test`` and the whole database under ``make test-slow``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError
+from torch.utils._pytree import tree_flatten
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gradsight.gradcheck import GradcheckError, gradcheck  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MAX_SAMPLE_ELEMENTS = 100
+"""Samples whose tensors (input, args, kwargs) hold more elements in all are left out."""
+TOL = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}
+RANDOM_WORDS = ("dropout", "rand", "bernoulli", "normal", "multinomial", "uniform", "poisson", "exponential",
+                "cauchy", "geometric", "log_normal")
+SECTION = "## OpInfo agreement"
+
+
+@dataclass
+class Case:
+    """One op sample, called the way torch's own gradient test calls it."""
+
+    op_name: str  # op.name, plus .variant_test_name when there is one
+    index: int  # position among the op's samples
+    op: object = field(repr=False)
+    sample: object = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.op_name}#{self.index}"
+
+    def fn_and_args(self):
+        """(fn, checked tensors) as in torch's test_ops_gradients._check_helper."""
+        op, sample = self.op, self.sample
+        inp, args = sample.input, list(sample.args)
+        is_list = isinstance(inp, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in inp)
+        flat_inp = list(inp) if is_list else [inp]
+        grad_in = [isinstance(t, torch.Tensor) and t.requires_grad for t in flat_inp]
+        grad_args = [isinstance(t, torch.Tensor) and t.requires_grad for t in args]
+        checked = tuple(t for t, g in zip(flat_inp, grad_in, strict=True) if g) + tuple(
+            t for t, g in zip(args, grad_args, strict=True) if g)
+
+        def fn(*xs):
+            it = iter(xs)
+            new_inp = [next(it) if g else t for t, g in zip(flat_inp, grad_in, strict=True)]
+            new_args = [next(it) if g else t for t, g in zip(args, grad_args, strict=True)]
+            first = (type(inp)(new_inp) if is_list else new_inp[0])
+            out = op.gradcheck_wrapper(op.get_op(), first, *new_args, **sample.kwargs)
+            post = sample.output_process_fn_grad
+            return post(out) if post is not None else out
+
+        fn.__name__ = fn.__qualname__ = self.op_name
+        return fn, checked
+
+
+def _eligible_ops() -> list:
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    ops = [op for op in op_db
+           if op.supports_autograd and torch.float64 in op.supported_dtypes("cpu")
+           and not any(w in op.name for w in RANDOM_WORDS)]
+    return sorted(ops, key=lambda op: (op.name, op.variant_test_name))
+
+
+def _size(sample) -> int:
+    leaves = tree_flatten((sample.input, sample.args, sample.kwargs))[0]
+    return sum(t.numel() for t in leaves if isinstance(t, torch.Tensor))
+
+
+def cases(every: int = 1, seed: int = 0) -> Iterator[Case]:
+    """The eligible samples; with ``every=k`` a seeded random 1/k of them (at least one per op... no:
+    each sample is kept with probability 1/k, chosen by ``seed``, so subsets are stable)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)  # sample generators draw from the global RNG: make the inputs reproducible
+    for op in _eligible_ops():
+        name = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                samples = list(op.sample_inputs("cpu", torch.float64, requires_grad=True))
+            except Exception:  # a sample generator that fails on this build: nothing to compare
+                continue
+        for i, s in enumerate(samples):
+            keep = rng.random() * every < 1  # draw for every sample so that subsets nest stably
+            if keep and _size(s) <= MAX_SAMPLE_ELEMENTS:
+                yield Case(name, i, op, s)
+
+
+@dataclass
+class Outcome:
+    key: str
+    torch: str  # pass | fail | error
+    full: str  # pass | fail | error (GradcheckError) | crash (any other exception: a gradsight bug)
+    fast: str
+    torch_msg: str = ""
+    full_msg: str = ""
+    fast_msg: str = ""
+    seconds: dict = field(default_factory=dict)
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+def _torch(fn, args) -> tuple[str, str]:
+    try:
+        torch.autograd.gradcheck(fn, args, **TOL)
+        return "pass", ""
+    except TorchGradcheckError as e:
+        return "fail", _short(e)
+    except Exception as e:
+        return "error", _short(e)
+
+
+def _gs(fn, args, mode) -> tuple[str, str]:
+    try:
+        r = gradcheck(fn, *args, mode=mode, **TOL)
+    except GradcheckError as e:
+        return "error", _short(e)
+    except Exception as e:
+        return "crash", _short(e)
+    if r.passed:
+        return "pass", ""
+    w = r.worst()
+    return "fail", f"{w.where()}: analytic {w.analytic:.6g} vs numeric {w.numeric:.6g}"
+
+
+def run_case(case: Case) -> Outcome:
+    fn, args = case.fn_and_args()
+    secs = {}
+    res = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for who, f in (("torch", lambda: _torch(fn, args)), ("full", lambda: _gs(fn, args, "full")),
+                       ("fast", lambda: _gs(fn, args, "fast"))):
+            t = time.perf_counter()
+            res[who] = f()
+            secs[who] = round(time.perf_counter() - t, 4)
+    return Outcome(case.key, res["torch"][0], res["full"][0], res["fast"][0], res["torch"][1], res["full"][1],
+                   res["fast"][1], secs)
+
+
+def agrees(theirs: str, ours: str) -> bool:
+    """Same verdict; where torch refuses (error), a gradsight error also counts as the same."""
+    return theirs == ours
+
+
+def summarize(outcomes: list[Outcome]) -> dict:
+    checked = [o for o in outcomes if o.torch != "error"]
+    out = {"samples": len(outcomes), "torch_can_check": len(checked),
+           "torch_error": len(outcomes) - len(checked)}
+    for mode in ("full", "fast"):
+        bad = [o for o in checked if not agrees(o.torch, getattr(o, mode))]
+        out[f"{mode}_agree"] = len(checked) - len(bad)
+        out[f"{mode}_rate"] = (len(checked) - len(bad)) / max(len(checked), 1)
+        out[f"{mode}_disagree"] = [o.key for o in bad]
+    out["crash"] = [o.key for o in outcomes if "crash" in (o.full, o.fast)]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--every", type=int, default=1, help="keep a seeded random 1/N of the samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated op names")
+    parser.add_argument("--out", default=str(RESULTS / "gradcheck_opinfo.json"))
+    a = parser.parse_args()
+    torch.set_num_threads(1)
+    only = set(filter(None, a.only.split(",")))
+    start = time.perf_counter()
+    load = os.getloadavg()[0]
+    outcomes = []
+    for case in cases(a.every, a.seed):
+        if only and case.op_name.split(".")[0] not in only and case.op_name not in only:
+            continue
+        o = run_case(case)
+        outcomes.append(o)
+        if not (agrees(o.torch, o.full) and agrees(o.torch, o.fast)) or "crash" in (o.full, o.fast):
+            print(f"{o.key}: torch {o.torch} full {o.full} fast {o.fast} | {o.torch_msg[:120]} | "
+                  f"{o.full_msg[:120]} | {o.fast_msg[:120]}", file=sys.stderr, flush=True)
+    s = summarize(outcomes)
+    s.update(seconds=round(time.perf_counter() - start), load_start=load, load_end=os.getloadavg()[0],
+             torch_version=torch.__version__, every=a.every, seed=a.seed, max_sample_elements=MAX_SAMPLE_ELEMENTS)
+    Path(a.out).write_text(json.dumps({"summary": s, "outcomes": [asdict(o) for o in outcomes]}, indent=1))
+    print(json.dumps({k: v for k, v in s.items() if not isinstance(v, list)}, indent=1))
+    for mode in ("full", "fast"):
+        print(mode, "disagree:", s[f"{mode}_disagree"])
+    print("crash:", s["crash"])
+
+
+if __name__ == "__main__":
+    main()
