@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 from torch.autograd.gradcheck import GradcheckError as TorchGradcheckError
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,6 +53,28 @@ RANDOM_WORDS = ("dropout", "rand", "bernoulli", "normal", "multinomial", "unifor
 SECTION = "## OpInfo agreement"
 
 
+class _ScaledGrad(torch.autograd.Function):
+    """Identity whose backward scales the gradient by 1.1: a planted bug any checker must catch."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(t):
+        return t.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.1
+
+
+def _scaled(t):
+    return _ScaledGrad.apply(t) if isinstance(t, torch.Tensor) and t.requires_grad else t
+
+
 @dataclass
 class Case:
     """One op sample, called the way torch's own gradient test calls it."""
@@ -61,10 +83,11 @@ class Case:
     index: int  # position among the op's samples
     op: object = field(repr=False)
     sample: object = field(repr=False)
+    planted: bool = False  # differentiable outputs pass through _ScaledGrad: a wrong backward
 
     @property
     def key(self) -> str:
-        return f"{self.op_name}#{self.index}"
+        return f"{self.op_name}#{self.index}" + ("+bug" if self.planted else "")
 
     def fn_and_args(self):
         """(fn, checked tensors) as in torch's test_ops_gradients._check_helper."""
@@ -84,7 +107,8 @@ class Case:
             first = (type(inp)(new_inp) if is_list else new_inp[0])
             out = op.gradcheck_wrapper(op.get_op(), first, *new_args, **sample.kwargs)
             post = sample.output_process_fn_grad
-            return post(out) if post is not None else out
+            out = post(out) if post is not None else out
+            return tree_map(_scaled, out) if self.planted else out
 
         fn.__name__ = fn.__qualname__ = self.op_name
         return fn, checked
@@ -104,9 +128,11 @@ def _size(sample) -> int:
     return sum(t.numel() for t in leaves if isinstance(t, torch.Tensor))
 
 
-def cases(every: int = 1, seed: int = 0) -> Iterator[Case]:
-    """The eligible samples; with ``every=k`` a seeded random 1/k of them (at least one per op... no:
-    each sample is kept with probability 1/k, chosen by ``seed``, so subsets are stable)."""
+def cases(every: int = 1, seed: int = 0, planted: bool = True) -> Iterator[Case]:
+    """The eligible samples, each as is and (``planted``) with a planted bug.
+
+    With ``every=k`` each sample is kept with probability 1/k, drawn from ``seed``: the
+    same subset every run."""
     rng = random.Random(seed)
     torch.manual_seed(seed)  # sample generators draw from the global RNG: make the inputs reproducible
     for op in _eligible_ops():
@@ -121,12 +147,15 @@ def cases(every: int = 1, seed: int = 0) -> Iterator[Case]:
             keep = rng.random() * every < 1  # draw for every sample so that subsets nest stably
             if keep and _size(s) <= MAX_SAMPLE_ELEMENTS:
                 yield Case(name, i, op, s)
+                if planted:
+                    yield Case(name, i, op, s, planted=True)
 
 
 @dataclass
 class Outcome:
     key: str
     torch: str  # pass | fail | error
+    torch_fast: str  # torch's fast mode, for reference
     full: str  # pass | fail | error (GradcheckError) | crash (any other exception: a gradsight bug)
     fast: str
     torch_msg: str = ""
@@ -139,9 +168,9 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def _torch(fn, args) -> tuple[str, str]:
+def _torch(fn, args, fast: bool = False) -> tuple[str, str]:
     try:
-        torch.autograd.gradcheck(fn, args, **TOL)
+        torch.autograd.gradcheck(fn, args, fast_mode=fast, **TOL)
         return "pass", ""
     except TorchGradcheckError as e:
         return "fail", _short(e)
@@ -168,13 +197,13 @@ def run_case(case: Case) -> Outcome:
     res = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for who, f in (("torch", lambda: _torch(fn, args)), ("full", lambda: _gs(fn, args, "full")),
-                       ("fast", lambda: _gs(fn, args, "fast"))):
+        for who, f in (("torch", lambda: _torch(fn, args)), ("torch_fast", lambda: _torch(fn, args, True)),
+                       ("full", lambda: _gs(fn, args, "full")), ("fast", lambda: _gs(fn, args, "fast"))):
             t = time.perf_counter()
             res[who] = f()
             secs[who] = round(time.perf_counter() - t, 4)
-    return Outcome(case.key, res["torch"][0], res["full"][0], res["fast"][0], res["torch"][1], res["full"][1],
-                   res["fast"][1], secs)
+    return Outcome(case.key, res["torch"][0], res["torch_fast"][0], res["full"][0], res["fast"][0],
+                   res["torch"][1], res["full"][1], res["fast"][1], secs)
 
 
 def agrees(theirs: str, ours: str) -> bool:

@@ -183,6 +183,17 @@ class CallSpec:
             )
         if t.device.type == "meta":
             raise GradcheckError(f"'{name}' is on the meta device and holds no values; pass a real tensor.")
+        if _overlaps(t):
+            zero = [d for d, (st, sz) in enumerate(zip(t.stride(), t.shape, strict=True)) if st == 0 and sz > 1]
+            how = (f"expanded (stride 0 in dim {', '.join(map(str, zero))})" if zero
+                   else f"a view whose elements overlap in memory (strides {t.stride()}, shape {tuple(t.shape)})")
+            raise GradcheckError(
+                f"'{name}' is {how}: several of its elements are one value in memory, so perturbing one "
+                "element perturbs the others and its gradient is ambiguous (torch.autograd.gradcheck "
+                "refuses such inputs too). To check each element on its own, pass x.contiguous(); to "
+                "check the gradient of the shared values, pass the tensor before expand/as_strided and "
+                "apply that inside fn."
+            )
 
     @staticmethod
     def _slot(name: str, kind: str, t: torch.Tensor, key: int | str) -> Slot:
@@ -219,6 +230,19 @@ class CallSpec:
         for slot, v in zip(self.checked[self.n_inputs :], values[self.n_inputs :], strict=True):
             state[slot.key] = v
         return torch.func.functional_call(self.module, state, tuple(args), kwargs)
+
+
+def _overlaps(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (stride 0, or an overlapping as_strided view)."""
+    if t.numel() < 2:
+        return False
+    verdict = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard to tell cheaply
+    if verdict != 2:
+        return verdict == 1
+    offsets = torch.zeros((), dtype=torch.int64)
+    for st, sz in zip(t.stride(), t.shape, strict=True):
+        offsets = (offsets.unsqueeze(-1) + st * torch.arange(sz)).reshape(-1)
+    return int(offsets.unique().numel()) < t.numel()
 
 
 def _copy(t: torch.Tensor) -> torch.Tensor:
