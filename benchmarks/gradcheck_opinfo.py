@@ -32,6 +32,7 @@ import random
 import sys
 import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,24 +129,28 @@ def _size(sample) -> int:
     return sum(t.numel() for t in leaves if isinstance(t, torch.Tensor))
 
 
-def cases(every: int = 1, seed: int = 0, planted: bool = True) -> Iterator[Case]:
+def cases(every: int = 1, seed: int = 0, planted: bool = True, ops_every: int = 1) -> Iterator[Case]:
     """The eligible samples, each as is and (``planted``) with a planted bug.
 
-    With ``every=k`` each sample is kept with probability 1/k, drawn from ``seed``: the
-    same subset every run."""
+    ``ops_every=k`` keeps a seeded random 1/k of the ops, ``every=k`` a seeded random 1/k of
+    their samples: the same subset every run. Each op's samples are drawn from a generator
+    seeded by the op's name, so a sample is the same whether or not other ops are included.
+    """
     rng = random.Random(seed)
-    torch.manual_seed(seed)  # sample generators draw from the global RNG: make the inputs reproducible
     for op in _eligible_ops():
         name = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
+        if rng.random() * ops_every >= 1:
+            continue
+        torch.manual_seed(zlib.crc32(name.encode()) ^ seed)  # sample generators draw from the global RNG
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 samples = list(op.sample_inputs("cpu", torch.float64, requires_grad=True))
             except Exception:  # a sample generator that fails on this build: nothing to compare
                 continue
+        pick = random.Random(f"{seed}/{name}")
         for i, s in enumerate(samples):
-            keep = rng.random() * every < 1  # draw for every sample so that subsets nest stably
-            if keep and _size(s) <= MAX_SAMPLE_ELEMENTS:
+            if pick.random() * every < 1 and _size(s) <= MAX_SAMPLE_ELEMENTS:
                 yield Case(name, i, op, s)
                 if planted:
                     yield Case(name, i, op, s, planted=True)
@@ -207,8 +212,14 @@ def run_case(case: Case) -> Outcome:
 
 
 def agrees(theirs: str, ours: str) -> bool:
-    """Same verdict; where torch refuses (error), a gradsight error also counts as the same."""
-    return theirs == ours
+    """The same verdict: both pass, or neither does.
+
+    A check's verdict is binary (torch raises or returns True): torch's ``fail`` agrees with a
+    gradsight ``fail`` and with a gradsight ``error`` (a GradcheckError saying why it cannot
+    vouch for the gradient, e.g. NaN outputs at the point); the summary counts those apart.
+    A ``crash`` (any other exception) never agrees.
+    """
+    return theirs == ours or (theirs == "fail" and ours == "error")
 
 
 def summarize(outcomes: list[Outcome]) -> dict:
@@ -221,12 +232,15 @@ def summarize(outcomes: list[Outcome]) -> dict:
         out[f"{mode}_rate"] = (len(checked) - len(bad)) / max(len(checked), 1)
         out[f"{mode}_disagree"] = [o.key for o in bad]
     out["crash"] = [o.key for o in outcomes if "crash" in (o.full, o.fast)]
+    out["refused_where_torch_fails"] = [o.key for o in checked if o.torch == "fail" and o.full == "error"]
+    out["torch_fast_agree"] = sum(o.torch_fast == o.torch for o in checked)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=1, help="keep a seeded random 1/N of the samples")
+    parser.add_argument("--ops-every", type=int, default=1, help="keep a seeded random 1/N of the ops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated op names")
     parser.add_argument("--out", default=str(RESULTS / "gradcheck_opinfo.json"))
@@ -236,7 +250,7 @@ def main() -> None:
     start = time.perf_counter()
     load = os.getloadavg()[0]
     outcomes = []
-    for case in cases(a.every, a.seed):
+    for case in cases(a.every, a.seed, ops_every=a.ops_every):
         if only and case.op_name.split(".")[0] not in only and case.op_name not in only:
             continue
         o = run_case(case)

@@ -171,4 +171,7 @@ class Evaluator:
 
     def _loop(self, points: dict[int, torch.Tensor], rows: torch.Tensor | None) -> torch.Tensor:
         n = next(iter(points.values())).shape[0]
-        return torch.stack([self.flat(self._values({k: p[b] for k, p in points.items()}), rows) for b in range(n)])
+        # p[b] is a view into the batch's storage: clone it, so that fn sees a tensor of its own
+        # (as_strided and other storage-relative ops would otherwise read the neighbouring points).
+        return torch.stack([self.flat(self._values({k: p[b].clone() for k, p in points.items()}), rows)
+                            for b in range(n)])
