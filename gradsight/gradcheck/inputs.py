@@ -10,6 +10,7 @@ user's tensors and module are never written to: every call gets fresh copies.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import types
 from collections.abc import Callable, Sequence
@@ -126,6 +127,9 @@ class CallSpec:
                 self._check_layout(leaf, name)
                 tensors.append((i, name, leaf))
             self._leaves.append(leaf)
+        # Objects fn may mutate (a key/value cache, a dict of state): every call gets its own copy,
+        # so that calls do not see each other's updates and the user's object is left as it was.
+        self._mutable = [i for i, leaf in enumerate(self._leaves) if not isinstance(leaf, (torch.Tensor, *_IMMUTABLE))]
 
         if any(t.requires_grad for _, _, t in tensors):
             chosen = [(i, n, t) for i, n, t in tensors if t.requires_grad]
@@ -215,6 +219,8 @@ class CallSpec:
         arguments (or a BatchNorm updating running stats) sees the same state each time.
         """
         leaves = list(self._leaves)
+        for i in self._mutable:
+            leaves[i] = state_copy(self._leaves[i])
         for i, t in self._const.items():
             leaves[i] = t.clone()
         for slot, v in zip(self.checked[: self.n_inputs], values[: self.n_inputs], strict=True):
@@ -230,6 +236,39 @@ class CallSpec:
         for slot, v in zip(self.checked[self.n_inputs :], values[self.n_inputs :], strict=True):
             state[slot.key] = v
         return torch.func.functional_call(self.module, state, tuple(args), kwargs)
+
+
+_IMMUTABLE = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, range,
+              slice, type(Ellipsis), types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def state_copy(x: Any, depth: int = 0) -> Any:
+    """A copy of a mutable argument with every tensor in it detached and cloned.
+
+    ``copy.deepcopy`` refuses tensors with autograd history, which is what a key/value cache
+    captured in training holds; those are constants for the check. Objects that cannot be
+    copied (locks, files, modules) are shared as they are.
+    """
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, (*_IMMUTABLE, torch.nn.Module)) or depth > 8:
+        return x
+    if isinstance(x, (list, tuple, set)):
+        items = [state_copy(v, depth + 1) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
+    if isinstance(x, dict):
+        out = copy.copy(x)
+        for k, v in x.items():
+            out[k] = state_copy(v, depth + 1)
+        return out
+    try:
+        out = copy.copy(x)
+    except Exception:
+        return x
+    if hasattr(out, "__dict__") and out is not x:
+        for k, v in vars(x).items():
+            out.__dict__[k] = state_copy(v, depth + 1)
+    return out
 
 
 def _overlaps(t: torch.Tensor) -> bool:
