@@ -30,9 +30,15 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
+NUMERIC_CHUNK_ELEMENTS = 2**19
+"""Upper bound for one batch of perturbed points (4 MiB): a forward's intermediates on a batch this
+size stay near the cache, which measured up to 2x faster per point than 32 MiB batches."""
+
+
 def chunk_size(ev: Evaluator, i: int) -> int:
     """Columns of tensor ``i`` per chunk: 2 points per column, each input + output sized."""
-    return max(1, CHUNK_ELEMENTS // max(1, 2 * (ev.bases[i].numel() + ev.layout.size)))
+    limit = min(CHUNK_ELEMENTS, NUMERIC_CHUNK_ELEMENTS)
+    return max(1, limit // max(1, 2 * (ev.bases[i].numel() + ev.layout.size)))
 
 
 class NoColumns(Exception):
