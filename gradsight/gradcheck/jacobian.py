@@ -107,6 +107,8 @@ class AnalyticJacobian:
         rows = rows.to(device)
         size = max(1, CHUNK_ELEMENTS // max(1, M + sum(b.numel() for b in self.ev.bases)))
 
+        every = [len(c) == b.numel() for c, b in zip(cols, self.ev.bases, strict=True)]  # no gather needed
+
         def fill(batched: bool) -> None:
             for s, e in _chunks(R, size if batched else 1):
                 g = torch.zeros(e - s, M, dtype=torch.float64, device=device)
@@ -114,7 +116,8 @@ class AnalyticJacobian:
                 grads = self._vjp(g if batched else g[0], batched)
                 for i, gr in enumerate(grads):
                     if gr is not None and len(cols[i]):
-                        J[i][s:e] = gr.reshape(e - s, -1).to(torch.float64)[:, cols[i].to(gr.device)]
+                        gr = gr.reshape(e - s, -1)
+                        J[i][s:e] = gr if every[i] else gr[:, cols[i].to(gr.device)]
 
         if self.batched_ok is not False:
             try:
