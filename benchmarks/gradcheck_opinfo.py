@@ -196,14 +196,18 @@ def _gs(fn, args, mode) -> tuple[str, str]:
     return "fail", f"{w.where()}: analytic {w.analytic:.6g} vs numeric {w.numeric:.6g}"
 
 
-def run_case(case: Case) -> Outcome:
+def run_case(case: Case, torch_fast: bool = True) -> Outcome:
+    """Both checkers on one case; ``torch_fast=False`` skips torch's fast mode (reference only)."""
     fn, args = case.fn_and_args()
     secs = {}
-    res = {}
+    res = {"torch_fast": ("skipped", "")}
+    runs = [("torch", lambda: _torch(fn, args)), ("full", lambda: _gs(fn, args, "full")),
+            ("fast", lambda: _gs(fn, args, "fast"))]
+    if torch_fast:
+        runs.insert(1, ("torch_fast", lambda: _torch(fn, args, True)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for who, f in (("torch", lambda: _torch(fn, args)), ("torch_fast", lambda: _torch(fn, args, True)),
-                       ("full", lambda: _gs(fn, args, "full")), ("fast", lambda: _gs(fn, args, "fast"))):
+        for who, f in runs:
             t = time.perf_counter()
             res[who] = f()
             secs[who] = round(time.perf_counter() - t, 4)

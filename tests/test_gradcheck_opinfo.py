@@ -21,8 +21,8 @@ pytest.importorskip("expecttest")  # op_db needs it
 from benchmarks.gradcheck_opinfo import MAX_SAMPLE_ELEMENTS, agrees, cases, run_case, summarize  # noqa: E402
 
 EXPLAINED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gradcheck.md"
-SUBSET = {"ops_every": 3, "every": 10, "seed": 0}
-"""The make-test subset: a seeded third of the ops, a tenth of their samples (about a minute)."""
+SUBSET = {"ops_every": 6, "every": 12, "seed": 0}
+"""The make-test subset: a seeded sixth of the ops, a twelfth of their samples (under a minute of CPU)."""
 
 
 def _explained_ops() -> set[str]:
@@ -51,13 +51,13 @@ def _check(outcomes):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_agreement_with_torch_on_a_seeded_opinfo_subset():
-    outcomes = [run_case(c) for c in cases(**SUBSET)]
+    outcomes = [run_case(c, torch_fast=False) for c in cases(**SUBSET)]
     s = _check(outcomes)
-    assert s["torch_can_check"] >= 500, "the subset should cover several hundred samples"
+    assert s["torch_can_check"] >= 200, "the subset should cover a few hundred samples"
     assert any(o.torch == "fail" for o in outcomes), "planted bugs must give failing verdicts to compare"
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_agreement_with_torch_on_the_whole_opinfo_database():
-    _check([run_case(c) for c in cases()])
+    _check([run_case(c, torch_fast=False) for c in cases()])
