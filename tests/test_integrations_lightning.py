@@ -108,3 +108,13 @@ def test_raise_stops_fit_and_bf16_mixed_runs():
     layers = cb.watcher.layers().set_index("layer")
     assert layers.loc["net.0", "dtype"] == "bfloat16"
     assert cb.watcher.findings().empty or "nan_origin" not in set(cb.watcher.findings()["kind"])
+
+
+def test_record_passes_through_to_a_recording(tmp_path):
+    cb = GradsightCallback(record=tmp_path / "run")
+    m = Tiny()
+    _fit(m, [cb], steps=4)
+    rec = gs.open(tmp_path / "run")
+    assert list(rec.steps()["step"]) == [0, 1, 2, 3]
+    assert rec.steps()["loss"].tolist() == pytest.approx(m.losses)
+    assert rec.layer_names == cb.watcher.layer_names

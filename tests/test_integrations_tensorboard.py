@@ -89,3 +89,13 @@ def test_all_nan_histogram_does_not_crash(tmp_path):
     acc = _read(tmp_path)
     assert {e.step for e in acc.Scalars("nonfinite/grad/2")} == {0, 1, 2}
     w.close()
+
+
+def test_a_recording_exports_the_same(tmp_path):
+    w, losses = _run({"record": tmp_path / "run"}, steps=3)
+    w.close()
+    rec = gs.open(tmp_path / "run")
+    assert rec.to_tensorboard(tmp_path / "tb") == 3
+    acc = _read(tmp_path / "tb")
+    assert [e.value for e in acc.Scalars("step/loss")] == pytest.approx(losses)
+    assert "grad/0" in acc.Tags()["histograms"]

@@ -119,3 +119,12 @@ def test_nan_hidden_from_logs_is_seen_named_and_stops_training(tmp_path):
     nan = f[f["kind"] == "nan_origin"]
     assert nan["step"].min() == 4
     assert set(f[f["kind"] == "dead_units"]["layer"]) == {"net.1"}
+
+
+def test_record_passes_through_to_a_recording(tmp_path):
+    cb = GradsightCallback(record=tmp_path / "run")
+    t = _train(Regressor(), Pairs(), tmp_path / "out", callbacks=[cb], steps=3)
+    rec = gs.open(tmp_path / "run")
+    assert list(rec.steps()["step"]) == [0, 1, 2]
+    logged = [h["loss"] for h in t.state.log_history if "loss" in h]
+    assert rec.steps()["loss"].tolist() == pytest.approx(logged, rel=1e-4)
