@@ -46,10 +46,12 @@ def _jupyter_labextension_paths():
 
 
 def load_ipython_extension(ipython):
-    """``%load_ext gradsight``: register the panel's comm target in this kernel."""
-    from . import comm
+    """``%load_ext gradsight``: register the panel's comm target and the ``%gradsight`` magic."""
+    from . import comm, magics
 
-    comm.register(ipython)
+    magics.register(ipython)
+    if getattr(ipython, "kernel", None) is not None:  # terminal IPython has the magic, not the panel
+        comm.register(ipython)
 
 
 def _register_panel_target() -> None:

@@ -21,7 +21,7 @@ RANKS = {
     "detectors": 2, "nonfinite": 2,
     "gradcheck": 3,
     "watcher": 4,
-    "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5,
+    "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5, "magics": 5,
     "__init__": 6, "cli": 6,
 }
 # The only upward imports allowed: inside a function, a core object's display method asking
