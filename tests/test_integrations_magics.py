@@ -45,3 +45,14 @@ def test_magic_lists_watchers_and_latest_findings(shell, capsys):
     wd.close()
     shell.run_line_magic("gradsight", "")
     assert "no live watchers" in capsys.readouterr().out
+
+
+def test_long_gradcheck_shows_a_progress_bar_short_one_does_not(monkeypatch, capsys):
+    import gradsight.progress as progress
+
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    gs.gradcheck(torch.tanh, x, mode="full")
+    assert "gradcheck" not in capsys.readouterr().err  # quick: silent
+    monkeypatch.setattr(progress, "SHOW_AFTER_S", 0.0)  # as if every check ran long
+    gs.gradcheck(torch.tanh, x, mode="full")
+    assert "gradcheck" in capsys.readouterr().err  # tqdm.auto falls back to text outside a notebook

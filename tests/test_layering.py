@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent / "gradsight"
 
 # Lower number = lower layer. A unit may import units of its own or a lower rank only.
 RANKS = {
-    "records": 0, "bus": 0, "throttle": 0, "warnings": 0, "_version": 0,
+    "records": 0, "bus": 0, "throttle": 0, "warnings": 0, "_version": 0, "progress": 0,
     "kernel_hooks": 1,
     "detectors": 2, "nonfinite": 2,
     "gradcheck": 3,
