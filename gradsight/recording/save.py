@@ -32,9 +32,7 @@ def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = 
     size = 0
 
     st = q.steps()
-    # a layer metric that is also a step column (saved_bytes) answers history() as the step
-    # total: its per-layer history is not in the read API, and is saved as NaN
-    hist = {m: q.history(m) for m in LAYER_METRICS if m not in STEP_COLUMNS}
+    hist = {m: q.history(m) for m in LAYER_METRICS}
     layer_steps = hist[LAYER_METRICS[0]].index.to_numpy(dtype=np.int64)
     if len(st) or len(layer_steps):
         shape = (len(layer_steps), len(names))
