@@ -22,6 +22,8 @@ from . import bus
 from .detectors import DetectorEngine
 from .detectors.finding import SEVERITY_RANK
 from .kernel_hooks.capture import Capture
+from .kernel_hooks.filters import select_modules
+from .nonfinite import check_mode, copy_inputs, error_for, first_nonfinite, grads_finite
 from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
@@ -45,7 +47,8 @@ class Watcher(RunQueries):
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
-                 nan_trace: str = "module", record: Any = None):
+                 nan_trace: str = "module", include: Any = None, exclude: Any = None,
+                 on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -67,6 +70,8 @@ class Watcher(RunQueries):
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise TypeError(f"gradsight.watch: scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}.")
 
+        self.on_nonfinite = check_mode(on_nonfinite)
+        selected = select_modules(_compiled_inner(model) or model, include, exclude)
         previous = bus.watcher_of(model)
         if previous is not None:  # a re-run cell: replace, never stack hooks
             previous.close()
@@ -76,8 +81,12 @@ class Watcher(RunQueries):
         self._errors_reported: set[str] = set()
         self.errors: list[tuple[str, str]] = []
         self._capture = Capture(self._compiled or model, activations=activations, bins=self.bins,
-                                on_error=self._hook_error)
+                                on_error=self._hook_error, modules=selected)
         self._capture.on_root_forward = self._on_root_forward
+        self._batch: Any = None  # on_nonfinite="raise": the latest forward's inputs, detached
+        self._withheld: list = []  # on_nonfinite="skip": (param, grad) kept from one optimizer.step()
+        if self.on_nonfinite == "raise":
+            self._capture.on_root_inputs = self._keep_inputs
         self._scaler = scaler
         self._scale_this_step = float("nan") if scaler is not None else 1.0
         self._nan_tracer = None
@@ -99,6 +108,11 @@ class Watcher(RunQueries):
                                    histogram_every=self.histogram_every)
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
                                          thresholds=thresholds)
+        self._tensorboard = None
+        if tensorboard is not None:
+            from .records.tensorboard_export import TensorBoardStream
+
+            self._tensorboard = TensorBoardStream(self._history, tensorboard)
         if optimizer is not None:
             self._opt_handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_step))
             self._opt_handles.append(optimizer.register_step_post_hook(self._optimizer_post_step))
@@ -136,6 +150,8 @@ class Watcher(RunQueries):
         for h in self._opt_handles:
             h.remove()
         self._opt_handles.clear()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         if self._recorder is not None:
             try:
                 self._recorder.close()
@@ -185,18 +201,61 @@ class Watcher(RunQueries):
             if not skipped and self._scaler is not None and np.isfinite(self._scale_this_step):
                 skipped = _scaler_scale(self._scaler) < self._scale_this_step
             if skipped:
-                self._close_step(loss=None, optimizer_stepped=False)
+                self._close_step(loss=None, optimizer_stepped=False, check=False)
         if self._scaler is not None and not np.isfinite(self._scale_this_step) and self._capture.capturing:
             self._scale_this_step = _scaler_scale(self._scaler)
+
+    def _keep_inputs(self, args: tuple, kwargs: dict) -> None:
+        self._batch = copy_inputs(args, kwargs)
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
             self._capture.optimizer_pre_step()
+            if self.on_nonfinite != "warn":
+                self.before_optimizer_step()
+
+    def before_optimizer_step(self) -> bool:
+        """Apply ``on_nonfinite`` to the gradients the optimizer is about to use; returns False
+        when this step must not update the weights. Called from the optimizer pre-hook, or by a
+        trainer integration at its "before optimizer step" point."""
+        if self.on_nonfinite == "warn":
+            return True
+        params = self._capture.parameters()
+        ok, bad = grads_finite(params)
+        if ok:
+            return True
+        if self.on_nonfinite == "skip":
+            self._withheld = [(p, p.grad) for p in params if p.grad is not None]
+            for p, _ in self._withheld:
+                p.grad = None  # optimizers skip parameters without a gradient
+            return False
+        step = self.step_count
+        self._close_step(loss=None, optimizer_stepped=False, check=False)
+        rec = self._last_record
+        where = first_nonfinite(rec) if rec is not None and rec.step == step else None
+        if where is None:
+            owner = self._capture.param_layer[self._capture_param_index(params[bad[0]])]
+            where = (self._capture.names[int(owner)], "backward")
+        raise error_for(self.name, step, where, self._batch)
+
+    def _capture_param_index(self, p) -> int:
+        for j, ref in enumerate(self._capture._params):
+            if ref() is p:
+                return j
+        return 0
 
     def _optimizer_post_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
-            self._close_step(loss=None, optimizer_stepped=True)
+            stepped = not self._withheld
+            self.after_optimizer_step()
+            self._close_step(loss=None, optimizer_stepped=stepped)
             self._auto_closed_pending_loss = True
+
+    def after_optimizer_step(self) -> None:
+        """Give back the gradients ``on_nonfinite="skip"`` withheld from the optimizer."""
+        for p, g in self._withheld:
+            p.grad = g
+        self._withheld = []
 
     def step(self, loss: Any = None) -> None:
         """Close one training step (called for you after ``optimizer.step()`` with ``optimizer=``).
@@ -213,11 +272,13 @@ class Watcher(RunQueries):
             if loss is not None and rec is not None:
                 rec.loss, rec.loss_given = _to_float(loss), True
                 self._history.set_loss(rec.step, rec.loss)
+                if self._tensorboard is not None:
+                    self._tensorboard.write_loss(rec.step, rec.loss)
                 self._detect(lambda: self._detectors.loss_arrived(rec))
             return
         self._close_step(loss=loss, optimizer_stepped=None)
 
-    def _close_step(self, loss: Any, optimizer_stepped: bool | None) -> None:
+    def _close_step(self, loss: Any, optimizer_stepped: bool | None, check: bool = True) -> None:
         step = self.step_count
         capturing = self._capture.capturing
         if capturing and self._optimizer_ref is None and self._capture.detail:
@@ -242,10 +303,16 @@ class Watcher(RunQueries):
                     self._recorder.on_step(rec, metrics)
                 except Exception as exc:  # the recording must never break training
                     self._hook_error("<recording>", exc)
+            if self._tensorboard is not None:
+                self._tensorboard.write_latest(with_loss=loss is not None)
         self._auto_closed_pending_loss = False
         self.step_count += 1
         self._begin_step()
         bus.publish("step", self)
+        if check and rec is not None and self.on_nonfinite == "raise":
+            where = first_nonfinite(rec, rec.loss if loss is not None else None)
+            if where is not None:
+                raise error_for(self.name, step, where, self._batch)
 
     def _detect(self, run) -> None:
         try:
@@ -394,7 +461,8 @@ def _warn_finding(name: str, finding: Any) -> None:
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
-          name: str | None = None, scaler: Any = None, nan_trace: str = "module", record: Any = None) -> Watcher:
+          name: str | None = None, scaler: Any = None, nan_trace: str = "module", include: Any = None,
+          exclude: Any = None, on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None) -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
     optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
@@ -405,8 +473,14 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     (default, cheap) or "op" (the exact op and source line of the first NaN/Inf). record: a
     directory to stream the run into while it trains (``gs.open(path)`` reads it, from any
     process), or ``gs.RecordTo(path, flush_steps=, flush_seconds=)``.
+    include/exclude: glob patterns on qualified module names and class names (``"encoder.*"``,
+    ``"Dropout"``); only the selected modules (and the root) get hooks; ``w.layers()`` lists them.
+    on_nonfinite: "warn" (default), "raise" (``gs.NonFiniteError`` with the batch) or "skip"
+    (that ``optimizer.step()`` does not run); see :mod:`gradsight.nonfinite`.
+    tensorboard: a log directory; each closed step is also written there as TensorBoard events.
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
-                   nan_trace=nan_trace, record=record)
+                   nan_trace=nan_trace, include=include, exclude=exclude, on_nonfinite=on_nonfinite,
+                   tensorboard=tensorboard, record=record)
 

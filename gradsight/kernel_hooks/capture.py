@@ -91,16 +91,20 @@ class Capture:
     """Hooks on one model and the device buffer they fill. Owned by a Watcher."""
 
     def __init__(self, model: nn.Module, *, activations: bool, bins: int,
-                 on_error: Callable[[str, BaseException], None]):
+                 on_error: Callable[[str, BaseException], None],
+                 modules: list[tuple[str, nn.Module]] | None = None):
+        """``modules``: the ``(name, module)`` pairs to hook (root first; default: all of them,
+        see :func:`.filters.select_modules`)."""
         self._model = weakref.ref(model)
+        named = list(model.named_modules()) if modules is None else list(modules)
         self.activations = activations
         self.bins = bins
         self._on_error = on_error
-        self.names: list[str] = [name for name, _ in model.named_modules()]
-        self.types: list[str] = [type(m).__name__ for _, m in model.named_modules()]
+        self.names: list[str] = [name for name, _ in named]
+        self.types: list[str] = [type(m).__name__ for _, m in named]
         self.index = {name: i for i, name in enumerate(self.names)}
         L = len(self.names)
-        modules = [m for _, m in model.named_modules()]
+        modules = [m for _, m in named]
         self.relu_rows = {i for i, m in enumerate(modules) if isinstance(m, RELU_FAMILY)}
         # inputs kept for the in-model gradcheck: modules with their own parameters, or user
         # classes (custom layers); plain torch activations and containers are not worth a copy
@@ -114,7 +118,7 @@ class Capture:
         # nn.MultiheadAttention uses out_proj's weights without calling it: its output *is*
         # the attention output, so that row mirrors the attention module's activations.
         self.aliases: dict[int, int] = {}
-        for i, (name, m) in enumerate(model.named_modules()):
+        for i, (name, m) in enumerate(named):
             if isinstance(m, nn.MultiheadAttention):
                 child = f"{name}.out_proj" if name else "out_proj"
                 if child in self.index:
@@ -161,6 +165,7 @@ class Capture:
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
         self.on_root_forward: Callable[[], None] | None = None
+        self.on_root_inputs: Callable[[tuple, dict], None] | None = None  # gs.watch(on_nonfinite="raise")
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._register(model, modules)
 
@@ -238,6 +243,11 @@ class Capture:
                 return None
             if self.on_root_forward is not None:
                 self.on_root_forward()  # the watcher may close a step a GradScaler skipped
+            if self.on_root_inputs is not None and not self.paused:
+                try:
+                    self.on_root_inputs(args, kwargs)
+                except Exception as exc:
+                    self._on_error(self.names[0], exc)
             if not self._live():
                 return None
             try:
