@@ -7,12 +7,13 @@
 """
 
 from .detectors import Finding, Thresholds
+from .distributed import timed
 from .gradcheck import GradcheckReport, gradcheck
 from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
-__all__ = ["watch", "Watcher", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
+__all__ = ["watch", "Watcher", "timed", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
            "GradsightWarning", "load_ipython_extension"]
 __version__ = "0.1.0"
 

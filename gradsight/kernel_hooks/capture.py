@@ -49,6 +49,14 @@ def _foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [n if n.dtype == torch.float32 else n.float() for n in norms]
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded DTensor parameter or gradient (FSDP2, tensor parallel), a
+    plain tensor otherwise: statistics are local, ``gradsight.distributed`` sums shards' squares
+    across ranks; a DTensor op here would start a hidden collective every step."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None and hasattr(t, "placements") else t
+
+
 def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
@@ -387,7 +395,7 @@ class Capture:
             t = None if p is None else (p.grad if of_grad else p)
             if t is not None:
                 index.append(j)
-                tensors.append(t.detach())
+                tensors.append(_local(t.detach()))
         if not tensors:
             return
         norms = torch.stack(_foreach_norm(tensors))
@@ -422,7 +430,7 @@ class Capture:
     # --- parameter updates ------------------------------------------------------------
     def _take_snapshot(self) -> None:
         """Copy the parameters before the optimizer moves them (sampled steps only)."""
-        self._snapshot = [None if (p := ref()) is None else p.detach().clone() for ref in self._params]
+        self._snapshot = [None if (p := ref()) is None else _local(p.detach()).clone() for ref in self._params]
 
     def optimizer_pre_step(self) -> None:
         """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
@@ -434,7 +442,7 @@ class Capture:
             for j, ref in enumerate(self._params):
                 p = ref()
                 if p is not None and p.grad is not None:
-                    g = p.grad.detach().reshape(-1)
+                    g = _local(p.grad.detach()).reshape(-1)
                     g = g if g.dtype == torch.float32 else g.float()
                     self.buffer.set_param(j, 3, _sumsq(g))
         if self.measure_update and self._snapshot is None:
@@ -449,15 +457,15 @@ class Capture:
                 p = ref()
                 if p is None or not self.detail:  # weights move slowly: measured on detail steps
                     continue
-                w = p.detach().reshape(-1)
+                w = _local(p.detach()).reshape(-1)
                 w = w if w.dtype == torch.float32 else w.float()
                 buf.set_param(j, 0, _sumsq(w))
                 if self._snapshot is not None and self._snapshot[j] is not None:
-                    d = (p.detach() - self._snapshot[j]).reshape(-1).float()
+                    d = (_local(p.detach()) - self._snapshot[j]).reshape(-1).float()
                     buf.set_param(j, 2, sum_of_squares(d))
             if self.detail:
                 for i in self.layers_with_params:
-                    ps = [p for j, ref in enumerate(self._params)
+                    ps = [_local(p) for j, ref in enumerate(self._params)
                           if self.param_layer[j] == i and (p := ref()) is not None]
                     if ps:
                         buf.add_hist((i, "weight"), octave_counts(ps))

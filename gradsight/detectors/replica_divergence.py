@@ -1,0 +1,68 @@
+"""``replica_divergence``: DDP replicas whose parameters are no longer identical.
+
+Every N captured steps (``gs.watch(..., checksum_every=N)``, default 10) each rank sends two
+float64 checksums per parameter, after the optimizer step: the sum of its values and the sum of
+their squares. Healthy DDP replicas apply the same averaged gradient to the same weights, so their
+parameters are bit-identical and so are the checksums, up to the order in which the two sums are
+accumulated (float64 over float32 values: relative error well below 1e-12). A parameter differs
+when either checksum of a rank differs from rank 0's by more than ``RTOL`` (1e-9) relative to
+``sqrt(numel * sum of squares)`` (a bound on the sum) and to the sum of squares. Changes below that
+(a few float32 ulps in a large tensor) are not seen; the sum of squares alone would miss a sign
+flip, the sum alone a permutation of values of equal sum: together they miss only changes that
+keep both. Reported per layer, naming the parameters, the ranks and the first step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .finding import FindingLog
+
+KIND = "replica_divergence"
+RTOL = 1e-9
+HINT = ("Replicas must stay identical under DDP. Look for a communication hook that does not average "
+        "every bucket, code that changes parameters on one rank only (a rank-dependent branch, a "
+        "per-rank seed in an in-place init), or buffers/parameters excluded from the all-reduce.")
+
+
+def mismatched(checks: np.ndarray, numel: np.ndarray, rtol: float = RTOL) -> np.ndarray:
+    """[W, R] bool: rank r's parameter j differs from rank 0's. ``checks``: [W, R, 2] (sum, sum of
+    squares) per rank and parameter; ``numel``: [R] elements per parameter."""
+    s, q = checks[..., 0], checks[..., 1]
+    ref_s, ref_q = s[0], q[0]
+    scale_q = np.maximum(np.abs(q), np.abs(ref_q))
+    scale_s = np.sqrt(np.maximum(numel * scale_q, 0.0))
+    with np.errstate(invalid="ignore"):
+        differ = (np.abs(s - ref_s) > rtol * scale_s) | (np.abs(q - ref_q) > rtol * scale_q)
+    finite = np.isfinite(s) & np.isfinite(q)
+    ref_finite = finite[0]
+    differ |= finite != ref_finite          # non-finite on some ranks only
+    differ &= ~(~finite & ~ref_finite)      # non-finite everywhere: the NaN detectors' business
+    return differ
+
+
+class ReplicaDivergence:
+    def update(self, step: int, checks: np.ndarray | None, numel: np.ndarray, names: tuple[str, ...],
+               owner_layer: tuple[str, ...], log: FindingLog) -> dict[str, list[int]]:
+        """Compare this step's checksums (None: not a checksum step, open episodes stay open).
+        Returns {layer: ranks named} for the findings reported."""
+        if checks is None:
+            log.hold(KIND)
+            return {}
+        differ = mismatched(checks, numel)
+        out: dict[str, list[int]] = {}
+        for j in np.flatnonzero(differ.any(axis=0)):
+            layer = owner_layer[j]
+            params = [k for k in np.flatnonzero(differ.any(axis=0)) if owner_layer[k] == layer]
+            if layer in out:
+                continue
+            ranks = sorted({int(r) for k in params for r in np.flatnonzero(differ[:, k])})
+            worst = max(float(np.abs(checks[r, k, 1] - checks[0, k, 1]) / max(abs(checks[0, k, 1]), 1e-300))
+                        for k in params for r in ranks)
+            out[layer] = ranks
+            pnames = ", ".join(repr(names[k]) for k in params)
+            log.report(KIND, layer, "error",
+                       f"parameter {pnames} differs between rank 0 and rank(s) {', '.join(map(str, ranks))} "
+                       f"after the optimizer step (relative difference of the sum of squares {worst:.3g}; "
+                       f"tolerance {RTOL:g}).", hint=HINT, value=worst, threshold=RTOL)
+        return out

@@ -1,0 +1,316 @@
+"""gradsight inside torch.distributed jobs: gloo on CPU, ``torch.multiprocessing.spawn`` with a
+``file://`` rendezvous (no ports). Each scenario runs in real processes; each rank writes what it
+saw to a pickle, and the test asserts on every rank's view.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import gradsight as gs
+from gradsight.distributed.comm_timer import average
+from gradsight.warnings import GradsightWarning
+
+
+# --- harness -------------------------------------------------------------------------------
+def _entry(rank: int, world: int, tmp: str, scenarios: list[str]) -> None:
+    """One process of the job: every scenario in turn (one spawn per world size keeps the file fast:
+    starting the processes costs more than the scenarios), each one's outcome or traceback saved."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    results = {}
+    try:
+        for name in scenarios:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    out = SCENARIOS[name](rank, world)
+                out["warnings"] = [str(w.message) for w in caught if issubclass(w.category, GradsightWarning)]
+            except Exception:
+                out = {"crashed": traceback.format_exc()}
+            results[name] = out
+            dist.barrier()  # scenarios never overlap
+        with open(f"{tmp}/rank{rank}.pkl", "wb") as f:
+            pickle.dump(results, f)
+    finally:
+        dist.barrier()  # without it gloo sometimes aborts at teardown
+        dist.destroy_process_group()
+
+
+def _spawn(tmp: Path, scenarios: list[str], world: int) -> dict[str, list[dict]]:
+    mp.spawn(_entry, args=(world, str(tmp), scenarios), nprocs=world, join=True)
+    per_rank = []
+    for r in range(world):
+        with open(tmp / f"rank{r}.pkl", "rb") as f:
+            per_rank.append(pickle.load(f))
+    return {name: [p[name] for p in per_rank] for name in scenarios}
+
+
+class MLP(nn.Module):
+    def __init__(self, sleep_rank: int = -1):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 4)
+        self.sleep_rank = sleep_rank
+
+    def forward(self, x):
+        if dist.get_rank() == self.sleep_rank:
+            time.sleep(0.03)
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+
+
+def _ddp(seed: int = 0, **kw) -> nn.parallel.DistributedDataParallel:
+    torch.manual_seed(seed)
+    return nn.parallel.DistributedDataParallel(MLP(**kw))
+
+
+def _train(model, opt, rank: int, steps: int, poison=None, after_step=None) -> None:
+    for step in range(steps):
+        x, y = _batch(rank, step)
+        if poison is not None and poison == (rank, step):
+            x[3, 2] = float("nan")
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+
+
+def _result(w) -> dict:
+    return {"findings": w.findings(), "ranks": w.ranks(), "errors": list(w.errors),
+            "step_s": w.history("step_s", rank=1), "rank": w.rank, "world": w.world_size}
+
+
+# --- scenarios (run in every rank) ---------------------------------------------------------
+def healthy(rank, world):
+    plain = _ddp()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    _train(plain, opt, rank, 12)
+    watched = _ddp()
+    opt = torch.optim.SGD(watched.parameters(), lr=0.1)
+    w = gs.watch(watched, optimizer=opt, checksum_every=3)
+    _train(watched, opt, rank, 12)
+    out = _result(w)
+    out["identical"] = all(torch.equal(a, b) for a, b in zip(plain.parameters(), watched.parameters(), strict=True))
+    return out
+
+
+def nan_rank1_step7(rank, world):
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt)
+    _train(model, opt, rank, 10, poison=(1, 7))
+    return _result(w)
+
+
+def skipped_bucket(rank, world):
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(MLP(), bucket_cap_mb=1e-4)  # one bucket per parameter
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = []
+
+    def hook(state, bucket):
+        if dist.get_rank() == 1 and bucket.index() == 0:  # joins the all-reduce, keeps its own gradient
+            skipped[:] = [names[id(p)] for p in bucket.parameters()]
+            buf = bucket.buffer()
+            return dist.all_reduce(buf.clone(), async_op=True).get_future().then(lambda _: buf)
+        return average(state, bucket)
+
+    model.register_comm_hook(None, gs.timed(hook))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, checksum_every=2)
+    _train(model, opt, rank, 6)
+    out = _result(w)
+    out["skipped"] = skipped
+    return out
+
+
+def changed_param(rank, world):
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, checksum_every=2)
+
+    def nudge(step):
+        if step == 4 and rank == 1:
+            with torch.no_grad():
+                model.module.fc1.bias[0] += 1e-3
+
+    _train(model, opt, rank, 9, after_step=nudge)
+    return _result(w)
+
+
+def straggler(rank, world):
+    model = _ddp(sleep_rank=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt)
+    _train(model, opt, rank, 14)
+    return _result(w)
+
+
+def fsdp2_norms(rank, world):
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    ref = MLP()
+    sharded = copy.deepcopy(ref)
+    fully_shard(sharded.fc1)
+    fully_shard(sharded.fc2)
+    fully_shard(sharded)
+    o_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    o_sh = torch.optim.SGD(sharded.parameters(), lr=0.1)
+    w_ref = gs.watch(ref, optimizer=o_ref, histogram_every=1, name="ref")
+    w_sh = gs.watch(sharded, optimizer=o_sh, histogram_every=1, name="sharded")
+    for step in range(4):
+        xs, ys = zip(*(_batch(r, step) for r in range(world)), strict=True)
+        o_ref.zero_grad()  # unsharded: the whole global batch; mean of the ranks' means = the global mean
+        nn.functional.mse_loss(ref(torch.cat(xs)), torch.cat(ys)).backward()
+        o_ref.step()
+        o_sh.zero_grad()
+        nn.functional.mse_loss(sharded(xs[rank]), ys[rank]).backward()
+        o_sh.step()
+    local = [p.to_local().numel() for p in sharded.parameters()]
+    return {m: (w_ref.history(m), w_sh.history(m)) for m in ("param_norm", "param_grad_norm", "update_norm")} | {
+        "local_numel": local, "errors": list(w_sh.errors) + list(w_ref.errors),
+        "findings": w_sh.findings()}
+
+
+SCENARIOS = {f.__name__: f for f in (healthy, nan_rank1_step7, skipped_bucket, changed_param, straggler,
+                                     fsdp2_norms)}
+
+
+WORLD2 = ["healthy", "skipped_bucket", "changed_param", "straggler", "fsdp2_norms"]
+
+
+@pytest.fixture(scope="module")
+def world2(tmp_path_factory):
+    return _spawn(tmp_path_factory.mktemp("world2"), WORLD2, 2)
+
+
+@pytest.fixture(scope="module")
+def world4(tmp_path_factory):
+    return _spawn(tmp_path_factory.mktemp("world4"), ["nan_rank1_step7"], 4)
+
+
+def _outs(results, name):
+    outs = results[name]
+    for r, out in enumerate(outs):
+        assert "crashed" not in out, f"rank {r} crashed in {name}:\n{out['crashed']}"
+    return outs
+
+
+def _serious(df):
+    return df[df["severity"].isin(["error", "warning"])]
+
+
+# --- tests -----------------------------------------------------------------------------------
+def test_healthy_ddp_is_silent_bit_identical_and_timed(world2):
+    for r, out in enumerate(_outs(world2, "healthy")):
+        assert out["identical"], f"rank {r}: watched DDP training differs from unwatched"
+        assert out["errors"] == [] and out["warnings"] == []
+        assert _serious(out["findings"]).empty, out["findings"]
+        assert (out["findings"]["rank"] == r).all()
+        ranks = out["ranks"]
+        assert list(ranks["rank"]) == [0, 1] and (ranks["steps"] == 12).all()
+        assert (ranks[["step_s", "forward_s", "backward_s", "allreduce_s"]] > 0).all().all(), ranks
+        assert (ranks["findings"] == 0).all() and (ranks["first_nonfinite_step"] == -1).all()
+        assert list(out["step_s"].index) == list(range(12)) and (out["step_s"]["step_s"] > 0).all()
+
+
+def test_nan_batch_on_rank_1_at_step_7_names_rank_1(world4):
+    for out in _outs(world4, "nan_rank1_step7"):
+        f = out["findings"]
+        origin = f[f["kind"] == "rank_nonfinite"]
+        assert len(origin) == 1, f
+        row = origin.iloc[0]
+        assert (row["rank"], row["step"], row["layer"]) == (1, 7, "module.fc1"), row
+        assert "rank 1 produced the first non-finite value at step 7" in row["message"]
+        assert "ranks 0, 2, 3 were finite" in row["message"]
+        ranks = out["ranks"].set_index("rank")
+        assert ranks.loc[1, "first_nonfinite_step"] == 7
+        assert all(ranks.loc[k, "first_nonfinite_step"] == 8 for k in (0, 2, 3))  # spread, not origin
+        assert ranks.loc[1, "findings"] >= 1
+        assert any("rank_nonfinite" in m for m in out["warnings"])
+
+
+def test_comm_hook_skipping_one_bucket_on_one_rank_is_replica_divergence(world2):
+    outs = _outs(world2, "skipped_bucket")
+    skipped = outs[1]["skipped"]  # DDP's first bucket: the last layer's parameters
+    assert skipped and {n.rsplit(".", 1)[0] for n in skipped} == {"module.fc2"}
+    for out in outs:
+        f = out["findings"]
+        div = f[f["kind"] == "replica_divergence"]
+        assert len(div) == 1, f
+        row = div.iloc[0]
+        assert row["step"] == 0 and row["rank"] == 1 and row["severity"] == "error"
+        assert row["layer"] == "module.fc2" and "rank(s) 1" in row["message"]
+        assert all(repr(n) in row["message"] for n in skipped)
+        assert "fc1" not in row["message"]
+        assert (out["ranks"]["allreduce_s"] > 0).all()  # the user's hook, timed through gs.timed
+
+
+def test_parameter_changed_on_one_rank_is_replica_divergence(world2):
+    for out in _outs(world2, "changed_param"):
+        f = out["findings"]
+        div = f[f["kind"] == "replica_divergence"]
+        assert len(div) == 1, f
+        row = div.iloc[0]
+        # nudged after step 4's optimizer step; checksums at captured steps 0, 2, 4 (before), 6
+        assert (row["layer"], row["rank"], row["step"]) == ("module.fc1", 1, 6)
+        assert "'module.fc1.bias'" in row["message"] and "weight" not in row["message"]
+        assert row["count"] == 2 and row["last_step"] == 8
+
+
+def test_rank_sleeping_in_forward_is_a_straggler(world2):
+    for out in _outs(world2, "straggler"):
+        f = out["findings"]
+        s = f[f["kind"] == "straggler"]
+        assert len(s) == 1 and s.iloc[0]["rank"] == 1 and s.iloc[0]["severity"] == "warning", f
+        assert "rank 1 is a straggler" in s.iloc[0]["message"]
+        ranks = out["ranks"].set_index("rank")
+        assert ranks.loc[1, "busy_s"] > ranks.loc[0, "busy_s"] + 0.02
+        # every rank's wall step is the same: the fast rank waits in the all-reduce
+        assert ranks.loc[0, "allreduce_s"] > ranks.loc[1, "allreduce_s"]
+
+
+def test_fsdp2_per_layer_norms_equal_unsharded(world2):
+    for out in _outs(world2, "fsdp2_norms"):
+        assert out["errors"] == []
+        assert sum(out["local_numel"]) < 8 * 16 + 16 + 16 * 4 + 4  # really sharded
+        for metric in ("param_norm", "param_grad_norm", "update_norm"):
+            ref, sharded = out[metric]
+            cols = ["fc1", "fc2"]
+            assert np.isfinite(sharded[cols].to_numpy()).all(), (metric, sharded)
+            np.testing.assert_allclose(sharded[cols].to_numpy(), ref[cols].to_numpy(), rtol=1e-5,
+                                       err_msg=metric)
+
+
+def test_outside_a_process_group_there_is_no_rank_table():
+    w = gs.watch(MLP())
+    try:
+        with pytest.raises(ValueError, match="torch.distributed job"):
+            w.ranks()
+        with pytest.raises(ValueError, match="rank 0 only"):
+            w.history("grad_norm", rank=1)
+        assert w.rank == 0 and w.world_size == 1 and "rank" not in w.findings()
+    finally:
+        w.close()
+
