@@ -217,6 +217,13 @@ def _outs(results, name):
     return outs
 
 
+def _only(findings, kind: str):
+    """The one finding of ``kind`` (fails if there is none or several)."""
+    rows = findings[findings["kind"] == kind]
+    assert len(rows) == 1, findings
+    return rows.iloc[0]
+
+
 def _serious(df):
     return df[df["severity"].isin(["error", "warning"])]
 
@@ -237,10 +244,7 @@ def test_healthy_ddp_is_silent_bit_identical_and_timed(world2):
 
 def test_nan_batch_on_rank_1_at_step_7_names_rank_1(world4):
     for out in _outs(world4, "nan_rank1_step7"):
-        f = out["findings"]
-        origin = f[f["kind"] == "rank_nonfinite"]
-        assert len(origin) == 1, f
-        row = origin.iloc[0]
+        row = _only(out["findings"], "rank_nonfinite")
         assert (row["rank"], row["step"], row["layer"]) == (1, 7, "module.fc1"), row
         assert "rank 1 produced the first non-finite value at step 7" in row["message"]
         assert "ranks 0, 2, 3 were finite" in row["message"]
@@ -256,10 +260,7 @@ def test_comm_hook_skipping_one_bucket_on_one_rank_is_replica_divergence(world2)
     skipped = outs[1]["skipped"]  # DDP's first bucket: the last layer's parameters
     assert skipped and {n.rsplit(".", 1)[0] for n in skipped} == {"module.fc2"}
     for out in outs:
-        f = out["findings"]
-        div = f[f["kind"] == "replica_divergence"]
-        assert len(div) == 1, f
-        row = div.iloc[0]
+        row = _only(out["findings"], "replica_divergence")
         assert row["step"] == 0 and row["rank"] == 1 and row["severity"] == "error"
         assert row["layer"] == "module.fc2" and "rank(s) 1" in row["message"]
         assert all(repr(n) in row["message"] for n in skipped)
@@ -269,10 +270,7 @@ def test_comm_hook_skipping_one_bucket_on_one_rank_is_replica_divergence(world2)
 
 def test_parameter_changed_on_one_rank_is_replica_divergence(world2):
     for out in _outs(world2, "changed_param"):
-        f = out["findings"]
-        div = f[f["kind"] == "replica_divergence"]
-        assert len(div) == 1, f
-        row = div.iloc[0]
+        row = _only(out["findings"], "replica_divergence")
         # nudged after step 4's optimizer step; checksums at captured steps 0, 2, 4 (before), 6
         assert (row["layer"], row["rank"], row["step"]) == ("module.fc1", 1, 6)
         assert "'module.fc1.bias'" in row["message"] and "weight" not in row["message"]
@@ -281,10 +279,9 @@ def test_parameter_changed_on_one_rank_is_replica_divergence(world2):
 
 def test_rank_sleeping_in_forward_is_a_straggler(world2):
     for out in _outs(world2, "straggler"):
-        f = out["findings"]
-        s = f[f["kind"] == "straggler"]
-        assert len(s) == 1 and s.iloc[0]["rank"] == 1 and s.iloc[0]["severity"] == "warning", f
-        assert "rank 1 is a straggler" in s.iloc[0]["message"]
+        row = _only(out["findings"], "straggler")
+        assert row["rank"] == 1 and row["severity"] == "warning"
+        assert "rank 1 is a straggler" in row["message"]
         ranks = out["ranks"].set_index("rank")
         assert ranks.loc[1, "busy_s"] > ranks.loc[0, "busy_s"] + 0.02
         # every rank's wall step is the same: the fast rank waits in the all-reduce
