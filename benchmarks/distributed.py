@@ -7,7 +7,9 @@ per rank): A = ``gs.watch`` with the cross-rank part (timed communication hook +
 all_gather per step, checksums every 10 captured steps), B = ``gs.watch`` with the cross-rank part
 off (DDP's built-in reduction, no collective of gradsight's). Each round runs one step of each arm,
 the order alternating; rank 0 reports the median step of each arm, the median of per-round ratios
-A/B with its IQR, and the median time spent inside the exchange itself (pack, collective, judge).
+A/B with its IQR, and the mean time spent inside the exchange itself (pack, collective, judge), of
+which in the collective (including waiting for the last rank to arrive: rank skew), and the
+collective alone with the ranks arriving together (after a barrier; its own latency).
 Bytes: the packet sent per rank and received per rank per step. ``torch.set_num_threads(1)`` per
 process; the machine's load average is recorded because it is shared.
 """
@@ -23,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -70,7 +73,7 @@ def _run(rank: int, world: int, tmp: str, rounds: int, warmup: int) -> None:
         for _ in range(warmup):
             a(), b()
         ta, tb = [], []
-        before = wa._cross.exchange_s
+        before, before_g = wa._cross.exchange_s, wa._cross.gather_s
         for i in range(rounds):
             if i % 2:
                 tb.append(b())
@@ -79,9 +82,15 @@ def _run(rank: int, world: int, tmp: str, rounds: int, warmup: int) -> None:
                 ta.append(a())
                 tb.append(b())
         exchange = (wa._cross.exchange_s - before) / rounds
+        gather = (wa._cross.gather_s - before_g) / rounds
+        dist.barrier()  # the collective alone, ranks arriving together: its own latency, no skew
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            wa._cross.packet.gather(np.zeros(wa._cross.packet.size))
+        alone = (time.perf_counter() - t0) / rounds
         if rank == 0:
             with open(f"{tmp}/out.pkl", "wb") as f:
-                pickle.dump({"a": ta, "b": tb, "exchange": exchange, "sent": wa._cross.packet.nbytes_sent,
+                pickle.dump({"a": ta, "b": tb, "exchange": exchange, "gather": gather, "alone": alone, "sent": wa._cross.packet.nbytes_sent,
                              "layers": len(wa.layer_names), "params": len(wa._cross.param_names),
                              "ranks": wa.ranks()}, f)
     finally:
@@ -113,7 +122,8 @@ def main() -> None:
         r = measure(world, args.rounds, args.warmup)
         ratios = [a / b for a, b in zip(r["a"], r["b"], strict=True)]
         rows.append((world, statistics.median(r["b"]), statistics.median(r["a"]), statistics.median(ratios),
-                     _q(ratios, 0.25), _q(ratios, 0.75), r["exchange"], r["sent"], r["sent"] * world,
+                     _q(ratios, 0.25), _q(ratios, 0.75), r["exchange"], r["gather"], r["alone"], r["sent"],
+                     r["sent"] * world,
                      r["layers"], r["params"]))
         print(rows[-1], flush=True)
     load1 = os.getloadavg()
@@ -124,11 +134,12 @@ def main() -> None:
         f"Load average (1 min) {load0[0]:.1f} before, {load1[0]:.1f} after: the machine is shared with other "
         "jobs, so ratios carry that noise (the world-4 run also puts 4 processes on these cores).", "",
         "| world | B: watched, cross-rank off (ms) | A: with cross-rank (ms) | A/B median | IQR | exchange "
-        "(ms/step) | bytes sent/rank/step | bytes received/rank/step | layers | params |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
-    for w, b, a, ratio, q1, q3, ex, sent, recv, L, P in rows:
+        "(ms/step) | of which in the collective | collective alone | bytes sent/rank/step | "
+        "bytes received/rank/step | layers | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for w, b, a, ratio, q1, q3, ex, ga, alone, sent, recv, L, P in rows:
         lines.append(f"| {w} | {b * 1e3:.2f} | {a * 1e3:.2f} | {ratio:.3f} | {q1:.3f}-{q3:.3f} | {ex * 1e3:.3f} | "
-                     f"{sent:,} | {recv:,} | {L} | {P} |")
+                     f"{ga * 1e3:.3f} | {alone * 1e3:.3f} | {sent:,} | {recv:,} | {L} | {P} |")
     lines += ["", "The packet is `8 x (8 + 2 x layers + 4 x sharded params + 2 x replicated params)` bytes per "
               "rank (gradsight/distributed/packet.py): it depends on the number of layers and parameter tensors, "
               "never on the number of parameter values; each rank receives `world x` that from one all_gather."]

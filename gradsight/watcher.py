@@ -47,7 +47,7 @@ class Watcher(RunQueries):
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
-                 nan_trace: str = "module", checksum_every: int = 10):
+                 nan_trace: str = "module", checksum_every: int = 10, distributed: bool = True):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -59,6 +59,8 @@ class Watcher(RunQueries):
         self.histogram_every = _check_positive_int("histogram_every", histogram_every)
         self.bins = _check_positive_int("bins", bins)
         checksum_every = _check_positive_int("checksum_every", checksum_every)
+        if not isinstance(distributed, bool):
+            raise TypeError(f"gradsight.watch: distributed must be True or False; got {distributed!r}.")
         if self.bins < 2 or self.bins % 2:
             raise ValueError(f"gradsight.watch: bins must be an even number >= 2 (half for negative values); got {bins}.")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -103,7 +105,7 @@ class Watcher(RunQueries):
                                    histogram_every=self.histogram_every)
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
                                          thresholds=thresholds)
-        self._cross = _cross_rank(model, self._capture, self.name, checksum_every)
+        self._cross = _cross_rank(model, self._capture, self.name, checksum_every) if distributed else None
         if self._cross is not None and self._cross.setup_error is not None:
             self._hook_error("<distributed: communication hook>", self._cross.setup_error)
         if optimizer is not None:
@@ -429,7 +431,7 @@ def _warn_finding(name: str, finding: Any) -> None:
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
           name: str | None = None, scaler: Any = None, nan_trace: str = "module",
-          checksum_every: int = 10) -> Watcher:
+          checksum_every: int = 10, distributed: bool = True) -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
     optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
@@ -440,8 +442,12 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     (default, cheap) or "op" (the exact op and source line of the first NaN/Inf).
     checksum_every: in a torch.distributed job, compare replicas' parameter checksums every n-th
     captured step (``replica_divergence``; see gradsight/detectors/replica_divergence.py).
+    distributed: inside a torch.distributed job, exchange one small packet per captured step with
+    the other ranks (cross-rank findings, ``w.ranks()``). This is a collective: watch on every rank,
+    or pass ``distributed=False`` to watch on some ranks only (a watcher on rank 0 alone would wait
+    for the others forever).
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
-                   nan_trace=nan_trace, checksum_every=checksum_every)
+                   nan_trace=nan_trace, checksum_every=checksum_every, distributed=distributed)
 

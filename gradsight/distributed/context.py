@@ -19,15 +19,15 @@ from ..warnings import GradsightWarning
 # hides. Matched by class name so that DeepSpeed (never imported by gradsight) is recognised too.
 OPAQUE = {
     "FullyShardedDataParallel": (
-        "FSDP1 flattens parameters into per-rank FlatParameter shards outside the module tree: "
-        "per-parameter norms, weight histograms and replica checksums are not seen; per-layer "
-        "activations and output gradients are local to each rank. Use FSDP2 (fully_shard) for "
-        "true full-tensor norms."),
+        "FSDP1 flattens parameters into per-rank FlatParameter shards: the parameter, gradient and "
+        "update norms and weight histograms shown are of this rank's flat shard, not of any layer, "
+        "and replica checks are off; per-layer activations and output gradients are this rank's "
+        "own. Use FSDP2 (fully_shard) for true full-tensor norms per layer."),
     "DeepSpeedEngine": (
         "DeepSpeed ZeRO partitions parameters, gradients and optimizer state inside its engine: "
-        "parameter and gradient norms seen by gradsight are this rank's partitions, not the layer's, "
-        "so they are not reported as full norms and replica checksums are off. Activations and "
-        "output gradients are local to each rank."),
+        "the parameter, gradient and update norms shown are of this rank's partitions, not the "
+        "layer's full tensors, and replica checks are off. Activations and output gradients are "
+        "this rank's own."),
     "PipelineStage": (
         "pipeline parallelism: each rank holds only its stage's layers; gradsight sees this stage "
         "only, and cross-rank findings compare ranks that run different layers (replica checks off)."),

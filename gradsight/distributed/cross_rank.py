@@ -24,7 +24,7 @@ from ..records.fields import F
 from ..records.step_record import StepRecord
 from .comm_timer import CommTimer, install
 from .context import RankContext, is_sharded
-from .packet import Gathered, Packet
+from .packet import Gathered, Packet, all_gather_vector
 
 RANK_METRICS = ("step_s", "forward_s", "backward_s", "allreduce_s", "busy_s")
 """Per-rank step scalars every rank holds for every rank (``w.history(metric, rank=r)``)."""
@@ -67,7 +67,9 @@ class CrossRank:
         self._first_bad = np.full(W, -1, dtype=np.int64)
         self._bad_steps = np.zeros(W, dtype=np.int64)
         self._captured = 0
+        self.disabled = ""  # why the exchange stopped (all ranks stop together), "" while it runs
         self.exchange_s = 0.0  # time spent in pack + collective + judging, for the benchmark
+        self.gather_s = 0.0    # of which in the collective (waiting for the last rank to arrive included)
 
     @property
     def rank(self) -> int:
@@ -83,6 +85,10 @@ class CrossRank:
         """The step's one collective; completes ``rec``'s sharded norms in place; returns new findings."""
         t0 = time.perf_counter()
         allreduce_s = self.timer.take() if self.timer is not None else math.nan
+        if self.disabled:
+            return []
+        if self._captured == 0:
+            self._agree()
         act_bad = nonfinite_counts(rec.act) + (~np.isfinite(rec.act[:, F["sumsq"]]) & ~np.isnan(rec.act[:, F["sumsq"]]))
         grad_bad = nonfinite_counts(rec.grad) + (~np.isfinite(rec.grad[:, F["sumsq"]])
                                                   & ~np.isnan(rec.grad[:, F["sumsq"]]))
@@ -93,12 +99,26 @@ class CrossRank:
         header = {"step": rec.step, "step_s": step_s, "forward_s": rec.forward_s, "backward_s": rec.backward_s,
                   "allreduce_s": allreduce_s, "origin_layer": layer, "origin_phase": phase}
         vec = self.packet.pack(header, act_bad, grad_bad, shard, checks)
+        t1 = time.perf_counter()
         g = self.packet.unpack(self.packet.gather(vec))
+        self.gather_s += time.perf_counter() - t1
         self._captured += 1
         self._complete_sharded(rec, g)
         new = self._judge(rec.step, g)
         self.exchange_s += time.perf_counter() - t0
         return self.log.live_warnings(new)
+
+    def _agree(self) -> None:
+        """Once, before the first packet: every rank's packet layout must match (the same model on
+        every rank). Pipeline stages or different models: every rank sees it and all stop together."""
+        mine = np.array([self.packet.size, len(self.layers), len(self.param_names)], dtype=np.float64)
+        out = [torch.zeros(3, dtype=torch.float64, device=self.packet.device) for _ in range(self.ctx.world_size)]
+        sizes = all_gather_vector(mine, out)
+        if not (sizes == sizes[0]).all():
+            layers = ", ".join(f"rank {r}: {int(s[1])} layers" for r, s in enumerate(sizes))
+            self.disabled = (f"the ranks watch different models ({layers}), e.g. pipeline stages: cross-rank "
+                             "findings are off; each rank's own statistics are still captured.")
+            raise RuntimeError(self.disabled)
 
     def _checksums(self) -> np.ndarray:
         live = self._params()

@@ -28,6 +28,13 @@ H = len(HEADER)
 HI = {name: i for i, name in enumerate(HEADER)}
 
 
+def all_gather_vector(vec: np.ndarray, out: list[torch.Tensor]) -> np.ndarray:
+    """All-gather one float64 vector per rank into ``out`` (one preallocated tensor per rank, on
+    the backend's device): [W, len(vec)] on every rank."""
+    torch.distributed.all_gather(out, torch.from_numpy(vec).to(out[0].device))
+    return torch.stack(out).cpu().numpy()
+
+
 @dataclass
 class Gathered:
     """Every rank's packet of one step, split into named [W, ...] arrays."""
@@ -70,11 +77,9 @@ class Packet:
             v[HI["has_checksums"]] = 1.0
         return v
 
-    def gather(self, vec: np.ndarray, group=None) -> np.ndarray:
+    def gather(self, vec: np.ndarray) -> np.ndarray:
         """The collective: [W, size], every rank's packet, on every rank."""
-        t = torch.from_numpy(vec).to(self.device)
-        torch.distributed.all_gather(self._out, t, group=group)
-        return torch.stack(self._out).cpu().numpy()
+        return all_gather_vector(vec, self._out)
 
     def unpack(self, m: np.ndarray) -> Gathered:
         o = H
