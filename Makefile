@@ -8,10 +8,10 @@ export PATH := $(BIN):$(PATH)
 PIPQ := $(BIN)/pip install -q --disable-pip-version-check
 # Build tools must be in the venv first: the package is installed without build isolation
 # so that the labextension build reuses the venv's jupyterlab (saves ~20 s and a second download).
-BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" editables "jupyterlab>=4.6,<5"
+BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" "hatch-nodejs-version>=0.3.2" editables "jupyterlab>=4.6,<5"
 STAMP := $(VENV)/.gradsight-installed
-EXT_SRC := $(shell find extension style -name '*.ts' -o -name '*.css' -o -name '*.js') protocol/schema.json \
-	package.json yarn.lock tsconfig.json
+EXT_SRC := $(shell find extension style \( -name '*.ts' -o -name '*.css' -o -name '*.js' \) -not -name protocol-types.ts) protocol/schema.json \
+	protocol/generate-types.js package.json yarn.lock tsconfig.json
 
 .PHONY: lab test setup test-py test-js lint demo bench chromium clean
 
@@ -42,8 +42,10 @@ chromium:
 
 test: setup chromium lint test-js test-py
 
+# Python (ruff) and the extension (eslint + prettier + stylelint, as in the JupyterLab extension template)
 lint:
 	$(BIN)/ruff check gradsight tests benchmarks examples
+	$(BIN)/jlpm lint:check
 
 test-js:
 	$(BIN)/jlpm test

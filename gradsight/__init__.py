@@ -6,6 +6,7 @@
     w.findings(); w.layers(); w.history("grad_norm"); w.histogram("fc1", of="grad")
 """
 
+from ._version import __version__ as __version__  # package.json holds it
 from .detectors import Finding, Thresholds
 from .distributed import timed
 from .gradcheck import GradcheckReport, gradcheck
@@ -15,7 +16,6 @@ from .watcher import Watcher, watch
 
 __all__ = ["watch", "Watcher", "timed", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
            "GradsightWarning", "load_ipython_extension"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name):

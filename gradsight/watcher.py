@@ -99,7 +99,6 @@ class Watcher(RunQueries):
         self._opt_stepped_this_step = False
         self._last_record: StepRecord | None = None
         self._warned_empty = False
-        self._step_started = time.perf_counter()
         self._history = RunHistory(self._capture.names, self._capture.types, self.bins,
                                    param_counts=self._capture.param_counts(), name=self.name,
                                    histogram_every=self.histogram_every)
@@ -164,7 +163,7 @@ class Watcher(RunQueries):
         c.detail = c.capturing and sampled
         c.measure_update = c.capturing and sampled
         self._opt_stepped_this_step = False
-        self._step_started = time.perf_counter()
+        c.step_started = time.perf_counter()  # the data-loading time runs from here to the next forward
         if self._scaler is not None:
             self._scale_this_step = float("nan")
 
@@ -206,17 +205,21 @@ class Watcher(RunQueries):
             self._auto_closed_pending_loss = False
             rec = self._last_record
             if loss is not None and rec is not None:
-                rec.loss = _to_float(loss)
+                rec.loss, rec.loss_given = _to_float(loss), True
                 self._history.set_loss(rec.step, rec.loss)
+                self._detect(lambda: self._detectors.loss_arrived(rec))
             return
         self._close_step(loss=loss, optimizer_stepped=None)
 
     def _close_step(self, loss: Any, optimizer_stepped: bool | None) -> None:
         step = self.step_count
         capturing = self._capture.capturing
+        if capturing and self._optimizer_ref is None and self._capture.detail:
+            self._capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
         rec = self._capture.harvest(step) if capturing else None
         if rec is not None:
             rec.loss = _to_float(loss) if loss is not None else float("nan")
+            rec.loss_given = loss is not None
             rec.grad_scale = self._scale_this_step
             if self._nan_tracer is not None:
                 rec.nan_events = self._nan_tracer.harvest()
@@ -228,12 +231,8 @@ class Watcher(RunQueries):
             self._last_record = rec
             metrics = self._history.append(rec)
             self._check_empty(rec)
-            try:
-                new = self._detectors.update(rec, metrics=metrics)
-            except Exception as exc:  # detectors are ours: report, never break training
-                self._hook_error("<detectors>", exc)
-                new = []
-            for finding in new + cross:
+            self._detect(lambda: self._detectors.update(rec, metrics=metrics))
+            for finding in cross:
                 _warn_finding(self.name, finding)
         elif self._cross is not None:
             self._cross.skip()
@@ -242,12 +241,21 @@ class Watcher(RunQueries):
         self._begin_step()
         bus.publish("step", self)
 
+    def _detect(self, run) -> None:
+        try:
+            new = run()
+        except Exception as exc:  # detectors are ours: report, never break training
+            self._hook_error("<detectors>", exc)
+            new = []
+        for finding in new:
+            _warn_finding(self.name, finding)
+
     def _exchange(self, rec: StepRecord) -> list:
         """In a torch.distributed job: the step's one cross-rank collective (see distributed/)."""
         if self._cross is None:
             return []
         try:
-            return self._cross.exchange(rec, time.perf_counter() - self._step_started)
+            return self._cross.exchange(rec, time.perf_counter() - self._capture.step_started)
         except Exception as exc:  # ours: report, never break training
             self._hook_error("<distributed>", exc)
             return []
@@ -275,13 +283,13 @@ class Watcher(RunQueries):
                       GradsightWarning, stacklevel=2)
 
     # --- queries (the rest is RunQueries, over self._history) ----------------------------
-    def _findings_frame(self) -> pd.DataFrame:
+    def _findings_frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - w.findings(all=True)
         """The one order of findings, everywhere they are shown: by first step, then severity
         (error, warning, info), then layer in model order (whole-model findings first)."""
-        df = self._detectors.frame()
+        df = self._detectors.frame(all=all)
         if self._cross is not None:  # a rank column: the rank each finding comes from or names
             df["rank"] = np.full(len(df), self._cross.rank, dtype=np.int64)
-            cross = self._cross.frame()
+            cross = self._cross.frame(all=all)
             df = pd.concat([df, cross], ignore_index=True) if len(cross) else df
         if len(df) < 2:
             return df

@@ -60,12 +60,15 @@ def test_replica_divergence_names_parameter_ranks_and_first_step_and_stays_one_e
     det, log = ReplicaDivergence(), FindingLog()
     for step in range(12):
         log.begin(step)
-        checks = None
         if step % 3 == 0:
             checks = _checks(3, params)
             if step >= 6:
                 checks[2, 1, 0] += 1e-2  # rank 2's fc1.bias moved
-        det.update(step, checks, numel, names, owner, log)
+            for f, rank in det.update(step, checks, numel, names, owner):
+                assert rank == 2
+                log.add(f)
+        else:
+            log.hold("replica_divergence")  # what the cross-rank part does between checksum steps
         log.end()
     (f,) = log.episodes
     assert (f.kind, f.layer, f.step, f.last_step, f.count) == ("replica_divergence", "fc1", 6, 9, 2)
@@ -74,19 +77,18 @@ def test_replica_divergence_names_parameter_ranks_and_first_step_and_stays_one_e
 
 def test_replica_divergence_silent_on_identical_replicas():
     params = [np.linspace(-1, 1, 1000, dtype=np.float32)]
-    log = FindingLog()
-    log.begin(0)
-    assert ReplicaDivergence().update(0, _checks(4, params), np.array([1000.0]), ("w",), ("fc",), log) == {}
-    assert not log.end()
+    assert ReplicaDivergence().update(0, _checks(4, params), np.array([1000.0]), ("w",), ("fc",)) == []
 
 
 def test_rank_nonfinite_names_the_first_step_only_and_all_origin_ranks():
     det, log = RankNonfinite(), FindingLog()
     for step, phases in enumerate(([0, 0, 0, 0], [0, 1, 0, 1], [1, 1, 1, 1])):
         log.begin(step)
-        named = det.update(step, np.array([1, 1, 1, 3]), np.array(phases), LAYERS, log)
+        found = det.update(step, np.array([1, 1, 1, 3]), np.array(phases), LAYERS)
+        for f, _ in found:
+            log.add(f)
         log.end()
-        assert named == (1 if step == 1 else None)
+        assert [rank for _, rank in found] == ([1] if step == 1 else [])
     (f,) = log.episodes
     assert (f.step, f.layer, f.phase, f.value) == (1, "fc1", "forward", 1.0)
     assert "rank 1 produced" in f.message and "ranks 3 too" in f.message and "ranks 0, 2 were finite" in f.message
@@ -101,7 +103,9 @@ def test_straggler_silent_on_noisy_equal_ranks_and_names_the_slow_one():
             log.begin(step)
             b = busy.copy()
             b[2] += extra
-            det.update(step, b, log)
+            for f, rank in det.update(step, b):
+                assert rank == 2
+                log.add(f)
             log.end()
     assert quiet[1].episodes == []
     (f,) = slow[1].episodes

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .finding import FindingLog
+from .finding import Finding
 
 KIND = "rank_nonfinite"
 PHASES = {1: "forward", 2: "forward", 3: "backward"}   # 2: the layer's input was already non-finite
@@ -22,18 +22,23 @@ HINT = ("Inspect that rank's batch at that step (torch.isfinite(batch).all()); D
 
 
 class RankNonfinite:
+    """Called once per captured step with every rank's packet (not a per-record detector: its input
+    is the gathered cross-rank arrays); returns (finding, rank named) pairs like a detector's findings."""
+
+    kinds = (KIND,)
+
     def __init__(self):
         self.reported = False
 
-    def update(self, step: int, origin_layer: np.ndarray, origin_phase: np.ndarray, layers: tuple[str, ...],
-               log: FindingLog) -> int | None:
+    def update(self, step: int, origin_layer: np.ndarray, origin_phase: np.ndarray,
+               layers: tuple[str, ...]) -> list[tuple[Finding, int]]:
         """``origin_layer``/``origin_phase``: per rank, this step's first local non-finite layer and its
-        phase code (0: none). Returns the rank named, if a finding was reported."""
+        phase code (0: none)."""
         if self.reported:
-            return None
+            return []
         bad = np.flatnonzero(origin_phase > 0)
         if not bad.size:
-            return None
+            return []
         self.reported = True
         first = int(bad[0])
         code = int(origin_phase[first])
@@ -46,6 +51,7 @@ class RankNonfinite:
         clean = [r for r in range(len(origin_phase)) if r not in bad]
         spread = (f"; ranks {', '.join(map(str, clean))} were finite at this step before the all-reduce"
                   if clean else "")
-        log.report(KIND, layer, "error", f"rank {first} produced the first non-finite value at step {step}: "
-                   f"{what}{also}{spread}.", hint=HINT, phase=PHASES[code], value=float(first))
-        return first
+        return [(Finding(step=step, layer=layer, kind=KIND, severity="error",
+                         message=f"rank {first} produced the first non-finite value at step {step}: "
+                                 f"{what}{also}{spread}.", hint=HINT, phase=PHASES[code], value=float(first)),
+                 first)]

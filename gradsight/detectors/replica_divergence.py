@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .finding import FindingLog
+from .finding import Finding
 
 KIND = "replica_divergence"
 RTOL = 1e-9
@@ -42,27 +42,29 @@ def mismatched(checks: np.ndarray, numel: np.ndarray, rtol: float = RTOL) -> np.
 
 
 class ReplicaDivergence:
-    def update(self, step: int, checks: np.ndarray | None, numel: np.ndarray, names: tuple[str, ...],
-               owner_layer: tuple[str, ...], log: FindingLog) -> dict[str, list[int]]:
-        """Compare this step's checksums (None: not a checksum step, open episodes stay open).
-        Returns {layer: ranks named} for the findings reported."""
-        if checks is None:
-            log.hold(KIND)
-            return {}
+    """Called on checksum steps with every rank's checksums (between them the caller holds
+    ``KIND``'s open episodes); returns (finding, first rank named) pairs."""
+
+    kinds = (KIND,)
+
+    def update(self, step: int, checks: np.ndarray, numel: np.ndarray, names: tuple[str, ...],
+               owner_layer: tuple[str, ...]) -> list[tuple[Finding, int]]:
         differ = mismatched(checks, numel)
-        out: dict[str, list[int]] = {}
+        out: list[tuple[Finding, int]] = []
+        done: set[str] = set()
         for j in np.flatnonzero(differ.any(axis=0)):
             layer = owner_layer[j]
             params = [k for k in np.flatnonzero(differ.any(axis=0)) if owner_layer[k] == layer]
-            if layer in out:
+            if layer in done:
                 continue
+            done.add(layer)
             ranks = sorted({int(r) for k in params for r in np.flatnonzero(differ[:, k])})
             worst = max(float(np.abs(checks[r, k, 1] - checks[0, k, 1]) / max(abs(checks[0, k, 1]), 1e-300))
                         for k in params for r in ranks)
-            out[layer] = ranks
             pnames = ", ".join(repr(names[k]) for k in params)
-            log.report(KIND, layer, "error",
-                       f"parameter {pnames} differs between rank 0 and rank(s) {', '.join(map(str, ranks))} "
-                       f"after the optimizer step (relative difference of the sum of squares {worst:.3g}; "
-                       f"tolerance {RTOL:g}).", hint=HINT, value=worst, threshold=RTOL)
+            out.append((Finding(step=step, layer=layer, kind=KIND, severity="error",
+                                message=f"parameter {pnames} differs between rank 0 and rank(s) "
+                                        f"{', '.join(map(str, ranks))} after the optimizer step (relative "
+                                        f"difference of the sum of squares {worst:.3g}; tolerance {RTOL:g}).",
+                                hint=HINT, value=worst, threshold=RTOL), ranks[0]))
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .finding import FindingLog
+from .finding import Finding
 
 KIND = "straggler"
 WINDOW = 20
@@ -25,14 +25,18 @@ HINT = ("A slow rank stalls every other rank at each all-reduce. Compare that ra
 
 
 class Straggler:
+    """Called once per captured step with every rank's busy time; returns (finding, rank) pairs."""
+
+    kinds = (KIND,)
+
     def __init__(self, world: int):
         self.busy = np.full((WINDOW, world), np.nan)
         self.n = 0
         self.streak = np.zeros(world, dtype=np.int64)
         self.start = np.full(world, -1, dtype=np.int64)
 
-    def update(self, step: int, busy: np.ndarray, log: FindingLog) -> list[int]:
-        """``busy``: [W] this step's busy seconds per rank. Returns the ranks reported."""
+    def update(self, step: int, busy: np.ndarray) -> list[tuple[Finding, int]]:
+        """``busy``: [W] this step's busy seconds per rank."""
         self.busy[self.n % WINDOW] = busy
         self.n += 1
         if self.n < WINDOW:  # judge full windows only: a few slow steps at start-up are not a straggler
@@ -51,11 +55,11 @@ class Straggler:
                 self.start[r] = step
             self.streak[r] += 1
             if self.streak[r] >= PERSIST:
-                out.append(r)
-                log.report(KIND, "", "warning",
-                           f"rank {r} is a straggler: median busy time {med[r] * 1e3:.1f} ms per step vs "
-                           f"{others * 1e3:.1f} ms on the other ranks ({med[r] / others:.1f}x), over the last "
-                           f"{min(self.n, WINDOW)} captured steps; every rank waits for it at the all-reduce.",
-                           hint=HINT, start=int(self.start[r]), value=float(med[r]),
-                           threshold=float(RATIO * others))
+                out.append((Finding(step=int(self.start[r]), last_step=step, layer="", kind=KIND, severity="warning",
+                                    message=f"rank {r} is a straggler: median busy time {med[r] * 1e3:.1f} ms per "
+                                            f"step vs {others * 1e3:.1f} ms on the other ranks "
+                                            f"({med[r] / others:.1f}x), over the last {min(self.n, WINDOW)} captured "
+                                            "steps; every rank waits for it at the all-reduce.",
+                                    hint=HINT, value=float(med[r]), threshold=float(RATIO * others),
+                                    key=f"rank {r}"), r))
         return out

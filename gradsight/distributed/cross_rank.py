@@ -155,26 +155,22 @@ class CrossRank:
         bad = phase > 0
         self._bad_steps += bad
         self._first_bad[bad & (self._first_bad < 0)] = step
-        r = self.nonfinite.update(step, g.column("origin_layer").astype(np.int64), phase, self.layers, log)
-        if r is not None:
-            self._name(log, "rank_nonfinite", self.layers[int(g.column("origin_layer")[r])], r)
-        owners = tuple(self.layers[int(self.param_layer[j])] for j in self.R_idx)
-        names = tuple(self.param_names[j] for j in self.R_idx)
-        for layer, ranks in self.divergence.update(step, g.checks, self.numel, names, owners, log).items():
-            self._name(log, "replica_divergence", layer, ranks[0])
-        for r in self.straggler.update(step, busy, log):
-            self._name(log, "straggler", "", r)
+        found = self.nonfinite.update(step, g.column("origin_layer").astype(np.int64), phase, self.layers)
+        if g.checks is None:
+            log.hold(self.divergence.kinds[0])  # not a checksum step: open episodes stay open
+        else:
+            owners = tuple(self.layers[int(self.param_layer[j])] for j in self.R_idx)
+            names = tuple(self.param_names[j] for j in self.R_idx)
+            found += self.divergence.update(step, g.checks, self.numel, names, owners)
+        found += self.straggler.update(step, busy)
+        for finding, rank in found:
+            self._rank_of[id(log.add(finding))] = rank
         return log.end()
 
-    def _name(self, log: FindingLog, kind: str, layer: str, rank: int) -> None:
-        ep = log._open.get((kind, layer))
-        if ep is not None:
-            self._rank_of[id(ep)] = rank
-
     # --- queries -------------------------------------------------------------------------
-    def frame(self) -> pd.DataFrame:
+    def frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - mirrors w.findings(all=True)
         """Cross-rank findings (FINDING_COLUMNS + ``rank``: the rank each one names)."""
-        df = self.log.frame()
+        df = self.log.frame(all=all)
         ranks = {(e.kind, e.layer, e.step): self._rank_of.get(id(e), -1) for e in self.log.episodes}
         df["rank"] = np.array([ranks.get(k, -1) for k in zip(df["kind"], df["layer"], df["step"], strict=True)],
                               dtype=np.int64)

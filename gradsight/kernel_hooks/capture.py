@@ -27,9 +27,10 @@ from ..records.histogram import rebin
 from ..records.step_record import StepRecord
 from .histogram import octave_counts
 from .sampling import slice_batch
+from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import measure, sum_of_squares
-from .tensors import float_tensors, tensor_key
+from .tensors import float_tensors, local_tensor, tensor_key
 
 # Units of these can "die": no positive output for any sample.
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU,
@@ -47,14 +48,6 @@ def _foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     except Exception:  # mixed devices or an older torch
         norms = [torch.linalg.vector_norm(t) for t in tensors]
     return [n if n.dtype == torch.float32 else n.float() for n in norms]
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a sharded DTensor parameter or gradient (FSDP2, tensor parallel), a
-    plain tensor otherwise: statistics are local, ``gradsight.distributed`` sums shards' squares
-    across ranks; a DTensor op here would start a hidden collective every step."""
-    to_local = getattr(t, "to_local", None)
-    return to_local() if to_local is not None and hasattr(t, "placements") else t
 
 
 def _in_backward() -> bool:
@@ -159,6 +152,12 @@ class Capture:
         self.capturing = False       # this step is sampled (step % every == 0)
         self.detail = False          # this step takes full statistics, histograms, weight norms
         self.measure_update = False  # this step measures update norms
+        self.saved = SavedBytes(L)   # bytes saved for backward, per layer (detail steps)
+        self.step_started = time.perf_counter()  # the previous step's close (set by the watcher)
+        # own parameters of each layer, for the finiteness check of a layer whose output is non-finite
+        self._own_params: dict[int, list[int]] = {}
+        for j, i in enumerate(owner):
+            self._own_params.setdefault(i, []).append(j)
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
         self.on_root_forward: Callable[[], None] | None = None
@@ -214,6 +213,10 @@ class Capture:
         self.grad_dtypes: dict[int, str] = {}
         self.forward_s = 0.0
         self._fwd_start: float | None = None
+        self._first_fwd: float | None = None
+        self._opt_start: float | None = None
+        self._param_bad_fwd: set[int] = set()   # parameters seen non-finite during this step's forward
+        self._param_ok_fwd: set[int] = set()    # ... and seen finite
         self._bwd_first: float | None = None
         self._bwd_last: float | None = None
         self.backward_passes = 0
@@ -239,7 +242,11 @@ class Capture:
                 return None
             try:
                 self._fwd_start = time.perf_counter()
+                if self._first_fwd is None:
+                    self._first_fwd = self._fwd_start
                 self.forward_passes += 1
+                if self.detail:
+                    self.saved.begin([m for _, m in module.named_modules()], self.parameters())
                 if self.measure_update and self._snapshot is None:
                     self._take_snapshot()
             except Exception as exc:  # a debugger must never break the training step
@@ -280,8 +287,11 @@ class Capture:
                 if i not in self._fwd_seen:
                     self._fwd_seen.add(i)
                     self.forward_order.append(i)
+                if not in_bwd:
+                    self.saved.finish(i)
                 if i == 0 and self._fwd_start is not None and not in_bwd:
                     self.forward_s += time.perf_counter() - self._fwd_start
+                    self.saved.end()
                 tensors = list(float_tensors(output))
                 self._note_inputs(i, args, kwargs, tensors)
                 if not tensors:
@@ -296,6 +306,8 @@ class Capture:
                     else:
                         summary = measure(t, self.detail)
                         self._produced[key] = (weakref.ref(t), summary, i)
+                        if summary.device.type == "cpu" and summary.dim() and i in self._own_params:
+                            self._check_own_params(i, summary)
                     if self.activations:
                         for r in rows:
                             self._write(r, summary, t.numel())
@@ -315,6 +327,19 @@ class Capture:
             return None
 
         return forward_hook
+
+    def _check_own_params(self, i: int, summary: torch.Tensor) -> None:
+        """A non-finite output (CPU: reading the summary is free): were this layer's own
+        parameters already non-finite when it ran? Set by hand or loaded, they were not
+        this step's computation. (On an accelerator this would need a host sync: there the
+        detectors infer parameter finiteness from the previous steps.)"""
+        bad = float(summary[F["nan"]] + summary[F["posinf"]] + summary[F["neginf"]])
+        if not bad > 0:
+            return
+        for j in self._own_params[i]:
+            p = self._params[j]()
+            if p is not None and j not in self._param_bad_fwd and j not in self._param_ok_fwd:
+                (self._param_ok_fwd if bool(torch.isfinite(local_tensor(p.detach())).all()) else self._param_bad_fwd).add(j)
 
     def _write(self, row: int, summary: torch.Tensor, numel: int) -> None:
         if summary.dim() == 0:
@@ -395,7 +420,7 @@ class Capture:
             t = None if p is None else (p.grad if of_grad else p)
             if t is not None:
                 index.append(j)
-                tensors.append(_local(t.detach()))
+                tensors.append(local_tensor(t.detach()))
         if not tensors:
             return
         norms = torch.stack(_foreach_norm(tensors))
@@ -430,7 +455,7 @@ class Capture:
     # --- parameter updates ------------------------------------------------------------
     def _take_snapshot(self) -> None:
         """Copy the parameters before the optimizer moves them (sampled steps only)."""
-        self._snapshot = [None if (p := ref()) is None else _local(p.detach()).clone() for ref in self._params]
+        self._snapshot = [None if (p := ref()) is None else local_tensor(p.detach()).clone() for ref in self._params]
 
     def optimizer_pre_step(self) -> None:
         """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
@@ -438,34 +463,44 @@ class Capture:
         of the weights on update-measuring steps."""
         if not self.capturing or self._closed:
             return
+        self._opt_start = time.perf_counter()
+        self.measure_step_grads()
+        if self.measure_update and self._snapshot is None:
+            self._take_snapshot()
+
+    def measure_step_grads(self) -> None:
+        """The gradients as they are now (after any clipping): at ``optimizer.step()``, or —
+        without ``optimizer=`` — when ``w.step()`` closes a detail step, so that clipping is
+        seen either way."""
+        if not self.capturing or self._closed:
+            return
         with torch.no_grad():
             for j, ref in enumerate(self._params):
                 p = ref()
                 if p is not None and p.grad is not None:
-                    g = _local(p.grad.detach()).reshape(-1)
+                    g = local_tensor(p.grad.detach()).reshape(-1)
                     g = g if g.dtype == torch.float32 else g.float()
                     self.buffer.set_param(j, 3, _sumsq(g))
-        if self.measure_update and self._snapshot is None:
-            self._take_snapshot()
 
     # --- closing a step ---------------------------------------------------------------
     def harvest(self, step: int) -> StepRecord:
         """Finish the step's device work, transfer once, and return the record."""
         buf = self.buffer
+        self._closing = time.perf_counter()
         with torch.no_grad():
             for j, ref in enumerate(self._params):
                 p = ref()
                 if p is None or not self.detail:  # weights move slowly: measured on detail steps
                     continue
-                w = _local(p.detach()).reshape(-1)
+                w = local_tensor(p.detach()).reshape(-1)
                 w = w if w.dtype == torch.float32 else w.float()
                 buf.set_param(j, 0, _sumsq(w))
                 if self._snapshot is not None and self._snapshot[j] is not None:
-                    d = (_local(p.detach()) - self._snapshot[j]).reshape(-1).float()
+                    d = (local_tensor(p.detach()) - self._snapshot[j]).reshape(-1).float()
                     buf.set_param(j, 2, sum_of_squares(d))
             if self.detail:
                 for i in self.layers_with_params:
-                    ps = [_local(p) for j, ref in enumerate(self._params)
+                    ps = [local_tensor(p) for j, ref in enumerate(self._params)
                           if self.param_layer[j] == i and (p := ref()) is not None]
                     if ps:
                         buf.add_hist((i, "weight"), octave_counts(ps))
@@ -528,6 +563,14 @@ class Capture:
                                       exact_zero=exact_zero)
         backward_s = (self._bwd_last - self._bwd_first) if self._bwd_first is not None \
             and self._bwd_last is not None else float("nan")
+        # the step's time split: data (previous close -> first forward), forward, backward, optimizer
+        # (its step with optimizer=; without, whatever ran between backward and w.step())
+        data_s = self._first_fwd - self.step_started if self._first_fwd is not None else float("nan")
+        after = self._opt_start if self._opt_start is not None else self._bwd_last
+        optimizer_s = self._closing - after if after is not None else float("nan")
+        finite_fwd = np.full(len(self._params), np.nan)
+        finite_fwd[list(self._param_ok_fwd)] = 1.0
+        finite_fwd[list(self._param_bad_fwd)] = 0.0
         return StepRecord(
             step=step, layers=tuple(self.names),
             act=stats[:L], act_numel=numel[:L], grad=stats[L:], grad_numel=numel[L:],
@@ -540,4 +583,6 @@ class Capture:
             forward_s=self.forward_s if self.forward_passes else float("nan"), backward_s=backward_s,
             backward_passes=self.backward_passes, forward_passes=self.forward_passes, detail=self.detail,
             input_sources={i: tuple(sorted(s)) for i, s in self._input_sources.items() if s},
+            data_s=data_s, optimizer_s=optimizer_s, saved_bytes=self.saved.take(),
+            param_finite_at_forward=finite_fwd,
         )

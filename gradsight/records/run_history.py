@@ -23,7 +23,7 @@ from .unit_history import UnitRing
 HISTORY_BYTES = 32 * 2**20     # cap for per-layer metric history
 HISTOGRAM_BYTES = 32 * 2**20   # cap for stored histograms
 SCALAR_CAPACITY = 8192         # loss / lr / timings rows before thinning
-STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
+STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm", "data_s", "optimizer_s", "saved_bytes")
 
 
 class RunHistory:
@@ -87,7 +87,10 @@ class RunHistory:
                 ring = self.units[i] = UnitRing(per_unit.size)
             ring.add(rec.step, per_unit)
         lr = rec.lrs[0] if rec.lrs else float("nan")
-        self.scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec)])
+        saved = float(np.nansum(rec.saved_bytes)) if rec.saved_bytes is not None and \
+            np.isfinite(rec.saved_bytes).any() else float("nan")
+        self.scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec),
+                                       rec.data_s, rec.optimizer_s, saved])
         if rec.hist:
             self._append_histograms(rec)
         return metrics
@@ -125,6 +128,6 @@ def merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
         for m in DETAIL_METRICS:
             if m.startswith(prefix):
                 merged[m] = np.where(news, new[m], old[m])
-    for m in ("param_norm", "update_norm", "update_ratio", "saturation"):
+    for m in ("param_norm", "update_norm", "update_ratio", "saturation", "saved_bytes"):
         merged[m] = old[m]
     return merged
