@@ -41,6 +41,12 @@ def mismatched(checks: np.ndarray, numel: np.ndarray, rtol: float = RTOL) -> np.
     return differ
 
 
+def _relative(a: np.ndarray, b: np.ndarray, numel: float) -> float:
+    """The larger of the two checksums' differences, each relative to its scale (as ``mismatched``)."""
+    scale_q = max(abs(a[1]), abs(b[1]), 1e-300)
+    return max(abs(a[0] - b[0]) / max(np.sqrt(numel * scale_q), 1e-300), abs(a[1] - b[1]) / scale_q)
+
+
 class ReplicaDivergence:
     """Called on checksum steps with every rank's checksums (between them the caller holds
     ``KIND``'s open episodes); returns (finding, first rank named) pairs."""
@@ -59,12 +65,13 @@ class ReplicaDivergence:
                 continue
             done.add(layer)
             ranks = sorted({int(r) for k in params for r in np.flatnonzero(differ[:, k])})
-            worst = max(float(np.abs(checks[r, k, 1] - checks[0, k, 1]) / max(abs(checks[0, k, 1]), 1e-300))
-                        for k in params for r in ranks)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                worst = float(np.nanmax([_relative(checks[r, k], checks[0, k], numel[k])
+                                         for k in params for r in ranks] + [0.0]))
             pnames = ", ".join(repr(names[k]) for k in params)
             out.append((Finding(step=step, layer=layer, kind=KIND, severity="error",
                                 message=f"parameter {pnames} differs between rank 0 and rank(s) "
                                         f"{', '.join(map(str, ranks))} after the optimizer step (relative "
-                                        f"difference of the sum of squares {worst:.3g}; tolerance {RTOL:g}).",
+                                        f"difference {worst:.3g} of the checksums; tolerance {RTOL:g}).",
                                 hint=HINT, value=worst, threshold=RTOL), ranks[0]))
         return out
