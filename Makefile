@@ -13,7 +13,7 @@ STAMP := $(VENV)/.gradsight-installed
 EXT_SRC := $(shell find extension style \( -name '*.ts' -o -name '*.css' -o -name '*.js' \) -not -name protocol-types.ts) protocol/schema.json \
 	protocol/generate-types.js package.json yarn.lock tsconfig.json
 
-.PHONY: lab test setup test-py test-js lint demo bench chromium clean
+.PHONY: lab test setup test-py test-js test-slow lint demo bench chromium clean
 
 # --allow-root only when run as root (containers, this CI machine); jupyter refuses root otherwise
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -52,6 +52,10 @@ test-js:
 
 test-py:
 	$(BIN)/python -m pytest -q tests
+
+# Long sweeps deselected from make test (pytest marker `slow`): the whole OpInfo gradcheck comparison.
+test-slow: setup
+	$(BIN)/python -m pytest -q -s -m slow tests
 
 demo: setup
 	$(BIN)/python -m gradsight.demo examples

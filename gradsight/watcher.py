@@ -25,6 +25,7 @@ from .distributed import RANK_METRICS as _RANK_METRICS
 from .distributed import CrossRank, detect
 from .distributed.context import warn_opaque
 from .kernel_hooks.capture import Capture
+from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
 from .records.step_record import StepRecord
@@ -47,7 +48,8 @@ class Watcher(RunQueries):
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
-                 nan_trace: str = "module", checksum_every: int = 10, distributed: bool = True):
+                 nan_trace: str = "module", record: Any = None, checksum_every: int = 10,
+                 distributed: bool = True):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -116,6 +118,15 @@ class Watcher(RunQueries):
                 "per-layer activations and output gradients; parameter norms, gradient norms and updates are "
                 "captured. To see every layer, watch the model before compiling it, or debug uncompiled.",
                 GradsightWarning, stacklevel=3)
+        self._recorder = None
+        if record is not None:  # pyarrow loads here, on first use
+            from .recording.recorder import start
+
+            try:
+                self._recorder = start(self, record, hist_kinds=HIST_KINDS)
+            except BaseException:
+                self.close()  # a watcher that failed to start leaves no hook behind
+                raise
         self._begin_step()
         bus.add(self)
 
@@ -135,6 +146,11 @@ class Watcher(RunQueries):
         for h in self._opt_handles:
             h.remove()
         self._opt_handles.clear()
+        if self._recorder is not None:
+            try:
+                self._recorder.close()
+            except Exception as exc:
+                self._hook_error("<recording>", exc)
         self.closed = True
         bus.discard(self)
         bus.publish("close", self)
@@ -232,6 +248,11 @@ class Watcher(RunQueries):
             metrics = self._history.append(rec)
             self._check_empty(rec)
             self._detect(lambda: self._detectors.update(rec, metrics=metrics))
+            if self._recorder is not None:
+                try:
+                    self._recorder.on_step(rec, metrics)
+                except Exception as exc:  # the recording must never break training
+                    self._hook_error("<recording>", exc)
             for finding in cross:
                 _warn_finding(self.name, finding)
         elif self._cross is not None:
@@ -363,6 +384,12 @@ class Watcher(RunQueries):
             pass
         return report
 
+    def save(self, path) -> None:
+        """Write what this watcher holds to the recording directory ``path`` (``gs.open`` reads it)."""
+        from .recording.save import save
+
+        save(self, path, hist_kinds=HIST_KINDS)
+
     # --- display ------------------------------------------------------------------------
     def dashboard(self):
         """A live ipywidgets dashboard (imported on first use)."""
@@ -438,7 +465,7 @@ def _warn_finding(name: str, finding: Any) -> None:
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
-          name: str | None = None, scaler: Any = None, nan_trace: str = "module",
+          name: str | None = None, scaler: Any = None, nan_trace: str = "module", record: Any = None,
           checksum_every: int = 10, distributed: bool = True) -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
@@ -447,7 +474,9 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     captured step. bins: histogram bins (even). activations: also summarise module outputs.
     thresholds: detector thresholds (``gs.Thresholds``). scaler: the ``GradScaler`` in use, so
     gradients are reported unscaled and skipped steps are recognised. nan_trace: "module"
-    (default, cheap) or "op" (the exact op and source line of the first NaN/Inf).
+    (default, cheap) or "op" (the exact op and source line of the first NaN/Inf). record: a
+    directory to stream the run into while it trains (``gs.open(path)`` reads it, from any
+    process), or ``gs.RecordTo(path, flush_steps=, flush_seconds=)``.
     checksum_every: in a torch.distributed job, compare replicas' parameter checksums every n-th
     captured step (``replica_divergence``; see gradsight/detectors/replica_divergence.py).
     distributed: inside a torch.distributed job, exchange one small packet per captured step with
@@ -457,5 +486,5 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
-                   nan_trace=nan_trace, checksum_every=checksum_every, distributed=distributed)
+                   nan_trace=nan_trace, record=record, checksum_every=checksum_every, distributed=distributed)
 

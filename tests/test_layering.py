@@ -23,12 +23,13 @@ RANKS = {
     "distributed": 3,
     "watcher": 4,
     "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5,
-    "__init__": 6,
+    "__init__": 6, "cli": 6,
 }
 # The only upward imports allowed: inside a function, a core object's display method asking
 # for its view (``w.dashboard()``, ``w._repr_html_()``, ``report.plot()``) — the user asked
 # for the view, so it loads then; never at module level.
-LAZY_VIEWS = {("watcher", "widgets"), ("gradcheck", "widgets")}
+LAZY_VIEWS = {("watcher", "widgets"), ("gradcheck", "widgets"),
+              ("watcher", "recording")}  # gs.watch(record=...) / w.save(): the user asked for a recording
 CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "distributed", "watcher")
 HEAVY = ("matplotlib", "ipywidgets", "pyarrow", "lightning", "pytorch_lightning", "transformers",
          "tensorboard", "IPython", "ipykernel")

@@ -56,7 +56,10 @@ def test_saved_bytes_per_layer_match_what_autograd_keeps():
     steps = w.steps().set_index("step")
     assert steps.loc[0, "saved_bytes"] == steps.loc[2, "saved_bytes"] == 8 * 16 * 4 + 8 * 32 * 4
     assert np.isnan(steps.loc[1, "saved_bytes"])  # detail steps only
-    assert np.isnan(w.history("saved_bytes").loc[1]).all()
+    per_layer = w.history("saved_bytes")  # the per-layer history; the step total is steps()'s
+    assert list(per_layer.columns) == w.layer_names
+    assert per_layer.loc[2, "1"] == 8 * 32 * 4
+    assert np.isnan(per_layer.loc[1]).all()
     w.close()
 
 

@@ -59,9 +59,12 @@ class RunQueries:
         return pd.DataFrame(columns)  # built in one go: the panel reads it on every push
 
     def history(self, metric: str = "grad_norm") -> pd.DataFrame:
-        """One row per recorded step, one column per layer (or one column for step metrics)."""
+        """One row per recorded step, one column per layer (or one column for step metrics).
+
+        A name that is both (``saved_bytes``) is the per-layer history here; its step total
+        is the ``steps()`` column of the same name."""
         h = self._history
-        if metric in STEP_COLUMNS:
+        if metric in STEP_COLUMNS and metric not in LAYER_METRICS:
             steps, data = h.scalars.valid()
             return pd.DataFrame({metric: data[:, STEP_COLUMNS.index(metric)]},
                                 index=pd.Index(steps, name="step"))

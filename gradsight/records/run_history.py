@@ -86,11 +86,7 @@ class RunHistory:
             if ring is None or ring.values.shape[1] != per_unit.size:
                 ring = self.units[i] = UnitRing(per_unit.size)
             ring.add(rec.step, per_unit)
-        lr = rec.lrs[0] if rec.lrs else float("nan")
-        saved = float(np.nansum(rec.saved_bytes)) if rec.saved_bytes is not None and \
-            np.isfinite(rec.saved_bytes).any() else float("nan")
-        self.scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec),
-                                       rec.data_s, rec.optimizer_s, saved])
+        self.scalars.append(rec.step, step_scalars(rec))
         if rec.hist:
             self._append_histograms(rec)
         return metrics
@@ -114,6 +110,14 @@ class RunHistory:
         row = self.scalars.row_of(step)
         if row is not None:
             self.scalars.data[row, STEP_COLUMNS.index("loss")] = loss
+
+
+def step_scalars(rec: StepRecord) -> list[float]:
+    """One record's row of :data:`STEP_COLUMNS` (what ``steps()`` shows; recordings write the same)."""
+    lr = rec.lrs[0] if rec.lrs else float("nan")
+    saved = float(np.nansum(rec.saved_bytes)) if rec.saved_bytes is not None and \
+        np.isfinite(rec.saved_bytes).any() else float("nan")
+    return [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec), rec.data_s, rec.optimizer_s, saved]
 
 
 def merge_latest(old: dict | None, new: dict, detail: bool) -> dict:

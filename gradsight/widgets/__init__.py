@@ -12,6 +12,7 @@ import neither.
     gw.dead_units(w, "relu1")
     gw.training_curves(w)        # loss, lr, gradient norm and the step's time split
     gw.saved_memory(w)           # bytes each layer saves for backward
+    gw.compare(gs.open("runs/a"), gs.open("runs/b"))   # two runs side by side
     gw.gradcheck_figure(report)
     w.dashboard()                # all of it, live
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 # The figure modules import matplotlib only inside their functions, so importing them here
 # is cheap; the functions replace the same-named submodules as attributes of this package.
+from .compare import compare
 from .dead_units import UnitActivity, dead_units
 from .distribution import distribution
 from .gradcheck_plot import gradcheck_figure
@@ -30,7 +32,8 @@ from .saved_memory import saved_memory
 from .summary_html import findings_html, watcher_html
 from .training_curves import training_curves
 
-__all__ = ["Dashboard", "UnitActivity", "dead_units", "distribution", "findings_html", "gradcheck_figure",
+__all__ = ["Dashboard", "UnitActivity", "compare", "dead_units", "distribution", "findings_html",
+           "gradcheck_figure",
            "gradient_flow", "heatmap", "histogram", "saved_memory", "training_curves", "watcher_html"]
 
 
