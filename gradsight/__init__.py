@@ -8,6 +8,7 @@
 
 from ._version import __version__ as __version__  # package.json holds it
 from .detectors import Finding, Thresholds
+from .distributed import timed
 from .gradcheck import GradcheckReport, gradcheck
 from .nonfinite import NonFiniteError
 from .recording.recorder import RecordTo
@@ -15,8 +16,8 @@ from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
-__all__ = ["watch", "Watcher", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
-           "GradsightWarning", "NonFiniteError", "load_ipython_extension"]
+__all__ = ["watch", "Watcher", "timed", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding",
+           "gradcheck", "GradcheckReport", "GradsightWarning", "NonFiniteError", "load_ipython_extension"]
 
 
 def open(path):  # noqa: A001 - gs.open(path) is the contract

@@ -21,6 +21,9 @@ from torch import nn
 from . import bus
 from .detectors import DetectorEngine
 from .detectors.finding import SEVERITY_RANK
+from .distributed import RANK_METRICS as _RANK_METRICS
+from .distributed import CrossRank, detect
+from .distributed.context import warn_opaque
 from .kernel_hooks.capture import Capture
 from .kernel_hooks.filters import select_modules
 from .nonfinite import check_mode, copy_inputs, error_for, first_nonfinite, grads_finite
@@ -48,7 +51,8 @@ class Watcher(RunQueries):
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
                  nan_trace: str = "module", include: Any = None, exclude: Any = None,
-                 on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None):
+                 on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None,
+                 checksum_every: int = 10, distributed: bool = True):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -59,6 +63,9 @@ class Watcher(RunQueries):
         self.every = _check_positive_int("every", every)
         self.histogram_every = _check_positive_int("histogram_every", histogram_every)
         self.bins = _check_positive_int("bins", bins)
+        checksum_every = _check_positive_int("checksum_every", checksum_every)
+        if not isinstance(distributed, bool):
+            raise TypeError(f"gradsight.watch: distributed must be True or False; got {distributed!r}.")
         if self.bins < 2 or self.bins % 2:
             raise ValueError(f"gradsight.watch: bins must be an even number >= 2 (half for negative values); got {bins}.")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -113,6 +120,9 @@ class Watcher(RunQueries):
             from .records.tensorboard_export import TensorBoardStream
 
             self._tensorboard = TensorBoardStream(self._history, tensorboard)
+        self._cross = _cross_rank(model, self._capture, self.name, checksum_every) if distributed else None
+        if self._cross is not None and self._cross.setup_error is not None:
+            self._hook_error("<distributed: communication hook>", self._cross.setup_error)
         if optimizer is not None:
             self._opt_handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_step))
             self._opt_handles.append(optimizer.register_step_post_hook(self._optimizer_post_step))
@@ -294,6 +304,7 @@ class Watcher(RunQueries):
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
+            cross = self._exchange(rec)
             self._last_record = rec
             metrics = self._history.append(rec)
             self._check_empty(rec)
@@ -305,6 +316,10 @@ class Watcher(RunQueries):
                     self._hook_error("<recording>", exc)
             if self._tensorboard is not None:
                 self._tensorboard.write_latest(with_loss=loss is not None)
+            for finding in cross:
+                _warn_finding(self.name, finding)
+        elif self._cross is not None:
+            self._cross.skip()
         self._auto_closed_pending_loss = False
         self.step_count += 1
         self._begin_step()
@@ -322,6 +337,16 @@ class Watcher(RunQueries):
             new = []
         for finding in new:
             _warn_finding(self.name, finding)
+
+    def _exchange(self, rec: StepRecord) -> list:
+        """In a torch.distributed job: the step's one cross-rank collective (see distributed/)."""
+        if self._cross is None:
+            return []
+        try:
+            return self._cross.exchange(rec, time.perf_counter() - self._capture.step_started)
+        except Exception as exc:  # ours: report, never break training
+            self._hook_error("<distributed>", exc)
+            return []
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""
@@ -350,11 +375,46 @@ class Watcher(RunQueries):
         """The one order of findings, everywhere they are shown: by first step, then severity
         (error, warning, info), then layer in model order (whole-model findings first)."""
         df = self._detectors.frame(all=all)
+        if self._cross is not None:  # a rank column: the rank each finding comes from or names
+            df["rank"] = np.full(len(df), self._cross.rank, dtype=np.int64)
+            cross = self._cross.frame(all=all)
+            df = pd.concat([df, cross], ignore_index=True) if len(cross) else df
         if len(df) < 2:
             return df
         key = pd.DataFrame({"step": df["step"], "rank": df["severity"].map(SEVERITY_RANK).fillna(len(SEVERITY_RANK)),
                             "layer": df["layer"].map(self._history.index).fillna(len(self._history.names))})
         return df.loc[key.sort_values(["step", "rank", "layer"], kind="stable").index].reset_index(drop=True)
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in its torch.distributed job (0 outside one)."""
+        return self._cross.rank if self._cross is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self._cross.ctx.world_size if self._cross is not None else 1
+
+    def ranks(self) -> pd.DataFrame:
+        """One row per rank of the torch.distributed job: median step, forward, backward, all-reduce
+        and busy times, non-finite steps, and the findings naming that rank (every rank holds all)."""
+        if self._cross is None:
+            raise ValueError("gradsight: w.ranks() needs a torch.distributed job with world size > 1; this "
+                             "watcher was created outside one. Call gs.watch(model) after "
+                             "torch.distributed.init_process_group(), inside each process.")
+        return self._cross.ranks(self.findings())
+
+    def history(self, metric: str = "grad_norm", rank: int | None = None) -> pd.DataFrame:
+        """One row per recorded step, one column per layer (or per step metric). ``rank=r``: the
+        per-rank step times every rank holds for every rank (``gradsight.distributed.RANK_METRICS``);
+        a rank's layer metrics are in that rank's own watcher."""
+        if rank is None or (self._cross is not None and rank == self.rank and metric not in _RANK_METRICS):
+            return super().history(metric)
+        if self._cross is None:
+            if rank == 0:
+                return super().history(metric)
+            raise ValueError(f"gradsight: history(rank={rank!r}): this watcher is not in a torch.distributed "
+                             "job, so it has rank 0 only.")
+        return self._cross.history(metric, rank)
 
     def last_record(self) -> StepRecord | None:
         return self._last_record
@@ -414,6 +474,17 @@ class Watcher(RunQueries):
         return watcher_html(self)
 
 
+def _cross_rank(model: nn.Module, capture: Capture, name: str, checksum_every: int) -> CrossRank | None:
+    """The cross-rank part, inside a torch.distributed job of world size > 1 (None otherwise)."""
+    ctx = detect(model)
+    if ctx is None:
+        return None
+    warn_opaque(ctx, name)
+    refs = capture._params
+    return CrossRank(ctx, tuple(capture.names), tuple(capture.param_names), capture.param_layer,
+                     lambda: [r() for r in refs], checksum_every)
+
+
 def _to_float(loss: Any) -> float:
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
@@ -462,7 +533,8 @@ def _warn_finding(name: str, finding: Any) -> None:
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
           name: str | None = None, scaler: Any = None, nan_trace: str = "module", include: Any = None,
-          exclude: Any = None, on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None) -> Watcher:
+          exclude: Any = None, on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None,
+          checksum_every: int = 10, distributed: bool = True) -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
     optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
@@ -478,9 +550,15 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     on_nonfinite: "warn" (default), "raise" (``gs.NonFiniteError`` with the batch) or "skip"
     (that ``optimizer.step()`` does not run); see :mod:`gradsight.nonfinite`.
     tensorboard: a log directory; each closed step is also written there as TensorBoard events.
+    checksum_every: in a torch.distributed job, compare replicas' parameter checksums every n-th
+    captured step (``replica_divergence``; see gradsight/detectors/replica_divergence.py).
+    distributed: inside a torch.distributed job, exchange one small packet per captured step with
+    the other ranks (cross-rank findings, ``w.ranks()``). This is a collective: watch on every rank,
+    or pass ``distributed=False`` to watch on some ranks only (a watcher on rank 0 alone would wait
+    for the others forever).
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
                    nan_trace=nan_trace, include=include, exclude=exclude, on_nonfinite=on_nonfinite,
-                   tensorboard=tensorboard, record=record)
+                   tensorboard=tensorboard, record=record, checksum_every=checksum_every, distributed=distributed)
 

@@ -30,7 +30,7 @@ from .sampling import slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import measure, sum_of_squares
-from .tensors import float_tensors, tensor_key
+from .tensors import float_tensors, local_tensor, tensor_key
 
 # Units of these can "die": no positive output for any sample.
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU,
@@ -349,7 +349,7 @@ class Capture:
         for j in self._own_params[i]:
             p = self._params[j]()
             if p is not None and j not in self._param_bad_fwd and j not in self._param_ok_fwd:
-                (self._param_ok_fwd if bool(torch.isfinite(p.detach()).all()) else self._param_bad_fwd).add(j)
+                (self._param_ok_fwd if bool(torch.isfinite(local_tensor(p.detach())).all()) else self._param_bad_fwd).add(j)
 
     def _write(self, row: int, summary: torch.Tensor, numel: int) -> None:
         if summary.dim() == 0:
@@ -430,7 +430,7 @@ class Capture:
             t = None if p is None else (p.grad if of_grad else p)
             if t is not None:
                 index.append(j)
-                tensors.append(t.detach())
+                tensors.append(local_tensor(t.detach()))
         if not tensors:
             return
         norms = torch.stack(_foreach_norm(tensors))
@@ -465,7 +465,7 @@ class Capture:
     # --- parameter updates ------------------------------------------------------------
     def _take_snapshot(self) -> None:
         """Copy the parameters before the optimizer moves them (sampled steps only)."""
-        self._snapshot = [None if (p := ref()) is None else p.detach().clone() for ref in self._params]
+        self._snapshot = [None if (p := ref()) is None else local_tensor(p.detach()).clone() for ref in self._params]
 
     def optimizer_pre_step(self) -> None:
         """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
@@ -488,7 +488,7 @@ class Capture:
             for j, ref in enumerate(self._params):
                 p = ref()
                 if p is not None and p.grad is not None:
-                    g = p.grad.detach().reshape(-1)
+                    g = local_tensor(p.grad.detach()).reshape(-1)
                     g = g if g.dtype == torch.float32 else g.float()
                     self.buffer.set_param(j, 3, _sumsq(g))
 
@@ -502,15 +502,15 @@ class Capture:
                 p = ref()
                 if p is None or not self.detail:  # weights move slowly: measured on detail steps
                     continue
-                w = p.detach().reshape(-1)
+                w = local_tensor(p.detach()).reshape(-1)
                 w = w if w.dtype == torch.float32 else w.float()
                 buf.set_param(j, 0, _sumsq(w))
                 if self._snapshot is not None and self._snapshot[j] is not None:
-                    d = (p.detach() - self._snapshot[j]).reshape(-1).float()
+                    d = (local_tensor(p.detach()) - self._snapshot[j]).reshape(-1).float()
                     buf.set_param(j, 2, sum_of_squares(d))
             if self.detail:
                 for i in self.layers_with_params:
-                    ps = [p for j, ref in enumerate(self._params)
+                    ps = [local_tensor(p) for j, ref in enumerate(self._params)
                           if self.param_layer[j] == i and (p := ref()) is not None]
                     if ps:
                         buf.add_hist((i, "weight"), octave_counts(ps))
