@@ -283,7 +283,7 @@ def test_healthy_ddp_is_silent_bit_identical_and_timed(world, request):
         assert list(out["step_s"].index) == list(range(30)) and (out["step_s"]["step_s"] > 0).all()
 
 
-@pytest.mark.skipif(not os.environ.get("GRADSIGHT_SLOW"), reason="a third spawn (~40 s): GRADSIGHT_SLOW=1 runs it")
+@pytest.mark.slow  # a third spawn (~40 s): make test-slow runs it
 def test_healthy_ddp_is_bit_identical_at_a_world_size_not_a_power_of_two(tmp_path):
     """DDP's built-in reduction multiplies by 1/world; dividing (torch's Python allreduce_hook) differs
     in the last bit at world 3: gradsight's timed default hook must do what DDP does."""
