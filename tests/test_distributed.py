@@ -5,7 +5,6 @@ saw to a pickle, and the test asserts on every rank's view.
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 import traceback
