@@ -8,6 +8,8 @@ a watcher never keeps a model alive.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import warnings
 import weakref
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import bus
 from .detectors import DetectorEngine
@@ -25,7 +28,8 @@ from .kernel_hooks.capture import Capture
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
 from .records.step_record import StepRecord
-from .warnings import GradsightWarning
+from .step_lifecycle import any_optimizer_step, check_forward_start, say_once, step_is_empty
+from .warnings import GradsightWarning, user_stacklevel
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -73,10 +77,26 @@ class Watcher(RunQueries):
         self._model_ref = weakref.ref(model)
         self._compiled = _compiled_inner(model)
         self._errors_reported: set[str] = set()
+        self._said: set[str] = set()  # one-time notices already given (see _say_once)
         self.errors: list[tuple[str, str]] = []
-        self._capture = Capture(self._compiled or model, activations=activations, bins=self.bins,
-                                on_error=self._hook_error)
-        self._capture.on_root_forward = self._on_root_forward
+        self.activations = activations
+        self.lock = threading.RLock()  # held while a step is stored; readers on other threads take it too
+        self._capture = self._new_capture()
+        try:
+            self._setup(model, optimizer, thresholds, scaler, nan_trace, name)
+        except BaseException:  # roll back: a failed watch leaves no hook behind
+            self._release_hooks()
+            raise
+        self._begin_step()
+        bus.add(self)
+
+    def _new_capture(self) -> Capture:
+        capture = Capture(self._compiled or self.model, activations=self.activations, bins=self.bins,
+                          on_error=self._hook_error, on_root_forward=self._on_root_forward)
+        self._param_ids = frozenset(id(p) for p in capture.parameters())
+        return capture
+
+    def _setup(self, model, optimizer, thresholds, scaler, nan_trace, name) -> None:
         self._scaler = scaler
         self._scale_this_step = float("nan") if scaler is not None else 1.0
         self._nan_tracer = None
@@ -89,6 +109,11 @@ class Watcher(RunQueries):
         self.step_count = 0
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self._opt_handles: list = []
+        self._opt_param_ids: frozenset[int] = frozenset()
+        self._foreign: dict[int, tuple[weakref.ref, bool]] = {}  # optimizer id -> (ref, steps our parameters)
+        self._opt_stepped_since_forward = False
+        self._user_stepped = False  # w.step() was called: the user closes steps (no auto-close)
+        self._tainted: str | None = None  # why the open step must not be recorded
         self._auto_closed_pending_loss = False
         self._opt_stepped_this_step = False
         self._last_record: StepRecord | None = None
@@ -100,16 +125,16 @@ class Watcher(RunQueries):
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
                                          thresholds=thresholds)
         if optimizer is not None:
-            self._opt_handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_step))
-            self._opt_handles.append(optimizer.register_step_post_hook(self._optimizer_post_step))
+            self._hook_optimizer(optimizer)
+        # every optimizer's step, for O(1) checks (a new optimizer, a forgotten w.step()); the
+        # hook holds this watcher weakly
+        self._global_opt_handle = register_optimizer_step_post_hook(any_optimizer_step(weakref.ref(self)))
         if self._compiled is not None:
             warnings.warn(
                 f"gradsight: {type(model).__name__} is torch.compile'd. Hooks inside compiled graphs cannot see "
                 "per-layer activations and output gradients; parameter norms, gradient norms and updates are "
                 "captured. To see every layer, watch the model before compiling it, or debug uncompiled.",
-                GradsightWarning, stacklevel=3)
-        self._begin_step()
-        bus.add(self)
+                GradsightWarning, stacklevel=4)
 
     # --- life cycle --------------------------------------------------------------------
     @property
@@ -121,15 +146,22 @@ class Watcher(RunQueries):
         """Remove every hook (modules, parameters, live tensors, optimizer). Idempotent."""
         if self.closed:
             return
-        self._capture.remove()
-        if self._nan_tracer is not None:
-            self._nan_tracer.remove()
-        for h in self._opt_handles:
-            h.remove()
-        self._opt_handles.clear()
+        self._release_hooks()
         self.closed = True
         bus.discard(self)
         bus.publish("close", self)
+
+    def _release_hooks(self) -> None:
+        self._capture.remove()
+        if getattr(self, "_nan_tracer", None) is not None:
+            self._nan_tracer.remove()
+        for h in getattr(self, "_opt_handles", ()):
+            h.remove()
+        if getattr(self, "_opt_handles", None):
+            self._opt_handles.clear()
+        handle = getattr(self, "_global_opt_handle", None)
+        if handle is not None:
+            handle.remove()
 
     def __enter__(self) -> Watcher:
         return self
@@ -140,7 +172,7 @@ class Watcher(RunQueries):
     def __del__(self):
         try:
             if not self.closed:
-                self._capture.remove()
+                self._release_hooks()
         except Exception:
             pass
 
@@ -155,11 +187,22 @@ class Watcher(RunQueries):
         c.detail = c.capturing and sampled
         c.measure_update = c.capturing and sampled
         self._opt_stepped_this_step = False
+        c.began = False
         self._step_started = time.perf_counter()
         if self._scaler is not None:
             self._scale_this_step = float("nan")
 
-    def _on_root_forward(self) -> None:
+    def _on_root_forward(self) -> Capture:
+        """A training forward of the whole model starts: the one place where the step life
+        cycle is checked (see :mod:`.step_lifecycle`); returns the capture that takes it."""
+        try:
+            check_forward_start(self)
+            self._scaler_checks()
+        except Exception as exc:  # never raise from the user's forward
+            self._hook_error("<step>", exc)
+        return self._capture
+
+    def _scaler_checks(self) -> None:
         """With ``optimizer=``, a forward after a backward whose optimizer step never ran
         (a GradScaler skip, then ``zero_grad``) closes that step as skipped. With
         ``scaler=``, a loss scale that dropped since the step began means GradScaler skipped
@@ -175,9 +218,20 @@ class Watcher(RunQueries):
         if self._scaler is not None and not np.isfinite(self._scale_this_step) and self._capture.capturing:
             self._scale_this_step = _scaler_scale(self._scaler)
 
+    def _hook_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        for h in self._opt_handles:
+            h.remove()
+        self._opt_handles = [optimizer.register_step_pre_hook(self._optimizer_pre_step),
+                             optimizer.register_step_post_hook(self._optimizer_post_step)]
+        self._optimizer_ref = weakref.ref(optimizer)
+        self._opt_param_ids = frozenset(id(p) for g in optimizer.param_groups for p in g["params"])
+
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
-            self._capture.optimizer_pre_step()
+            try:
+                self._capture.optimizer_pre_step()
+            except Exception as exc:  # never raise from optimizer.step()
+                self._hook_error("<optimizer>", exc)
 
     def _optimizer_post_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
@@ -193,6 +247,7 @@ class Watcher(RunQueries):
         """
         if self.closed:
             raise RuntimeError(f"gradsight: watcher {self.name!r} is closed; call gs.watch(model) again.")
+        self._user_stepped = True
         if self._auto_closed_pending_loss and not self._capture.touched:
             self._auto_closed_pending_loss = False
             rec = self._last_record
@@ -200,14 +255,37 @@ class Watcher(RunQueries):
                 rec.loss = _to_float(loss)
                 self._history.set_loss(rec.step, rec.loss)
             return
-        self._close_step(loss=loss, optimizer_stepped=None)
+        if step_is_empty(self):
+            return
+        self._close_step(loss=_to_float(loss) if loss is not None else None, optimizer_stepped=None)
 
-    def _close_step(self, loss: Any, optimizer_stepped: bool | None) -> None:
+    def _close_step(self, loss: float | None, optimizer_stepped: bool | None) -> None:
+        """Turn the open step into a record and open the next; never raises (it runs inside
+        ``optimizer.step()``): a failure is reported once and the step's capture dropped."""
+        try:
+            self._record_step(loss, optimizer_stepped)
+        except Exception as exc:
+            self._hook_error("<step>", exc)
+            with contextlib.suppress(Exception):
+                self._capture.discard_step()
+        self._tainted = None
+        self._auto_closed_pending_loss = False
+        self.step_count += 1
+        self._begin_step()
+        bus.publish("step", self)
+
+    def _record_step(self, loss: float | None, optimizer_stepped: bool | None) -> None:
         step = self.step_count
-        capturing = self._capture.capturing
-        rec = self._capture.harvest(step) if capturing else None
+        capture = self._capture
+        why = self._tainted or (capture.changes.reason if capture.changes is not None else None)
+        if why is not None and capture.capturing and (capture.touched or capture.began):
+            capture.discard_step()
+            say_once(self, "dropped", f"step {step} was not recorded: {why} while it was open, so its "
+                     "numbers would mix two states. Later steps are recorded as usual.")
+            return
+        rec = capture.harvest(step) if capture.capturing else None
         if rec is not None:
-            rec.loss = _to_float(loss) if loss is not None else float("nan")
+            rec.loss = loss if loss is not None else float("nan")
             rec.grad_scale = self._scale_this_step
             if self._nan_tracer is not None:
                 rec.nan_events = self._nan_tracer.harvest()
@@ -215,20 +293,17 @@ class Watcher(RunQueries):
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
-            self._last_record = rec
-            metrics = self._history.append(rec)
+            with self.lock:
+                self._last_record = rec
+                metrics = self._history.append(rec)
+                try:
+                    new = self._detectors.update(rec, metrics=metrics)
+                except Exception as exc:  # detectors are ours: report, never break training
+                    self._hook_error("<detectors>", exc)
+                    new = []
             self._check_empty(rec)
-            try:
-                new = self._detectors.update(rec, metrics=metrics)
-            except Exception as exc:  # detectors are ours: report, never break training
-                self._hook_error("<detectors>", exc)
-                new = []
             for finding in new:
                 _warn_finding(self.name, finding)
-        self._auto_closed_pending_loss = False
-        self.step_count += 1
-        self._begin_step()
-        bus.publish("step", self)
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""
@@ -272,6 +347,10 @@ class Watcher(RunQueries):
 
     def gradcheck(self, layer: str, mode: str = "full", **kwargs):
         """Finite-difference check of ``layer`` on the inputs it saw in the last training step."""
+        if self.closed:
+            raise RuntimeError(f"gradsight: gradcheck({layer!r}): watcher {self.name!r} is closed, so it keeps no "
+                               "inputs. Call gs.watch(model) again and run a training step, or check a module "
+                               "directly with gs.gradcheck(module, *inputs).")
         i = self._layer_index(layer, "gradcheck")
         model = self.model
         if model is None:
@@ -339,25 +418,12 @@ def _compiled_inner(model: nn.Module) -> nn.Module | None:
     return inner if isinstance(inner, nn.Module) else None
 
 
-def _user_stacklevel() -> int:
-    """Point a warning at the user's line, not at torch's or gradsight's internals (with
-    ``optimizer=`` the step closes inside torch's optimizer hook)."""
-    import os
-    import sys
-
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(skip):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def _warn_finding(name: str, finding: Any) -> None:
     msg = getattr(finding, "message", str(finding))
     layer = getattr(finding, "layer", "")
     kind = getattr(finding, "kind", "finding")
     where = f"layer {layer!r}" if layer else "the whole model"
-    warnings.warn(f"gradsight [{name}] {kind} at {where}: {msg}", GradsightWarning, stacklevel=_user_stacklevel())
+    warnings.warn(f"gradsight [{name}] {kind} at {where}: {msg}", GradsightWarning, stacklevel=user_stacklevel())
 
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,

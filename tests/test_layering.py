@@ -20,7 +20,7 @@ RANKS = {
     "kernel_hooks": 1,
     "detectors": 2,
     "gradcheck": 3,
-    "watcher": 4,
+    "watcher": 4, "step_lifecycle": 4,
     "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5,
     "__init__": 6,
 }
@@ -30,7 +30,7 @@ RANKS = {
 LAZY_VIEWS = {("watcher", "widgets"), ("gradcheck", "widgets")}
 # The package version, read by the protocol's hello (moved to one place by issue 9's TS half).
 VERSION_READERS = {("comm", "__init__")}
-CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "watcher")
+CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "watcher", "step_lifecycle")
 HEAVY = ("matplotlib", "ipywidgets", "pyarrow", "lightning", "pytorch_lightning", "transformers",
          "tensorboard", "IPython", "ipykernel")
 
