@@ -98,7 +98,10 @@ def reindex(w: Any, reason: str) -> None:
     new.began = old.began
     with w.lock:
         w._capture = new
-        w._history.reindex(new.names, new.types, new.param_counts())
+        at = {mid: i for i, mid in enumerate(new.module_ids)}
+        moved = [(i, at[mid]) for i, mid in enumerate(old.module_ids)
+                 if mid in at and new.types[at[mid]] == old.types[i]]
+        w._history.reindex(new.names, new.types, new.param_counts(), moved)
         engine = DetectorEngine(layers=tuple(new.names), types=tuple(new.types),
                                 thresholds=w._detectors.thresholds)
         engine.log = w._detectors.log  # findings so far are kept (they name layers, not rows)

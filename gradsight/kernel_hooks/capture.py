@@ -103,6 +103,7 @@ class Capture:
         self.index = {name: i for i, name in enumerate(self.names)}
         L = len(self.names)
         modules = [m for _, m in model.named_modules()]
+        self.module_ids = [id(m) for m in modules]  # which module each row is (for re-indexing)
         self.relu_rows = {i for i, m in enumerate(modules) if isinstance(m, RELU_FAMILY)}
         # inputs kept for the in-model gradcheck: modules with their own parameters, or user
         # classes (custom layers); plain torch activations and containers are not worth a copy

@@ -112,16 +112,19 @@ class RunHistory:
         self.hist_counts.append(rec.step, counts)
         self.hist_extra.append(rec.step, extra)
 
-    def reindex(self, names: Sequence[str], types: Sequence[str], param_counts: Sequence[int]) -> None:
-        """The model changed (a module added, removed or replaced): rows follow the layer names.
+    def reindex(self, names: Sequence[str], types: Sequence[str], param_counts: Sequence[int],
+                moved: Sequence[tuple[int, int]] | None = None) -> None:
+        """The model changed (a module added, removed or replaced): rows follow the modules.
 
-        Layers that keep their name keep their history; new layers start empty (NaN) and
-        removed layers' history is dropped, so no row ever mixes two modules.
+        ``moved``: (old row, new row) of each module still in the model (default: same name
+        and type). Those keep their history under their new name; new modules start empty
+        (NaN) and removed ones' history is dropped, so no row ever mixes two modules.
         """
         names, types = tuple(names), tuple(types)
         new_index = {n: i for i, n in enumerate(names)}
-        pairs = [(i, new_index[n]) for i, n in enumerate(self.names)
-                 if n in new_index and types[new_index[n]] == self.types[i]]
+        pairs = list(moved) if moved is not None else \
+            [(i, new_index[n]) for i, n in enumerate(self.names)
+             if n in new_index and types[new_index[n]] == self.types[i]]
         old = [a for a, _ in pairs]
         new = [b for _, b in pairs]
         L = len(names)
