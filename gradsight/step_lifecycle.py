@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import bus
 from .detectors import DetectorEngine
 from .warnings import GradsightWarning, user_stacklevel
 
@@ -96,7 +97,7 @@ def reindex(w: Any, reason: str) -> None:
         return
     new.capturing, new.detail, new.measure_update = flags
     new.began = old.began
-    with w.lock:
+    with bus.lock:
         w._capture = new
         at = {mid: i for i, mid in enumerate(new.module_ids)}
         moved = [(i, at[mid]) for i, mid in enumerate(old.module_ids)

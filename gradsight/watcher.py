@@ -9,7 +9,6 @@ a watcher never keeps a model alive.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import warnings
 import weakref
@@ -80,7 +79,6 @@ class Watcher(RunQueries):
         self._said: set[str] = set()  # one-time notices already given (see _say_once)
         self.errors: list[tuple[str, str]] = []
         self.activations = activations
-        self.lock = threading.RLock()  # held while a step is stored; readers on other threads take it too
         self._capture = self._new_capture()
         try:
             self._setup(model, optimizer, thresholds, scaler, nan_trace, name)
@@ -293,7 +291,7 @@ class Watcher(RunQueries):
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
-            with self.lock:
+            with bus.lock:
                 self._last_record = rec
                 metrics = self._history.append(rec)
                 try:

@@ -18,4 +18,5 @@ MAX_SHORT_TEXT = 256
 MAX_COLUMNS = 64
 MIN_PUSH_INTERVAL_S = 0.25  # at most 4 pushes a second while a training cell runs
 MAX_PUSH_SHARE = 0.05  # pushes take at most 5% of a training loop's wall time (interval adapts)
+MAX_SESSIONS = 8  # open panel comms per kernel; beyond it the one silent longest is closed
 FINDINGS_EVERY_S = 1.0  # pushes re-read w.findings() at most this often (and at the end of a cell)
