@@ -13,7 +13,7 @@ STAMP := $(VENV)/.gradsight-installed
 EXT_SRC := $(shell find extension style -name '*.ts' -o -name '*.css' -o -name '*.js') protocol/schema.json \
 	package.json yarn.lock tsconfig.json
 
-.PHONY: lab test setup test-py test-js lint demo bench chromium clean
+.PHONY: lab test setup test-py test-slow test-js lint demo bench chromium clean
 
 # --allow-root only when run as root (containers, this CI machine); jupyter refuses root otherwise
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -49,7 +49,10 @@ test-js:
 	$(BIN)/jlpm test
 
 test-py:
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+test-slow:
+	$(BIN)/python -m pytest -q tests -m slow
 
 demo: setup
 	$(BIN)/python -m gradsight.demo examples
