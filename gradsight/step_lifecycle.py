@@ -146,16 +146,23 @@ def _optimizer_stepped(w: Any, optimizer: Any) -> None:
     hit = w._foreign.get(id(optimizer))
     if hit is None or hit[0]() is not optimizer:
         first = next((p for g in optimizer.param_groups for p in g["params"]), None)
-        ours = w._opt_param_ids if mine is not None else w._param_ids
+        ours = w._param_ids
+        if mine is not None:
+            # with optimizer=: the same parameters as the one given (a re-created optimizer), or
+            # any of the model's when the given one no longer holds the model's (its first
+            # parameter was replaced); not another part of the model (a GAN's other optimizer)
+            mine_first = next((p for g in mine.param_groups for p in g["params"]), None)
+            ours = w._opt_param_ids if mine_first is not None and id(mine_first) in w._param_ids \
+                else w._opt_param_ids | w._param_ids
         hit = w._foreign[id(optimizer)] = (weakref.ref(optimizer), first is not None and id(first) in ours)
         if len(w._foreign) > 64:
             w._foreign = {k: v for k, v in w._foreign.items() if v[0]() is not None}
     if not hit[1]:
         return  # another model's optimizer, or another part of this model (a GAN's other half)
-    if mine is None:
+    if w._optimizer_ref is None:  # no optimizer= given: only note it (see check_forward_start)
         w._opt_stepped_since_forward = True
         return
-    # a new optimizer over the same parameters (the old one may live on in an LR scheduler)
+    # a new optimizer over the same parameters (the old one freed, or living on in an LR scheduler)
     say_once(w, "new-optimizer", f"a new {type(optimizer).__name__} object is stepping the parameters that "
              f"gs.watch(optimizer=...) was given; gradsight follows it from step {w.step_count} (learning "
              "rates, skipped steps). Pass the new optimizer to gs.watch to silence this.")
