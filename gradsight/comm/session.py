@@ -21,7 +21,6 @@ from .limits import FINDINGS_EVERY_S, PUSH_HIST_STEPS
 from .schema import parse_request
 from .server_log import RateLimited, log
 
-_refusals = RateLimited()  # refused and failed requests, all sessions together
 MAX_SEND_FAILURES = 3      # consecutive failed sends before a comm is dropped
 
 
@@ -50,6 +49,7 @@ class Session:
         self._findings: tuple[weakref.ref, float, dict[str, Any]] | None = None
         self.last_heard = time.monotonic()  # last request from the panel (or the open)
         self._send_failures = 0
+        self._refusals = RateLimited()  # log lines for refused and failed requests (a flood stays short)
         comm.on_msg(self._on_msg)
         comm.on_close(self._on_close)
         _keep_frontend_routing(comm)
@@ -79,11 +79,11 @@ class Session:
         except ProtocolError as e:
             if req is not None:  # raised by a handler: answer to that request
                 e.request_id, e.request_kind = req["id"], req["kind"]
-            _refusals.warning("refused %s request (%s): %s", e.request_kind or "a", e.code, e.message)
+            self._refusals.warning("refused %s request (%s): %s", e.request_kind or "a", e.code, e.message)
             reply = payloads.error(e.code, e.message, e.request_id, e.request_kind)
         except Exception as e:  # a bug or a watcher changing under us: answer, never raise
             req_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
-            _refusals.warning("failed to answer a request: %s: %s", type(e).__name__, e)
+            self._refusals.warning("failed to answer a request: %s: %s", type(e).__name__, e)
             reply = payloads.error(
                 "internal", f"{type(e).__name__}: {e}", req_id if req_id and len(req_id) <= 64 else None
             )
