@@ -290,10 +290,10 @@ class Capture:
     def _root_forward_starts(self) -> None:
         if self._closed or self.paused:
             return
+        self.began = True  # a forward with gradients: w.step() after it closes a real step
         model = self._model()
         if model is None or not model.training:
             return
-        self.began = True
         self._root_open = True
         if not self.capturing:
             return

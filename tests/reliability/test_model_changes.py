@@ -214,3 +214,16 @@ def test_hooks_are_replaced_not_stacked_by_reindex():
     assert hook_count(model) == base + 1 + 2  # one forward hook and two parameter hooks for 'extra'
     w.close()
     assert hook_count(model) == 0
+
+
+def test_training_in_eval_mode_still_counts_steps():
+    """w.step() after a forward with gradients in eval() mode closes a real step (it is not an
+    'empty' step): only the per-layer capture is off, as the empty-tables warning says."""
+    model = mlp().eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    w = gs.watch(model)
+    with pytest.warns(GradsightWarning, match="eval"):
+        for s in range(3):
+            train_step(model, opt, s, w)
+    assert w.step_count == 3
+    w.close()
