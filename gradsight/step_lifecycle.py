@@ -130,13 +130,18 @@ def any_optimizer_step(ref: weakref.ref) -> Callable:
     """torch's global optimizer post-step hook, holding the watcher weakly."""
     def hook(optimizer, args, kwargs):
         w = ref()
-        if w is not None and not w.closed:
+        if w is not None and not w.closed and w.model is not None:
             try:
                 _optimizer_stepped(w, optimizer)
             except Exception as exc:  # never raise from optimizer.step()
                 w._hook_error("<optimizer>", exc)
 
     return hook
+
+
+def _holds(identities: dict[int, weakref.ref], t: Any) -> bool:
+    ref = identities.get(id(t))
+    return t is not None and ref is not None and ref() is t
 
 
 def _optimizer_stepped(w: Any, optimizer: Any) -> None:
@@ -146,15 +151,14 @@ def _optimizer_stepped(w: Any, optimizer: Any) -> None:
     hit = w._foreign.get(id(optimizer))
     if hit is None or hit[0]() is not optimizer:
         first = next((p for g in optimizer.param_groups for p in g["params"]), None)
-        ours = w._param_ids
+        ours = [w._param_ids]
         if mine is not None:
             # with optimizer=: the same parameters as the one given (a re-created optimizer), or
             # any of the model's when the given one no longer holds the model's (its first
             # parameter was replaced); not another part of the model (a GAN's other optimizer)
             mine_first = next((p for g in mine.param_groups for p in g["params"]), None)
-            ours = w._opt_param_ids if mine_first is not None and id(mine_first) in w._param_ids \
-                else w._opt_param_ids | w._param_ids
-        hit = w._foreign[id(optimizer)] = (weakref.ref(optimizer), first is not None and id(first) in ours)
+            ours = [w._opt_param_ids] if _holds(w._param_ids, mine_first) else [w._opt_param_ids, w._param_ids]
+        hit = w._foreign[id(optimizer)] = (weakref.ref(optimizer), any(_holds(s, first) for s in ours))
         if len(w._foreign) > 64:
             w._foreign = {k: v for k, v in w._foreign.items() if v[0]() is not None}
     if not hit[1]:

@@ -91,7 +91,7 @@ class Watcher(RunQueries):
     def _new_capture(self) -> Capture:
         capture = Capture(self._compiled or self.model, activations=self.activations, bins=self.bins,
                           on_error=self._hook_error, on_root_forward=self._on_root_forward)
-        self._param_ids = frozenset(id(p) for p in capture.parameters())
+        self._param_ids = _identities(capture.parameters())
         return capture
 
     def _setup(self, model, optimizer, thresholds, scaler, nan_trace, name) -> None:
@@ -107,7 +107,7 @@ class Watcher(RunQueries):
         self.step_count = 0
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self._opt_handles: list = []
-        self._opt_param_ids: frozenset[int] = frozenset()
+        self._opt_param_ids: dict[int, weakref.ref] = {}
         self._foreign: dict[int, tuple[weakref.ref, bool]] = {}  # optimizer id -> (ref, steps our parameters)
         self._opt_stepped_since_forward = False
         self._user_stepped = False  # w.step() was called: the user closes steps (no auto-close)
@@ -222,7 +222,7 @@ class Watcher(RunQueries):
         self._opt_handles = [optimizer.register_step_pre_hook(self._optimizer_pre_step),
                              optimizer.register_step_post_hook(self._optimizer_post_step)]
         self._optimizer_ref = weakref.ref(optimizer)
-        self._opt_param_ids = frozenset(id(p) for g in optimizer.param_groups for p in g["params"])
+        self._opt_param_ids = _identities(p for g in optimizer.param_groups for p in g["params"])
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
@@ -390,6 +390,11 @@ class Watcher(RunQueries):
         from .widgets.summary_html import watcher_html  # plain HTML, no matplotlib
 
         return watcher_html(self)
+
+
+def _identities(tensors) -> dict[int, weakref.ref]:
+    """id -> weak reference: membership that an id reused by a new tensor cannot fool."""
+    return {id(t): weakref.ref(t) for t in tensors}
 
 
 def _to_float(loss: Any) -> float:
