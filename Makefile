@@ -8,12 +8,12 @@ export PATH := $(BIN):$(PATH)
 PIPQ := $(BIN)/pip install -q --disable-pip-version-check
 # Build tools must be in the venv first: the package is installed without build isolation
 # so that the labextension build reuses the venv's jupyterlab (saves ~20 s and a second download).
-BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" editables "jupyterlab>=4.6,<5"
+BUILD_DEPS := "hatchling>=1.5" "hatch-jupyter-builder>=0.5" "hatch-nodejs-version>=0.3.2" editables "jupyterlab>=4.6,<5"
 STAMP := $(VENV)/.gradsight-installed
-EXT_SRC := $(shell find extension style -name '*.ts' -o -name '*.css' -o -name '*.js') protocol/schema.json \
-	package.json yarn.lock tsconfig.json
+EXT_SRC := $(shell find extension style \( -name '*.ts' -o -name '*.css' -o -name '*.js' \) -not -name protocol-types.ts) protocol/schema.json \
+	protocol/generate-types.js package.json yarn.lock tsconfig.json
 
-.PHONY: lab test setup test-py test-slow test-js lint demo bench chromium clean
+.PHONY: lab test setup test-py test-js test-slow lint demo bench chromium clean
 
 # --allow-root only when run as root (containers, this CI machine); jupyter refuses root otherwise
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -42,17 +42,20 @@ chromium:
 
 test: setup chromium lint test-js test-py
 
+# Python (ruff) and the extension (eslint + prettier + stylelint, as in the JupyterLab extension template)
 lint:
 	$(BIN)/ruff check gradsight tests benchmarks examples
+	$(BIN)/jlpm lint:check
 
 test-js:
 	$(BIN)/jlpm test
 
 test-py:
-	$(BIN)/python -m pytest -q tests -m "not slow"
+	$(BIN)/python -m pytest -q tests
 
-test-slow:
-	$(BIN)/python -m pytest -q tests -m slow
+# Long sweeps deselected from make test (pytest marker `slow`): the whole OpInfo gradcheck comparison.
+test-slow: setup
+	$(BIN)/python -m pytest -q -s -m slow tests
 
 demo: setup
 	$(BIN)/python -m gradsight.demo examples

@@ -6,14 +6,15 @@ torch.func.functional_call, as one has to). Runs are interleaved A/B (the order
 flips each repeat) after one warm-up each; the table gives medians of wall-clock
 time, the ratio of medians, and the ratio of median CPU time (steadier on a shared
 machine). Verdicts must be identical: a case with a planted bug checks that both
-tools fail it. Writes the table to benchmarks/results/gradcheck.md.
+tools fail it. Writes the table to benchmarks/results/gradcheck.md (keeping its OpInfo section).
 
-    python benchmarks/gradcheck.py [--repeats 5]
+    python benchmarks/gradcheck.py [--repeats 5] [--threads 1] [--only NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -23,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +33,7 @@ from gradsight.gradcheck import gradcheck  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradcheck.md"
 TOL = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}
+OPINFO_SECTION = "## OpInfo agreement"  # the rest of the results file, kept as it is
 
 
 class TanhProduct(torch.autograd.Function):
@@ -76,12 +79,79 @@ class TanhProductBug(TanhProduct):
         return dx, dw / 2
 
 
+# -- user-style custom Functions: what people write by hand and then gradcheck --------------------------
+
+class LayerNormFn(torch.autograd.Function):
+    """LayerNorm over the last dim with a hand-written backward (classic ctx style)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        xc = x - x.mean(-1, keepdim=True)
+        rstd = ((xc * xc).mean(-1, keepdim=True) + 1e-5).rsqrt()
+        xhat = xc * rstd
+        ctx.save_for_backward(xhat, rstd, w)
+        return xhat * w + b
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, rstd, w = ctx.saved_tensors
+        n = xhat.shape[-1]
+        gh = g * w
+        gx = rstd * (gh - gh.mean(-1, keepdim=True) - xhat * (gh * xhat).mean(-1, keepdim=True))
+        return gx, (g * xhat).reshape(-1, n).sum(0), g.reshape(-1, n).sum(0)
+
+
+class AttentionFn(torch.autograd.Function):
+    """softmax(q kᵀ / √d) v with a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        p = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+        ctx.save_for_backward(q, k, v, p)
+        return p @ v
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, p = ctx.saved_tensors
+        gp = g @ v.transpose(-1, -2)
+        gs = p * (gp - (gp * p).sum(-1, keepdim=True)) / math.sqrt(q.shape[-1])
+        return gs @ k, gs.transpose(-1, -2) @ q, p.transpose(-1, -2) @ g
+
+
+class ConvFn(torch.autograd.Function):
+    """A 3x3 convolution (padding 1) whose backward calls torch.nn.grad."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return F.conv2d(x, w, padding=1)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return (torch.nn.grad.conv2d_input(x.shape, w, g, padding=1),
+                torch.nn.grad.conv2d_weight(x, w.shape, g, padding=1))
+
+
 def f64(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def _torch(fn, args):
+    def run(fast):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.autograd.gradcheck(fn, args, fast_mode=fast, raise_exception=False, **TOL)
+    return run
+
+
+def _gs(fn, args):
+    return lambda fast: gradcheck(fn, *args, mode="fast" if fast else "full", **TOL).passed
+
+
 def module_case(module, x):
-    """(torch's fn and inputs, gradsight's fn and inputs) for a module and its input."""
+    """(torch's run, gradsight's run) for a module and its input; torch checks the parameters through
+    torch.func.functional_call, as one has to."""
     module = module.double()
     x = x.requires_grad_()
     params = {k: v.detach().clone().requires_grad_() for k, v in module.named_parameters()}
@@ -90,12 +160,50 @@ def module_case(module, x):
     def fn(x, *ps):
         return torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (x,))
 
-    return (fn, (x, *params.values())), (module, (x,))
+    return _torch(fn, (x, *params.values())), _gs(module, (x,))
 
 
 def function_case(fn, *shapes):
     args = tuple(f64(*s, seed=i).requires_grad_() for i, s in enumerate(shapes))
-    return (fn, args), (fn, args)
+    return _torch(fn, args), _gs(fn, args)
+
+
+def gpt2_block_case():
+    """``w.gradcheck("h.0")`` in a watched, random-init GPT-2 (n_embd 16, 2 heads, batch 2 x 8 tokens)
+    against torch's gradcheck of the same block on the same captured inputs and parameters."""
+    from transformers import GPT2Config, GPT2Model
+
+    import gradsight as gs
+    from gradsight.gradcheck.in_model import slice_batch
+    from gradsight.gradcheck.inputs import state_copy
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=16, n_head=2, n_layer=1, n_positions=16, vocab_size=50, bos_token_id=0,
+                     eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = GPT2Model(cfg)
+    w = gs.watch(model)
+    loss = model(torch.randint(0, 50, (2, 8))).last_hidden_state.pow(2).mean()
+    loss.backward()
+    w.step(loss)
+    block = model.h[0]
+    entry = w._capture.last_inputs[w._layer_index("h.0", "gradcheck")]
+    args, kwargs = slice_batch(entry[1], entry[2])
+    x = args[0].detach().double().requires_grad_()
+    params = {k: v.detach().double().requires_grad_() for k, v in block.named_parameters()}
+    buffers = {k: v.double() if v.is_floating_point() else v for k, v in block.named_buffers()}
+    names = list(params)
+
+    def fn(x, *ps):  # a fresh copy of the captured KV cache per call, as gradsight does
+        state = {**buffers, **dict(zip(names, ps, strict=True))}
+        rest = state_copy(tuple(args[1:]))
+        return torch.func.functional_call(block, state, (x, *rest), state_copy(kwargs))[0]
+
+    def run_gs(fast, model=model):  # the watcher holds the model weakly: keep it alive here
+        return w.gradcheck("h.0", mode="fast" if fast else "full", **TOL).passed
+
+    return _torch(fn, (x, *params.values())), run_gs
 
 
 def cases():
@@ -108,17 +216,14 @@ def cases():
          *function_case(TanhProductClassic.apply, (16, 16), (16, 16))),
         ("custom Function, 16x16, planted bug in grad of w",
          *function_case(TanhProductBug.apply, (16, 16), (16, 16))),
+        ("custom LayerNorm Function, x 2x8x16", *function_case(LayerNormFn.apply, (2, 8, 16), (16,), (16,))),
+        ("custom LayerNorm Function, x 4x8x32", *function_case(LayerNormFn.apply, (4, 8, 32), (32,), (32,))),
+        ("custom attention Function, q/k/v 2x8x8", *function_case(AttentionFn.apply, *[(2, 8, 8)] * 3)),
+        ("custom attention Function, q/k/v 2x16x16", *function_case(AttentionFn.apply, *[(2, 16, 16)] * 3)),
+        ("custom conv Function, x 1x4x8x8, w 4x4x3x3", *function_case(ConvFn.apply, (1, 4, 8, 8), (4, 4, 3, 3))),
+        ("custom conv Function, x 2x4x8x8, w 4x4x3x3", *function_case(ConvFn.apply, (2, 4, 8, 8), (4, 4, 3, 3))),
+        ("w.gradcheck('h.0'): GPT-2 block, n_embd 16, 2 x 8 tokens", *gpt2_block_case()),
     ]
-
-
-def run_torch(fn, args, fast):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.autograd.gradcheck(fn, args, fast_mode=fast, raise_exception=False, **TOL)
-
-
-def run_gs(fn, args, fast):
-    return gradcheck(fn, *args, mode="fast" if fast else "full", **TOL).passed
 
 
 def timed(f):
@@ -130,18 +235,22 @@ def timed(f):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per tool, case and mode")
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: steadiest on a shared machine; say so with the figures)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     start = time.perf_counter()
 
     rows = []
-    for name, (tfn, targs), (gfn, gargs) in cases():
+    only = [c for c in cases() if not args.only or args.only in c[0]]
+    for name, run_torch, run_gs in only:
         for fast in (False, True):
             reps = args.repeats * (3 if fast else 1)
             tools = {
-                "torch": lambda tfn=tfn, targs=targs, fast=fast: run_torch(tfn, targs, fast),
-                "gs": lambda gfn=gfn, gargs=gargs, fast=fast: run_gs(gfn, gargs, fast),
+                "torch": lambda run_torch=run_torch, fast=fast: run_torch(fast),
+                "gs": lambda run_gs=run_gs, fast=fast: run_gs(fast),
             }
             verdict = {k: f() for k, f in tools.items()}  # warm-up, and the verdicts
             wall = {k: [] for k in tools}
@@ -189,7 +298,10 @@ def main() -> None:
             f"{r['cpu_speedup']:.1f}x | {verdict(r['torch_verdict'])} / {verdict(r['gs_verdict'])} ({same}) | "
             f"{r['runs']} |"
         )
+    full = [r["speedup"] for r in rows if r["mode"] == "full"]
     lines += [
+        "",
+        f"Full mode: {min(full):.1f}x to {max(full):.1f}x faster than torch's (wall-clock medians) on these cases.",
         "",
         "Full mode batches the perturbed evaluations through torch.func.vmap (a classic-style Function",
         "runs forward-only under vmap, see gradsight/gradcheck/classic.py); functions vmap cannot run",
@@ -199,7 +311,9 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(table)
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    kept = old[old.index(OPINFO_SECTION):] if OPINFO_SECTION in old else ""  # written by gradcheck_opinfo.py
+    RESULTS.write_text(table + ("\n" + kept if kept else ""))
     if any(r["torch_verdict"] != r["gs_verdict"] for r in rows):
         sys.exit("verdicts differ")
 

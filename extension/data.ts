@@ -9,6 +9,8 @@ import {
   HIST_KINDS,
   HistKind,
   Layer,
+  SEVERITIES,
+  Severity,
   Snapshot,
   WatcherSummary,
   decodeArray,
@@ -83,16 +85,32 @@ export function layerData(msg: Layer, buffers: readonly Buffer[]): ILayerData {
   return { watcher: msg.watcher, layer: msg.layer, type: msg.type, stats: msg.stats, histograms };
 }
 
+/**
+ * The histograms of one series as the chart overlays them, bin by bin on the newest one's
+ * edges. The kernel sends a series on one common grid; a histogram on other edges is left
+ * out (null) rather than drawn against bins that are not its own.
+ */
+export function overlay(series: readonly IHistogramData[]): { edges: Float64Array; counts: (Float64Array | null)[] } {
+  const latest = series[series.length - 1];
+  if (!latest) {
+    return { edges: new Float64Array(0), counts: [] };
+  }
+  return { edges: latest.edges, counts: series.map(h => (sameEdges(h.edges, latest.edges) ? h.counts : null)) };
+}
+
+export function sameEdges(a: Float64Array, b: Float64Array): boolean {
+  return a === b || (a.length === b.length && a.every((v, i) => v === b[i]));
+}
+
 /** The most severe finding per layer: what the gradient-flow chart colours a bar by. */
-export function worstSeverityByLayer(rows: readonly Finding[]): Map<string, Finding['severity']> {
-  const rank = { error: 2, warning: 1, info: 0 } as const;
-  const out = new Map<string, Finding['severity']>();
+export function worstSeverityByLayer(rows: readonly Finding[]): Map<string, Severity> {
+  const out = new Map<string, Severity>();
   for (const f of rows) {
     if (f.layer === null) {
       continue;
     }
     const prev = out.get(f.layer);
-    if (prev === undefined || rank[f.severity] > rank[prev]) {
+    if (prev === undefined || SEVERITIES.indexOf(f.severity) > SEVERITIES.indexOf(prev)) {
       out.set(f.layer, f.severity);
     }
   }

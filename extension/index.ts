@@ -1,7 +1,8 @@
 /**
  * gradsight's JupyterLab extension: wires the Gradients panel into the right sidebar,
  * points its model at the active notebook's session, and registers the commands.
- * Everything else lives in model.ts (kernel I/O) and views/ (rendering).
+ * Everything else lives in follower.ts (following the kernel), model.ts (the data store)
+ * and views/ (rendering).
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
@@ -21,7 +22,8 @@ namespace CommandIDs {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'gradsight:plugin',
-  description: 'A "Gradients" panel beside the notebook: live per-layer gradients, findings, histograms and gradchecks.',
+  description:
+    'A "Gradients" panel beside the notebook: live per-layer gradients, findings, histograms and gradchecks.',
   autoStart: true,
   requires: [INotebookTracker],
   optional: [ICommandPalette, ILayoutRestorer],

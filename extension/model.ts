@@ -1,59 +1,24 @@
 /**
- * The panel's model: follows one notebook session's kernel, keeps a comm open to the
- * kernel's `gradsight` target across restarts and kernel changes, and holds the latest
- * decoded state for the views, announced by the `changed` signal.
+ * The panel's data store: the latest decoded state of the kernel's watchers for the views,
+ * announced by the `changed` signal, and the actions that request more (selectWatcher,
+ * selectLayer, refresh, runGradcheck).
  *
- * Views never talk to the kernel; they call the model's actions (selectWatcher,
- * selectLayer, runGradcheck) and re-render on `changed`.
+ * Following the notebook's kernel and keeping the comm open is the KernelFollower's job
+ * (follower.ts); the store hears of each new connection and of its end. Views never talk
+ * to the kernel; they call the store's actions and re-render on `changed`.
  */
-import type { Kernel, KernelMessage } from '@jupyterlab/services';
 import type { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { Connection, ICommLike, IIncoming, ProtocolRequestError } from './connection';
+import packageInfo from '../package.json';
+import { Connection, IIncoming, ProtocolRequestError } from './connection';
 import { ILayerData, IReportsData, ISnapshotData, layerData, snapshotData } from './data';
-import { COMM_TARGET, GradcheckReports, Layer, Snapshot, Status, WatcherSummary, isReply } from './protocol';
+import { ConnectionState, IKernelLike, ISessionLike, KernelFollower } from './follower';
+import { GradcheckReports, Layer, Snapshot, Status, WatcherSummary } from './protocol';
 
-/** Where the model stands with the current notebook's kernel. */
-export type ConnectionState =
-  | 'no-notebook' // no notebook is open
-  | 'no-kernel' // the notebook has no kernel
-  | 'connecting' // a comm open is in flight
-  | 'not-loaded' // the kernel has no `gradsight` target: `import gradsight` was not run
-  | 'connected'
-  | 'restarting'
-  | 'dead';
+export type { CommTargetCallback, ConnectionState, IKernelLike, ISessionLike } from './follower';
 
 export type Change = 'state' | 'status' | 'snapshot' | 'layer' | 'reports' | 'busy' | 'selection' | 'error';
-
-/** What the model reads of a kernel connection; Kernel.IKernelConnection satisfies it. */
-export interface IKernelLike {
-  readonly id: string;
-  readonly name: string;
-  readonly status: Kernel.Status;
-  readonly isDisposed: boolean;
-  readonly statusChanged: ISignal<unknown, Kernel.Status>;
-  readonly iopubMessage: ISignal<unknown, KernelMessage.IIOPubMessage>;
-  /** Known once `info` resolves; JupyterLab then sends comm messages over a subshell. */
-  readonly supportsSubshells?: boolean;
-  readonly info?: Promise<unknown>;
-  createComm(targetName: string, commId?: string): ICommLike;
-  registerCommTarget(targetName: string, callback: CommTargetCallback): void;
-  removeCommTarget(targetName: string, callback: CommTargetCallback): void;
-}
-
-export type CommTargetCallback = (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg) => void | PromiseLike<void>;
-
-/** What the model reads of a notebook's session context; ISessionContext satisfies it. */
-export interface ISessionLike {
-  readonly session: { readonly kernel: IKernelLike | null } | null;
-  readonly path: string;
-  readonly kernelDisplayName: string;
-  readonly isDisposed: boolean;
-  readonly kernelChanged: ISignal<unknown, unknown>;
-  readonly sessionChanged: ISignal<unknown, unknown>;
-  readonly disposed: ISignal<unknown, unknown>;
-}
 
 export namespace GradientsModel {
   export interface IOptions {
@@ -67,9 +32,15 @@ export namespace GradientsModel {
 
 export class GradientsModel implements IDisposable {
   constructor(options: GradientsModel.IOptions = {}) {
-    this._clientId = options.clientId ?? `gs-${Math.random().toString(36).slice(2, 10)}`;
-    this._clientVersion = options.clientVersion ?? '0.1.0';
-    this._active = options.active ?? true;
+    this._follower = new KernelFollower({
+      clientId: options.clientId ?? `gs-${Math.random().toString(36).slice(2, 10)}`,
+      client: { name: 'gradsight-jupyterlab', version: options.clientVersion ?? packageInfo.version },
+      active: options.active ?? true
+    });
+    this._follower.stateChanged.connect(this._onState, this);
+    this._follower.busyChanged.connect(() => this._emit('busy'), this);
+    this._follower.connected.connect(this._onConnected, this);
+    this._follower.disconnected.connect(this._onDisconnected, this);
   }
 
   get changed(): ISignal<this, Change> {
@@ -79,13 +50,13 @@ export class GradientsModel implements IDisposable {
     return this._isDisposed;
   }
   get state(): ConnectionState {
-    return this._state;
+    return this._follower.state;
   }
   get session(): ISessionLike | null {
-    return this._session;
+    return this._follower.session;
   }
   get kernel(): IKernelLike | null {
-    return this._kernel;
+    return this._follower.kernel;
   }
   get status(): Status | null {
     return this._status;
@@ -110,13 +81,9 @@ export class GradientsModel implements IDisposable {
   get reports(): IReportsData | null {
     return this._reports;
   }
-  /**
-   * A cell is executing: requests may wait (without subshells) and gradcheck is refused.
-   * Not `kernel.status`: with comms on subshells, the subshell's idle/busy messages make
-   * that flicker to idle in the middle of a training cell.
-   */
+  /** A cell is executing (see KernelFollower.kernelBusy): gradcheck is refused. */
   get kernelBusy(): boolean {
-    return this._executing.size > 0;
+    return this._follower.kernelBusy;
   }
   get gradcheckRunning(): boolean {
     return this._gradcheckRunning;
@@ -130,38 +97,17 @@ export class GradientsModel implements IDisposable {
   }
 
   get active(): boolean {
-    return this._active;
+    return this._follower.active;
   }
 
-  /**
-   * A hidden panel costs the kernel nothing: the comm is closed (so the kernel drops its
-   * registry subscription) and the comm target unregistered; showing it reconnects.
-   */
+  /** Visible or hidden: a hidden panel holds no comm (KernelFollower.setActive). */
   setActive(active: boolean): void {
-    if (active === this._active) {
-      return;
-    }
-    this._active = active;
-    this._onKernelChanged();
+    this._follower.setActive(active);
   }
 
   /** Follow this notebook's session (null: none open). */
   setSession(session: ISessionLike | null): void {
-    if (session === this._session) {
-      return;
-    }
-    if (this._session) {
-      this._session.kernelChanged.disconnect(this._onKernelChanged, this);
-      this._session.sessionChanged.disconnect(this._onKernelChanged, this);
-      this._session.disposed.disconnect(this._onSessionDisposed, this);
-    }
-    this._session = session;
-    if (session) {
-      session.kernelChanged.connect(this._onKernelChanged, this);
-      session.sessionChanged.connect(this._onKernelChanged, this);
-      session.disposed.connect(this._onSessionDisposed, this);
-    }
-    this._onKernelChanged();
+    this._follower.setSession(session);
   }
 
   /** Show this watcher (null: the newest); fetches its snapshot and layer detail. */
@@ -194,7 +140,7 @@ export class GradientsModel implements IDisposable {
       return;
     }
     try {
-      const reply = await conn.request({ kind: 'hello', client: this._client() });
+      const reply = await conn.request({ kind: 'hello', client: this._follower.client });
       if (reply.message.kind === 'status') {
         this._setStatus(reply.message);
       }
@@ -230,204 +176,43 @@ export class GradientsModel implements IDisposable {
     }
   }
 
+  /** Stops following the kernel (closes the comm) and disconnects every signal. */
   dispose(): void {
     if (this._isDisposed) {
       return;
     }
     this._isDisposed = true;
-    this.setSession(null);
+    this._follower.dispose();
     Signal.clearData(this);
   }
 
-  // -- kernel following ------------------------------------------------------------------
-  private _onSessionDisposed(): void {
-    this.setSession(null);
+  // -- the follower's news ----------------------------------------------------------------
+  /** The comm the views' data comes through: the follower's, once adopted here. */
+  private get _conn(): Connection | null {
+    return this._adopted;
   }
 
-  private _onKernelChanged(): void {
-    const kernel = this._active ? (this._session?.session?.kernel ?? null) : null;
-    if (kernel === this._kernel) {
-      if (!kernel) {
-        this._setState(this._session ? 'no-kernel' : 'no-notebook');
-      }
-      return;
-    }
-    this._detachKernel();
-    this._executing.clear();
-    this._kernel = kernel;
-    if (!kernel) {
-      this._setState(this._session ? 'no-kernel' : 'no-notebook');
-      return;
-    }
-    kernel.registerCommTarget(COMM_TARGET, this._onKernelComm);
-    kernel.statusChanged.connect(this._onKernelStatus, this);
-    kernel.iopubMessage.connect(this._onIopub, this);
-    this._connect();
-  }
-
-  /**
-   * Resolves once the comm's subshell exists, so that what the connection sends travels on
-   * it and the kernel answers even while a training cell runs (JupyterLab 4.6 + ipykernel
-   * 7). Bounded: an older kernel has no subshells, and messages then wait for the cell.
-   */
-  private async _subshellReady(kernel: IKernelLike, comm: ICommLike): Promise<void> {
-    const started = comm.subshellStarted;
-    if (!started || !kernel.info) {
-      return;
-    }
-    const timeout = new Promise<void>(resolve => setTimeout(resolve, 3000));
-    await Promise.race([kernel.info.then(() => (kernel.supportsSubshells ? started : undefined)), timeout]).catch(
-      () => undefined
-    );
-  }
-
-  private _detachKernel(): void {
-    const kernel = this._kernel;
-    this._dropConnection();
-    this._clearData();
-    if (kernel && !kernel.isDisposed) {
-      kernel.removeCommTarget(COMM_TARGET, this._onKernelComm);
-      kernel.statusChanged.disconnect(this._onKernelStatus, this);
-      kernel.iopubMessage.disconnect(this._onIopub, this);
-    }
-    this._kernel = null;
-  }
-
-  private _onKernelStatus(_: unknown, status: Kernel.Status): void {
-    if (status === 'restarting' || status === 'autorestarting' || status === 'dead') {
-      this._executing.clear();
-    }
-    if (status === 'restarting' || status === 'autorestarting') {
-      this._dropConnection();
-      this._clearData();
-      this._retry = true;
-      this._setState('restarting');
-    } else if (status === 'dead') {
-      this._dropConnection();
-      this._setState('dead');
-    } else if (status === 'idle' && !this._conn && !this._attempt && this._retry) {
-      // after a restart, or once a cell ran (it may have imported gradsight)
-      this._connect();
-    }
-  }
-
-  private _onIopub(_: unknown, msg: KernelMessage.IIOPubMessage): void {
-    const type = msg.header.msg_type;
-    if (type === 'execute_input') {
-      this._retry = true;
-    } else if (type === 'status') {
-      const parent = msg.parent_header as Partial<KernelMessage.IHeader>;
-      if (parent.msg_type !== 'execute_request' || !parent.msg_id) {
-        return;
-      }
-      const state = (msg.content as { execution_state?: string }).execution_state;
-      const before = this._executing.size;
-      if (state === 'busy') {
-        this._executing.add(parent.msg_id);
-      } else if (state === 'idle') {
-        this._executing.delete(parent.msg_id);
-      }
-      if (this._executing.size !== before) {
-        this._emit('busy');
-      }
-    }
-  }
-
-  /** Open a comm from the panel; if the target is missing the kernel closes it at once. */
-  private _connect(): void {
-    const kernel = this._kernel;
-    if (!kernel || this._conn || this._attempt) {
-      return;
-    }
-    this._retry = false;
-    let comm: ICommLike;
-    try {
-      comm = kernel.createComm(COMM_TARGET);
-    } catch {
-      this._setState('not-loaded');
-      return;
-    }
-    const conn = new Connection(comm, this._clientId, this._subshellReady(kernel, comm));
-    this._attempt = conn;
-    this._setState('connecting');
-    conn
-      .open(this._client())
-      .then(
-      status => {
-        if (this._attempt === conn) {
-          this._attempt = null;
-        }
-        this._adopt(conn, status);
-      },
-      () => {
-        if (this._attempt === conn) {
-          this._attempt = null;
-          conn.dispose();
-          if (!this._conn && this._kernel === kernel && this._state === 'connecting') {
-            this._setState('not-loaded');
-          }
-        }
-      }
-    );
-  }
-
-  /** The kernel opened a comm (gradsight was just imported): adopt it, confirm with hello. */
-  private _onKernelComm = (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg): void => {
-    if (this._conn) {
-      comm.close(); // already connected: the kernel closes its end too
-      return;
-    }
-    const data = msg.content.data;
-    const kernel = this._kernel;
-    const conn = new Connection(comm, this._clientId, kernel ? this._subshellReady(kernel, comm) : undefined);
-    if (!isReply(data) || data.kind !== 'status') {
-      conn.dispose();
-      return;
-    }
-    this._adopt(conn, data);
-  };
-
-  private _adopt(conn: Connection, status: Status): void {
-    if (this._isDisposed || (this._conn && this._conn !== conn) || conn.isClosed) {
-      conn.dispose();
-      return;
-    }
-    if (this._attempt && this._attempt !== conn) {
-      const attempt = this._attempt;
-      this._attempt = null;
-      attempt.dispose();
-    }
-    this._conn = conn;
+  private _onConnected(_: KernelFollower, { connection, status }: KernelFollower.IConnected): void {
+    this._adopted = connection;
     this._pushes = 0;
-    conn.received.connect(this._onPush, this);
-    conn.closed.connect(this._onConnClosed, this);
+    connection.received.connect(this._onPush, this);
     this._setStatus(status);
-    this._setState('connected');
     void this.refresh();
   }
 
-  private _onConnClosed(conn: Connection): void {
-    if (conn !== this._conn) {
-      return;
+  private _onDisconnected(_: KernelFollower, { keepData }: KernelFollower.IDisconnected): void {
+    this._adopted?.received.disconnect(this._onPush, this);
+    this._adopted = null;
+    if (!keepData) {
+      this._clearData();
     }
-    this._conn = null;
-    this._clearData();
-    this._retry = true;
-    const s = this._kernel?.status;
-    this._setState(s === 'restarting' || s === 'autorestarting' ? 'restarting' : 'not-loaded');
   }
 
-  private _dropConnection(): void {
-    const conn = this._conn;
-    const attempt = this._attempt;
-    this._conn = null;
-    this._attempt = null;
-    if (conn) {
-      conn.received.disconnect(this._onPush, this);
-      conn.closed.disconnect(this._onConnClosed, this);
-      conn.dispose();
+  private _onState(): void {
+    if (this.state !== 'connected') {
+      this._lastError = null;
     }
-    attempt?.dispose();
+    this._emit('state');
   }
 
   private _clearData(): void {
@@ -587,37 +372,15 @@ export class GradientsModel implements IDisposable {
     this._emit('error');
   }
 
-  private _client(): { name: string; version: string } {
-    return { name: 'gradsight-jupyterlab', version: this._clientVersion };
-  }
-
-  private _setState(state: ConnectionState): void {
-    if (state !== this._state) {
-      console.debug(`gradsight: ${this._state} -> ${state} (kernel ${this._kernel?.id ?? 'none'})`);
-      this._state = state;
-      if (state !== 'connected') {
-        this._lastError = null;
-      }
-      this._emit('state');
-    }
-  }
-
   private _emit(change: Change): void {
     if (!this._isDisposed) {
       this._changed.emit(change);
     }
   }
 
-  private _clientId: string;
-  private _clientVersion: string;
+  private _follower: KernelFollower;
+  private _adopted: Connection | null = null;
   private _isDisposed = false;
-  private _active: boolean;
-  private _state: ConnectionState = 'no-notebook';
-  private _session: ISessionLike | null = null;
-  private _kernel: IKernelLike | null = null;
-  private _conn: Connection | null = null;
-  private _attempt: Connection | null = null;
-  private _retry = false;
   private _status: Status | null = null;
   private _snapshot: ISnapshotData | null = null;
   private _layerData: ILayerData | null = null;
@@ -628,6 +391,5 @@ export class GradientsModel implements IDisposable {
   private _lastError: string | null = null;
   private _pushes = 0;
   private _fetchingSnapshot = false;
-  private _executing = new Set<string>();
   private _changed = new Signal<this, Change>(this);
 }

@@ -2,165 +2,77 @@
  * The panel end of the protocol in protocol/schema.json: message types, the schema
  * validator, request builders and the decoding of binary buffers.
  *
- * The types are hand-written mirrors of the schema; jest checks that every fixture in
- * protocol/fixtures validates against the schema and decodes into these shapes, so the
- * TypeScript and Python sides are held to the same examples.
+ * The schema is the one definition: the types come from protocol-types.ts, which
+ * `jlpm build:protocol` generates from it before tsc and jest run, and the lists below (kinds,
+ * histogram kinds, metric names, severities) are read from it at run time.
  */
 import type { JSONObject } from '@lumino/coreutils';
 import Ajv from 'ajv';
 import type { ValidateFunction } from 'ajv';
 
 import schema from '../protocol/schema.json';
+import type {
+  ArrayRef,
+  Columns,
+  ErrorReply,
+  HistKind,
+  LayerMetric,
+  Message,
+  ReplyKind,
+  Reply,
+  Request,
+  RequestKind,
+  Severity
+} from './protocol-types';
 
-export const PROTOCOL_VERSION = 1;
+export type {
+  ArrayRef,
+  Columns,
+  ErrorReply,
+  Finding,
+  GetGradcheckReports,
+  GetLayer,
+  GetSnapshot,
+  GradcheckReport,
+  GradcheckReports,
+  GradcheckTensor,
+  Hello,
+  HistKind,
+  HistogramMsg,
+  Layer,
+  LayerMetric,
+  Message,
+  Reply,
+  ReplyKind,
+  Request,
+  RequestKind,
+  RunGradcheck,
+  Severity,
+  Snapshot,
+  Status,
+  WatcherSummary
+} from './protocol-types';
+
+export type DType = ArrayRef['dtype'];
+export type ErrorCode = ErrorReply['code'];
+
+const definitions = schema.definitions;
+
+/** The `v` every message carries (a protocol fact, apart from the package version). */
+export const PROTOCOL_VERSION = definitions.envelope.properties.v.const as Request['v'];
 export const COMM_TARGET = 'gradsight';
+export const REQUEST_KINDS = definitions.request_kind.enum as readonly RequestKind[];
+export const REPLY_KINDS = definitions.reply_kind.enum as readonly ReplyKind[];
+/** Histogram kinds, in the one order of records.HIST_KINDS (the panel's tabs too). */
+export const HIST_KINDS = definitions.of.enum as readonly HistKind[];
+/** The per-layer statistics every watcher computes (snapshot columns, layer stats). */
+export const LAYER_METRICS = definitions.layer_metric.enum as readonly LayerMetric[];
+/** Least to most severe. */
+export const SEVERITIES = definitions.severity.enum as readonly Severity[];
 
-export type DType = 'float64' | 'float32' | 'int64' | 'int32' | 'uint32';
-export type Severity = 'info' | 'warning' | 'error';
-export type HistKind = 'grad' | 'activation' | 'weight';
-export const HIST_KINDS: readonly HistKind[] = ['grad', 'activation', 'weight'];
-
-export type ArrayRef = { buffer: number; dtype: DType; shape: number[] };
-export type Columns = { [name: string]: ArrayRef };
-
-export type WatcherSummary = { name: string; step_count: number; n_layers: number };
-
-export type Finding = {
-  step: number | null;
-  last_step?: number | null;
-  count?: number | null;
-  layer: string | null;
-  kind: string;
-  severity: Severity;
-  message: string | null;
-  hint?: string | null;
-  phase?: string | null;
-  op?: string | null;
-  source?: string | null;
-  value?: number | null;
-  threshold?: number | null;
-};
-
-export type HistogramMsg = {
-  step: number | null;
-  edges: ArrayRef;
-  counts: ArrayRef;
-  nan: number;
-  posinf: number;
-  neginf: number;
-  zero: number;
-};
-
-export type GradcheckTensor = {
-  name: string;
-  shape?: number[];
-  passed: boolean;
-  max_abs_err?: number | null;
-  max_rel_err?: number | null;
-  worst_index?: number[] | null;
-  analytic?: number | null;
-  numeric?: number | null;
-};
-
-export type GradcheckReport = {
-  title: string;
-  watcher?: string | null;
-  layer?: string | null;
-  mode?: string | null;
-  step?: number | null;
-  passed: boolean;
-  tensors: GradcheckTensor[];
-};
-
-// -- requests (panel -> kernel) ----------------------------------------------------------
-export type Hello = { v: 1; kind: 'hello'; id: string; client?: { name?: string; version?: string } };
-export type GetSnapshot = { v: 1; kind: 'get_snapshot'; id: string; watcher: string | null };
-export type GetLayer = {
-  v: 1;
-  kind: 'get_layer';
-  id: string;
-  watcher: string;
-  layer: string;
-  max_steps?: number;
-  follow?: boolean;
-};
-export type GetGradcheckReports = { v: 1; kind: 'get_gradcheck_reports'; id: string };
-export type RunGradcheck = { v: 1; kind: 'run_gradcheck'; id: string; watcher: string; layer: string; mode?: string };
-export type Request = Hello | GetSnapshot | GetLayer | GetGradcheckReports | RunGradcheck;
 /** A request without its envelope: what callers of `Connection.request` pass. */
-export type RequestBody =
-  | Omit<Hello, 'v' | 'id'>
-  | Omit<GetSnapshot, 'v' | 'id'>
-  | Omit<GetLayer, 'v' | 'id'>
-  | Omit<GetGradcheckReports, 'v' | 'id'>
-  | Omit<RunGradcheck, 'v' | 'id'>;
-
-// -- replies and pushes (kernel -> panel) ------------------------------------------------------
-export type Status = {
-  v: 1;
-  kind: 'status';
-  id: string | null;
-  gradsight_version: string;
-  protocol: 1;
-  kernel?: { python?: string; torch?: string; pid?: number };
-  watchers: WatcherSummary[];
-  features: { gradcheck: boolean; watchers: boolean };
-};
-export type Snapshot = {
-  v: 1;
-  kind: 'snapshot';
-  id: string | null;
-  watcher: WatcherSummary;
-  selected_layer?: string | null;
-  layers: { names: string[]; types: string[]; total: number; columns: Columns };
-  steps: { total: number; columns: Columns };
-  findings: { total: number; rows: Finding[] };
-};
-export type Layer = {
-  v: 1;
-  kind: 'layer';
-  id: string | null;
-  watcher: string;
-  layer: string;
-  type: string;
-  stats: { [name: string]: number | null };
-  histograms: { [K in HistKind]: HistogramMsg[] };
-};
-export type GradcheckReports = {
-  v: 1;
-  kind: 'gradcheck_reports';
-  id: string | null;
-  total: number;
-  reports: GradcheckReport[];
-};
-export type ErrorCode =
-  | 'bad_message'
-  | 'too_large'
-  | 'unsupported_version'
-  | 'unknown_kind'
-  | 'not_found'
-  | 'busy'
-  | 'unavailable'
-  | 'internal';
-export type ErrorReply = {
-  v: 1;
-  kind: 'error';
-  id: string | null;
-  code: ErrorCode;
-  message: string;
-  request_kind?: string | null;
-};
-export type Reply = Status | Snapshot | Layer | GradcheckReports | ErrorReply;
-export type Message = Request | Reply;
-
-export const REQUEST_KINDS: readonly Request['kind'][] = [
-  'hello',
-  'get_snapshot',
-  'get_layer',
-  'get_gradcheck_reports',
-  'run_gradcheck'
-];
-export const REPLY_KINDS: readonly Reply['kind'][] = ['status', 'snapshot', 'layer', 'gradcheck_reports', 'error'];
+export type RequestBody = WithoutEnvelope<Request>;
+type WithoutEnvelope<T> = T extends unknown ? Omit<T, 'v' | 'id'> : never;
 
 // -- validation --------------------------------------------------------------------------
 type Definitions = { [name: string]: unknown };
@@ -241,7 +153,9 @@ export function decodeArray(ref: ArrayRef, buffers: readonly Buffer[]): Float64A
   const n = ref.shape.reduce((a, b) => a * b, 1);
   const size = ITEMSIZE[ref.dtype];
   if (view.byteLength !== n * size) {
-    throw new Error(`buffer ${ref.buffer} has ${view.byteLength} bytes; ${ref.dtype}${JSON.stringify(ref.shape)} needs ${n * size}`);
+    throw new Error(
+      `buffer ${ref.buffer} has ${view.byteLength} bytes; ${ref.dtype}${JSON.stringify(ref.shape)} needs ${n * size}`
+    );
   }
   const out = new Float64Array(n);
   for (let i = 0; i < n; i++) {

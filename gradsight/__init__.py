@@ -6,18 +6,31 @@
     w.findings(); w.layers(); w.history("grad_norm"); w.histogram("fc1", of="grad")
 """
 
+from ._version import __version__ as __version__  # package.json holds it
 from .detectors import Finding, Thresholds
 from .gradcheck import GradcheckReport, gradcheck
+from .recording.recorder import RecordTo
 from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
-__all__ = ["watch", "Watcher", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
+__all__ = ["watch", "Watcher", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
            "GradsightWarning", "load_ipython_extension"]
-__version__ = "0.1.0"
+
+
+def open(path):  # noqa: A001 - gs.open(path) is the contract
+    """Open a recording (``gs.watch(..., record=path)`` or ``w.save(path)``): a :class:`Recording`
+    that answers the Watcher's queries, and follows the run while it is still being written."""
+    from .recording.reader import open_recording
+
+    return open_recording(path)
 
 
 def __getattr__(name):
+    if name == "Recording":  # the reader loads on first use
+        from .recording.reader import Recording
+
+        return Recording
     # the views load on first use: `import gradsight` never imports matplotlib or ipywidgets
     if name == "widgets":
         import importlib

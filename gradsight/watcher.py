@@ -24,6 +24,7 @@ from . import bus
 from .detectors import DetectorEngine
 from .detectors.finding import SEVERITY_RANK
 from .kernel_hooks.capture import Capture
+from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
 from .records.step_record import StepRecord
@@ -47,7 +48,7 @@ class Watcher(RunQueries):
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
-                 nan_trace: str = "module"):
+                 nan_trace: str = "module", record: Any = None):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -79,12 +80,21 @@ class Watcher(RunQueries):
         self._said: set[str] = set()  # one-time notices already given (see _say_once)
         self.errors: list[tuple[str, str]] = []
         self.activations = activations
+        self._recorder = None
         self._capture = self._new_capture()
         try:
             self._setup(model, optimizer, thresholds, scaler, nan_trace, name)
         except BaseException:  # roll back: a failed watch leaves no hook behind
             self._release_hooks()
             raise
+        if record is not None:  # pyarrow loads here, on first use
+            from .recording.recorder import start
+
+            try:
+                self._recorder = start(self, record, hist_kinds=HIST_KINDS)
+            except BaseException:
+                self.close()  # a watcher that failed to start leaves no hook behind
+                raise
         self._begin_step()
         bus.add(self)
 
@@ -116,7 +126,6 @@ class Watcher(RunQueries):
         self._opt_stepped_this_step = False
         self._last_record: StepRecord | None = None
         self._warned_empty = False
-        self._step_started = time.perf_counter()
         self._history = RunHistory(self._capture.names, self._capture.types, self.bins,
                                    param_counts=self._capture.param_counts(), name=self.name,
                                    histogram_every=self.histogram_every)
@@ -145,6 +154,11 @@ class Watcher(RunQueries):
         if self.closed:
             return
         self._release_hooks()
+        if self._recorder is not None:
+            try:
+                self._recorder.close()
+            except Exception as exc:
+                self._hook_error("<recording>", exc)
         self.closed = True
         bus.discard(self)
         bus.publish("close", self)
@@ -186,7 +200,7 @@ class Watcher(RunQueries):
         c.measure_update = c.capturing and sampled
         self._opt_stepped_this_step = False
         c.began = False
-        self._step_started = time.perf_counter()
+        c.step_started = time.perf_counter()  # the data-loading time runs from here to the next forward
         if self._scaler is not None:
             self._scale_this_step = float("nan")
 
@@ -250,8 +264,9 @@ class Watcher(RunQueries):
             self._auto_closed_pending_loss = False
             rec = self._last_record
             if loss is not None and rec is not None:
-                rec.loss = _to_float(loss)
+                rec.loss, rec.loss_given = _to_float(loss), True
                 self._history.set_loss(rec.step, rec.loss)
+                self._detect(lambda: self._detectors.loss_arrived(rec))
             return
         if step_is_empty(self):
             return
@@ -281,9 +296,12 @@ class Watcher(RunQueries):
             say_once(self, "dropped", f"step {step} was not recorded: {why} while it was open, so its "
                      "numbers would mix two states. Later steps are recorded as usual.")
             return
+        if capture.capturing and self._optimizer_ref is None and capture.detail:
+            capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
         rec = capture.harvest(step) if capture.capturing else None
         if rec is not None:
             rec.loss = loss if loss is not None else float("nan")
+            rec.loss_given = loss is not None
             rec.grad_scale = self._scale_this_step
             if self._nan_tracer is not None:
                 rec.nan_events = self._nan_tracer.harvest()
@@ -294,14 +312,22 @@ class Watcher(RunQueries):
             with bus.lock:
                 self._last_record = rec
                 metrics = self._history.append(rec)
-                try:
-                    new = self._detectors.update(rec, metrics=metrics)
-                except Exception as exc:  # detectors are ours: report, never break training
-                    self._hook_error("<detectors>", exc)
-                    new = []
+                self._detect(lambda: self._detectors.update(rec, metrics=metrics))
             self._check_empty(rec)
-            for finding in new:
-                _warn_finding(self.name, finding)
+            if self._recorder is not None:
+                try:
+                    self._recorder.on_step(rec, metrics)
+                except Exception as exc:  # the recording must never break training
+                    self._hook_error("<recording>", exc)
+
+    def _detect(self, run) -> None:
+        try:
+            new = run()
+        except Exception as exc:  # detectors are ours: report, never break training
+            self._hook_error("<detectors>", exc)
+            new = []
+        for finding in new:
+            _warn_finding(self.name, finding)
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""
@@ -326,10 +352,10 @@ class Watcher(RunQueries):
                       GradsightWarning, stacklevel=2)
 
     # --- queries (the rest is RunQueries, over self._history) ----------------------------
-    def _findings_frame(self) -> pd.DataFrame:
+    def _findings_frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - w.findings(all=True)
         """The one order of findings, everywhere they are shown: by first step, then severity
         (error, warning, info), then layer in model order (whole-model findings first)."""
-        df = self._detectors.frame()
+        df = self._detectors.frame(all=all)
         if len(df) < 2:
             return df
         key = pd.DataFrame({"step": df["step"], "rank": df["severity"].map(SEVERITY_RANK).fillna(len(SEVERITY_RANK)),
@@ -374,6 +400,12 @@ class Watcher(RunQueries):
         except Exception:
             pass
         return report
+
+    def save(self, path) -> None:
+        """Write what this watcher holds to the recording directory ``path`` (``gs.open`` reads it)."""
+        from .recording.save import save
+
+        save(self, path, hist_kinds=HIST_KINDS)
 
     # --- display ------------------------------------------------------------------------
     def dashboard(self):
@@ -431,7 +463,7 @@ def _warn_finding(name: str, finding: Any) -> None:
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
-          name: str | None = None, scaler: Any = None, nan_trace: str = "module") -> Watcher:
+          name: str | None = None, scaler: Any = None, nan_trace: str = "module", record: Any = None) -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
     optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
@@ -439,9 +471,11 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     captured step. bins: histogram bins (even). activations: also summarise module outputs.
     thresholds: detector thresholds (``gs.Thresholds``). scaler: the ``GradScaler`` in use, so
     gradients are reported unscaled and skipped steps are recognised. nan_trace: "module"
-    (default, cheap) or "op" (the exact op and source line of the first NaN/Inf).
+    (default, cheap) or "op" (the exact op and source line of the first NaN/Inf). record: a
+    directory to stream the run into while it trains (``gs.open(path)`` reads it, from any
+    process), or ``gs.RecordTo(path, flush_steps=, flush_seconds=)``.
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
-                   nan_trace=nan_trace)
+                   nan_trace=nan_trace, record=record)
 

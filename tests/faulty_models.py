@@ -11,12 +11,23 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gradsight as gs
 from gradsight.warnings import GradsightWarning
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest and immune to other processes competing for cores.
+    Use as ``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @dataclass
@@ -62,7 +73,9 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, batch, steps: int, loss_
                 opt.step()
             run.losses.append(float(loss.detach()))
             if not watch_optimizer:
-                w.step()
+                w.step(loss)
+            elif scaler is None:
+                w.step(loss)  # with optimizer= the step is closed already: this records its loss
     run.warnings = [str(c.message) for c in caught if issubclass(c.category, GradsightWarning)]
     return run
 
@@ -302,9 +315,184 @@ def diverging_lr(steps: int = 12) -> Run:
     return train(model, torch.optim.SGD(model.parameters(), lr=0.5), regression(), steps, F.mse_loss)
 
 
-def aggressive_clipping(steps: int = 12, max_norm: float = 1e-3) -> Run:
+def aggressive_clipping(steps: int = 12, max_norm: float = 1e-3, watch_optimizer: bool = True) -> Run:
     """clip_grad_norm_ with max_norm 1e-3 while the gradient norm is ~4: clipped ~4000x every step."""
     torch.manual_seed(0)
     model = he_mlp()
     return train(model, torch.optim.SGD(model.parameters(), lr=0.05), classification(), steps,
-                 F.cross_entropy, clip=max_norm)
+                 F.cross_entropy, clip=max_norm, watch_optimizer=watch_optimizer)
+
+
+# --- real architectures, random init (issue 10: zero false alarms, role-aware thresholds) ---------
+
+def _token_batch(vocab: int, n: int = 8, seq: int = 16):
+    def batch(gen):
+        x = torch.randint(0, vocab, (n, seq), generator=gen)
+        return x, x.roll(1, dims=1)
+    return batch
+
+
+class HFCausalLM(nn.Module):
+    """A random-init GPT-2 from ``transformers`` (config built in code, nothing downloaded)."""
+
+    def __init__(self, dropout: float = 0.1, n_layer: int = 2):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        cfg = GPT2Config(vocab_size=512, n_positions=32, n_embd=64, n_layer=n_layer, n_head=4,
+                         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                         bos_token_id=0, eos_token_id=0)
+        self.lm = GPT2LMHeadModel(cfg)
+
+    def forward(self, x):
+        return self.lm(input_ids=x).logits
+
+
+class HFClassifier(nn.Module):
+    """A random-init BERT sequence classifier (issue 10's false-alarm case, smaller)."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        cfg = BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, num_labels=3, max_position_embeddings=32)
+        self.bert = BertForSequenceClassification(cfg)
+
+    def forward(self, x):
+        return self.bert(input_ids=x).logits
+
+
+class ResNetish(nn.Module):
+    """A small ResNet-style CNN: conv-BN-ReLU stem, two residual blocks, pooled head."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                                  nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                                  nn.BatchNorm2d(c)) for _ in range(2))
+        self.act = nn.ReLU()
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = self.act(x + b(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _image_batch(n: int = 16, size: int = 12):
+    def batch(gen):
+        x = torch.randn(n, 3, size, size, generator=gen)
+        return x, (x.mean(dim=(2, 3)) * torch.tensor([1.0, -1.0, 0.5])).sum(1).gt(0).long() * 3
+    return batch
+
+
+def _seq_ce(out, y):
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def bench_transformer() -> nn.Module:
+    """The benchmark transformer (benchmarks/models.py), at a test-sized width."""
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.head(self.encoder(x).mean(dim=1))
+
+    return Encoder()
+
+
+def _bench_batch(gen):
+    x = torch.randn(8, 12, 32, generator=gen)
+    return x, (x[:, :, :10].mean(dim=1)).argmax(dim=1)
+
+
+HEALTHY = {
+    # name: (model factory, batch, loss)
+    "mlp": (he_mlp, classification(), F.cross_entropy),
+    "cnn_bn": (ResNetish, _image_batch(), F.cross_entropy),
+    "transformer": (bench_transformer, _bench_batch, F.cross_entropy),
+    "gpt2": (HFCausalLM, _token_batch(512), _seq_ce),
+    "bert": (HFClassifier, _token_batch(512), lambda out, y: F.cross_entropy(out, y[:, 0] % 3)),
+}
+OPTIMIZERS = {
+    "adamw": lambda p: torch.optim.AdamW(p, lr=3e-4),
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.01),
+}
+
+
+def healthy(name: str, optimizer: str, steps: int = 60, watch: dict | None = None) -> Run:
+    """One of the healthy architectures, trained ``steps`` steps with AdamW 3e-4 or SGD 0.01."""
+    torch.manual_seed(0)
+    factory, batch, loss_fn = HEALTHY[name]
+    model = factory()
+    return train(model, OPTIMIZERS[optimizer](model.parameters()), batch, steps, loss_fn, watch=watch)
+
+
+# --- issue 10's cases ------------------------------------------------------------------------------
+
+def deep_relu_3he(steps: int = 3, depth: int = 12) -> Run:
+    """A 12-layer ReLU MLP initialised at three times He's std: gradients grow ~3x per layer."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for k in range(depth):
+        lin = nn.Linear(32 if k == 0 else 64, 64 if k < depth - 1 else 10)
+        nn.init.normal_(lin.weight, std=3.0 * (2.0 / lin.in_features) ** 0.5)
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.ReLU()] if k < depth - 1 else [lin]
+    model = nn.Sequential(*layers)
+    # a learning rate small enough that the weights stay as initialised: the findings are about the init
+    return train(model, torch.optim.SGD(model.parameters(), lr=1e-9), classification(), steps, F.cross_entropy)
+
+
+class DeadCNN(nn.Module):
+    """conv1 -> relu1 -> conv2 (bias -100: every pre-activation negative) -> relu2 -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.conv2.bias.fill_(-100.0)
+
+    def forward(self, x):
+        return self.head(self.relu2(self.conv2(self.relu1(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def dead_cnn(steps: int = 3) -> Run:
+    torch.manual_seed(0)
+    model = DeadCNN()
+    return train(model, torch.optim.SGD(model.parameters(), lr=0.01), _image_batch(), steps, F.cross_entropy)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return x + self.drop(self.act(self.fc(x)))
+
+
+def fp16_flush(steps: int = 3, factor: float = 1e-8) -> Run:
+    """float16 autocast on CPU, loss x 1e-8: every gradient flushes to zero in the backward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Sequential(Block(), Block(), nn.Identity()), nn.Linear(32, 10))
+    return train(model, torch.optim.SGD(model.parameters(), lr=0.01), classification(), steps,
+                 lambda out, y: F.cross_entropy(out.float(), y) * factor, autocast=torch.float16)

@@ -205,7 +205,36 @@ def test_engine_keeps_working_when_one_detector_fails(monkeypatch):
     def boom(*a):
         raise RuntimeError("bug in a detector")
 
-    monkeypatch.setattr(eng.dead, "update", boom)
+    dead = next(d for d in eng.detectors if d.kinds == ("dead_units",))
+    monkeypatch.setattr(dead, "update", boom)
     with pytest.raises(RuntimeError, match="bug in a detector"):
         eng.update(record(act_nan=(2, 1, 3, 0), input_bad=(3,)))
     assert list(eng.frame().kind) == ["nan_origin"]  # the other detectors still ran and logged
+
+
+# --- one detector interface (issue 9's item, done in issue 10) ---------------------------------------
+
+def test_every_detector_has_the_one_interface_and_the_engine_just_loops():
+    import inspect
+
+    from gradsight.detectors import DETECTORS, Context, Finding
+
+    for cls in DETECTORS:
+        assert list(inspect.signature(cls.update).parameters) == ["self", "rec", "metrics", "ctx"], cls
+        assert cls.kinds and all(isinstance(k, str) for k in cls.kinds), cls
+
+    class Always:
+        kinds = ("custom",)
+
+        def __init__(self, layout, th):
+            self.layout = layout
+
+        def update(self, rec, metrics, ctx: Context) -> list[Finding]:
+            return [Finding(step=rec.step, layer="head", kind="custom", severity="warning", message="m")]
+
+    eng = DetectorEngine(layers=LAYERS)
+    eng.detectors.append(Always(eng.layout, eng.thresholds))
+    warned = [eng.update(record(s)) for s in range(3)]
+    f = eng.frame()
+    assert list(zip(f.kind, f.step, f.last_step, f["count"], strict=True)) == [("custom", 0, 2, 3)]
+    assert [len(w) for w in warned] == [1, 0, 0]  # one live warning, at the first record

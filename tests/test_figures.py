@@ -207,7 +207,7 @@ def test_dead_units_over_a_window():
 def test_training_curves(runs, case):
     fig = gw.training_curves(runs[case])
     save(fig, f"training_curves_{case}")
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # loss, lr, gradient norm and (issue 10) the step's time split
     t = texts(fig)
     if case == "diverged":
         assert "NaN/Inf from step" in t

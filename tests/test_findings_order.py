@@ -16,7 +16,7 @@ ROWS = [  # (step, severity, layer), as a detector log might hold them
 EXPECTED = [(1, "warning", "2"), (5, "error", "0"), (5, "error", "1"), (5, "warning", ""), (5, "info", "2")]
 
 
-def _frame():
+def _frame(all=False):  # noqa: A002 - the engine's frame(all=...)
     rows = [{c: "" for c in FINDING_COLUMNS} | {"step": s, "last_step": s, "count": 1, "severity": sev, "layer": layer,
                                                "kind": f"k{i}", "message": f"m{i}", "value": 0.0, "threshold": 0.0}
             for i, (s, sev, layer) in enumerate(ROWS)]

@@ -136,3 +136,61 @@ def test_bad_arguments_are_explained():
         check_module_call(torch.sin, (torch.randn(3),))
     with pytest.raises(GradcheckError, match="max_samples must be an int >= 1"):
         check_module_call(nn.Linear(2, 2), (torch.randn(3, 2),), max_samples=0)
+
+
+class Cache:
+    """A key/value cache like transformers' DynamicCache: updated in place by every call."""
+
+    def __init__(self):
+        self.keys = None
+
+    def update(self, k):
+        self.keys = k if self.keys is None else torch.cat([self.keys, k], dim=1)
+        return self.keys
+
+
+class CachedAttention(nn.Module):
+    """Attends over the cached keys plus its own: each call appends to the cache it is given."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.k = nn.Linear(n, n)
+
+    def forward(self, x, cache):
+        keys = cache.update(self.k(x))
+        return (x @ keys.transpose(1, 2)).softmax(-1) @ keys
+
+
+def test_mutable_argument_gets_a_fresh_copy_per_call_and_is_left_untouched():
+    torch.manual_seed(0)
+    layer, cache = CachedAttention(4), Cache()
+    layer(torch.randn(2, 3, 4), cache)  # the cache now holds keys with autograd history
+    args, kwargs = capture(layer, torch.randn(2, 3, 4), cache)
+    before = cache.keys.detach().clone()
+    for mode in ("full", "fast"):  # before: calls appended to one shared cache, and vmap leaked into it
+        report = check_module_call(layer, args, kwargs, mode=mode)
+        assert report.passed, report
+    assert cache.keys.shape == before.shape and torch.equal(cache.keys.detach(), before)
+
+
+def test_gpt2_block_in_a_watched_model():
+    pytest.importorskip("transformers")
+    import warnings
+
+    from transformers import GPT2Config, GPT2Model
+
+    import gradsight as gs
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=16, n_head=2, n_layer=1, n_positions=16, vocab_size=50, bos_token_id=0,
+                     eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = GPT2Model(cfg)
+    with gs.watch(model) as w:
+        loss = model(torch.randint(0, 50, (2, 8))).last_hidden_state.pow(2).mean()
+        loss.backward()
+        w.step(loss)
+        report = w.gradcheck("h.0")  # before: RuntimeError from inside functorch (the KV cache)
+    assert report.passed, report
+    assert report.rows[0].name == "hidden_states" and len(report.rows) == 13  # the input and 12 parameters

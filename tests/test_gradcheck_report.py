@@ -49,11 +49,12 @@ def passing():
 def test_frame_has_the_contract_columns_one_row_per_tensor(failing):
     df = failing.to_frame()
     assert list(df.columns) == FRAME_COLUMNS == [
-        "name", "shape", "passed", "max_abs_err", "max_rel_err", "worst_index", "analytic", "numeric"]
+        "name", "shape", "passed", "max_abs_err", "max_rel_err", "worst_index", "output", "analytic", "numeric"]
     assert list(df["name"]) == ["x", "weight", "bias"]
     assert list(df["passed"]) == [True, False, True]
     w = df.iloc[1]
     assert w["shape"] == (4, 5) and w["worst_index"][1] >= 2  # the bug is in columns 2..4
+    assert list(df["output"]) == ["out"] * 3  # one output: every worst entry lies in it
     assert w["max_abs_err"] == pytest.approx(abs(w["analytic"] - w["numeric"]))
     assert w["max_rel_err"] == pytest.approx(0.5, rel=1e-4)  # analytic is half the numeric value
 

@@ -16,20 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent / "gradsight"
 
 # Lower number = lower layer. A unit may import units of its own or a lower rank only.
 RANKS = {
-    "records": 0, "bus": 0, "throttle": 0, "warnings": 0,
+    "records": 0, "bus": 0, "throttle": 0, "warnings": 0, "_version": 0,
     "kernel_hooks": 1,
     "detectors": 2,
     "gradcheck": 3,
     "watcher": 4, "step_lifecycle": 4,
     "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5,
-    "__init__": 6,
+    "__init__": 6, "cli": 6,
 }
 # The only upward imports allowed: inside a function, a core object's display method asking
 # for its view (``w.dashboard()``, ``w._repr_html_()``, ``report.plot()``) — the user asked
 # for the view, so it loads then; never at module level.
-LAZY_VIEWS = {("watcher", "widgets"), ("gradcheck", "widgets")}
-# The package version, read by the protocol's hello (moved to one place by issue 9's TS half).
-VERSION_READERS = {("comm", "__init__")}
+LAZY_VIEWS = {("watcher", "widgets"), ("gradcheck", "widgets"),
+              ("watcher", "recording")}  # gs.watch(record=...) / w.save(): the user asked for a recording
 CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "watcher", "step_lifecycle")
 HEAVY = ("matplotlib", "ipywidgets", "pyarrow", "lightning", "pytorch_lightning", "transformers",
          "tensorboard", "IPython", "ipykernel")
@@ -114,7 +113,7 @@ def test_no_lower_layer_imports_a_higher_one():
         for target, line, top in imports:
             if target == "gradsight" or target.startswith("gradsight."):
                 there = _unit(target)
-                if (here, there) in VERSION_READERS or (not top and (here, there) in LAZY_VIEWS):
+                if not top and (here, there) in LAZY_VIEWS:
                     continue
                 if RANKS.get(there, 99) > RANKS[here]:
                     bad.append(f"{path.relative_to(ROOT.parent)}:{line} ({here}) imports {target} ({there})")
@@ -128,7 +127,7 @@ def test_no_cycle_between_packages():
         for target, _, top in imports:
             if target.startswith("gradsight."):
                 there = _unit(target)
-                allowed = (here, there) in VERSION_READERS or (not top and (here, there) in LAZY_VIEWS)
+                allowed = not top and (here, there) in LAZY_VIEWS
                 if there != here and not allowed:
                     edges.setdefault(here, set()).add(there)
     cycles = _cycles(edges)

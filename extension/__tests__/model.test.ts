@@ -28,7 +28,12 @@ describe('GradientsModel', () => {
     expect(model.watchers.map(w => w.name)).toEqual(['MLP']);
     expect(model.snapshot?.layers.names).toEqual(['fc1', 'act', 'fc2']);
     expect(Array.from(model.snapshot?.layers.columns.grad_norm ?? [])).toEqual([4, 0.4, 0.04]);
-    expect(model.snapshot?.findings.rows[0].op).toBe('aten::log');
+    // in the order the kernel sent them (w.findings(): first step ascending), not re-sorted
+    expect(model.snapshot?.findings.rows.map(f => [f.step, f.severity])).toEqual([
+      [1, 'warning'],
+      [2, 'error']
+    ]);
+    expect(model.snapshot?.findings.rows[1].op).toBe('aten::log');
     expect(model.layerName).toBe('fc2'); // the kernel's default: the first flagged layer
     expect(model.layer?.layer).toBe('fc2');
     expect(model.layer?.histograms.grad.length).toBe(2);
@@ -232,9 +237,15 @@ describe('GradientsModel', () => {
     model = t.model;
     model.setSession(t.session);
     await settle();
+    const before = t.changes.length;
     model.dispose();
     expect(t.kernel.openComms).toHaveLength(0);
     expect(t.kernel.targets.size).toBe(0);
     expect(model.isDisposed).toBe(true);
+    t.kernel.executeCell(); // nothing the kernel or session does reaches the disposed model
+    t.session.changeKernel(new FakeKernel('k2'));
+    await settle();
+    expect(t.kernel.comms).toHaveLength(1);
+    expect(t.changes.length).toBe(before);
   });
 });

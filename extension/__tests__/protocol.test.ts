@@ -1,6 +1,10 @@
 import {
+  HIST_KINDS,
+  LAYER_METRICS,
+  PROTOCOL_VERSION,
   REPLY_KINDS,
   REQUEST_KINDS,
+  SEVERITIES,
   decodeArray,
   isMessage,
   isReply,
@@ -8,10 +12,11 @@ import {
   makeRequest,
   whyInvalid
 } from '../protocol';
+import type { ArrayRef } from '../protocol';
 import schema from '../../protocol/schema.json';
 import { loadFixtures } from './fixtures';
 
-type Ref = { buffer: number; dtype: 'float64' | 'float32' | 'int64' | 'int32' | 'uint32'; shape: number[] };
+type Ref = ArrayRef;
 
 function refs(obj: unknown): Ref[] {
   if (Array.isArray(obj)) {
@@ -34,7 +39,8 @@ describe('protocol fixtures', () => {
   it('cover every kind in the schema', () => {
     const kinds = new Set(valid.map(f => f.message.kind));
     expect([...kinds].sort()).toEqual([...REQUEST_KINDS, ...REPLY_KINDS].sort());
-    expect([...schema.definitions.kind.enum].sort()).toEqual([...kinds].sort());
+    const schemaKinds = [...schema.definitions.request_kind.enum, ...schema.definitions.reply_kind.enum];
+    expect(schemaKinds.sort()).toEqual([...kinds].sort());
   });
 
   it.each(valid.map(f => [f.name, f] as const))('%s validates and its buffers decode', (_, f) => {
@@ -55,6 +61,28 @@ describe('protocol fixtures', () => {
     const why = whyInvalid(f.message);
     expect(why !== null || !isRequest(f.message)).toBe(true);
     expect(isRequest(f.message)).toBe(false);
+  });
+});
+
+describe('facts read from the schema', () => {
+  const defs = schema.definitions as unknown as { [name: string]: { [key: string]: unknown } };
+  const kindsOf = (union: string): string[] =>
+    (defs[union].oneOf as { $ref: string }[]).map(r => {
+      const name = r.$ref.split('/').pop() as string;
+      return (defs[name].properties as { kind: { const: string } }).kind.const;
+    });
+
+  it("lists each direction's kinds once, matching its union of message types", () => {
+    expect([...REQUEST_KINDS]).toEqual(kindsOf('request'));
+    expect([...REPLY_KINDS]).toEqual(kindsOf('reply'));
+  });
+
+  it('names the metrics, histogram kinds and severities', () => {
+    expect(LAYER_METRICS).toContain('grad_norm');
+    expect(LAYER_METRICS).toContain('update_ratio');
+    expect([...HIST_KINDS]).toEqual(['activation', 'grad', 'weight']); // records.HIST_KINDS' order
+    expect([...SEVERITIES]).toEqual(['info', 'warning', 'error']);
+    expect(PROTOCOL_VERSION).toBe(1);
   });
 });
 

@@ -55,7 +55,10 @@ export function fmt(x: number | null | undefined): string {
   if (a >= 1e-3 && a < 1e4) {
     return String(Number(x.toPrecision(3)));
   }
-  return x.toExponential(2).replace(/\.?0+e/, 'e').replace('e+', 'e');
+  return x
+    .toExponential(2)
+    .replace(/\.?0+e/, 'e')
+    .replace('e+', 'e');
 }
 
 /** Edges of signed log-spaced bins as short labels: "-1e-3", "0", "1e-6". */

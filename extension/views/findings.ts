@@ -1,6 +1,7 @@
 /**
- * Findings table: what the detectors reported, most severe first (the kernel's order),
- * coloured by severity; a NaN origin shows its op and the user's source line.
+ * Findings table: what the detectors reported, in the order the kernel sends them (that of
+ * w.findings(): first step ascending, then severity, then layer order; never re-sorted
+ * here), coloured by severity; a NaN origin shows its op and the user's source line.
  */
 import type { Finding } from '../protocol';
 import type { GradientsModel } from '../model';
@@ -31,7 +32,9 @@ export class FindingsView extends SectionView {
     const list = h('div', { class: 'jp-gradsight-findings-list', role: 'list' }, ...rows.map(f => this._item(f)));
     const parts: (Node | null)[] = [h('div', { class: 'jp-gradsight-scroll' }, list)];
     if (total > rows.length) {
-      parts.push(h('div', { class: 'jp-gradsight-muted' }, `showing ${rows.length} of ${total}; w.findings() has them all`));
+      parts.push(
+        h('div', { class: 'jp-gradsight-muted' }, `showing ${rows.length} of ${total}; w.findings() has them all`)
+      );
     }
     this.setBody(...parts);
   }
@@ -53,6 +56,16 @@ export class FindingsView extends SectionView {
       'div',
       { class: 'jp-gradsight-finding-head' },
       h('span', { class: `jp-gradsight-pill jp-gradsight-pill-${f.severity}` }, f.severity),
+      f.status === 'suspected'
+        ? h(
+            'span',
+            {
+              class: 'jp-gradsight-pill jp-gradsight-pill-suspected',
+              title: 'evidence is building: the window has not filled'
+            },
+            'suspected'
+          )
+        : null,
       h('span', { class: 'jp-gradsight-finding-kind' }, f.kind),
       layerLink,
       h('span', { class: 'jp-gradsight-muted' }, `${steps}${f.count && f.count > 1 ? ` ×${f.count}` : ''}`)
@@ -64,10 +77,23 @@ export class FindingsView extends SectionView {
       { class: `jp-gradsight-finding jp-gradsight-sev-${f.severity}`, role: 'listitem', 'data-kind': f.kind },
       head,
       f.message ? h('div', { class: 'jp-gradsight-finding-message' }, f.message) : null,
-      hasValue || hasThreshold
-        ? h('div', { class: 'jp-gradsight-muted' }, `value ${fmt(f.value)}${hasThreshold ? `, threshold ${fmt(f.threshold)}` : ''}`)
+      f.affected && f.affected.length > 1
+        ? h(
+            'div',
+            { class: 'jp-gradsight-muted', title: f.affected.filter(Boolean).join(', ') },
+            `one cause across ${f.affected.length} layers`
+          )
         : null,
-      f.op || f.source ? h('div', { class: 'jp-gradsight-where' }, h('code', {}, [f.op, f.source].filter(Boolean).join(' at '))) : null,
+      hasValue || hasThreshold
+        ? h(
+            'div',
+            { class: 'jp-gradsight-muted' },
+            `value ${fmt(f.value)}${hasThreshold ? `, threshold ${fmt(f.threshold)}` : ''}`
+          )
+        : null,
+      f.op || f.source
+        ? h('div', { class: 'jp-gradsight-where' }, h('code', {}, [f.op, f.source].filter(Boolean).join(' at ')))
+        : null,
       f.hint ? h('div', { class: 'jp-gradsight-hint' }, f.hint) : null
     );
   }

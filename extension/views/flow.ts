@@ -6,11 +6,13 @@ import type { ActiveElement, ChartEvent, TooltipItem } from 'chart.js';
 
 import { worstSeverityByLayer } from '../data';
 import type { GradientsModel } from '../model';
+import type { LayerMetric } from '../protocol';
 import { Chart, theme, withAlpha } from './charts';
 import { empty, fmt, h } from './dom';
 import { SectionView } from './section';
 
-const METRICS: { [key: string]: string } = {
+/** The metrics offered, by their schema names (protocol/schema.json layer_metric). */
+const METRICS: { readonly [K in LayerMetric]?: string } = {
   grad_norm: 'gradient norm (w.r.t. output)',
   param_grad_norm: 'parameter gradient norm',
   act_norm: 'activation norm',
@@ -30,12 +32,17 @@ export class FlowView extends SectionView {
     this._canvasBox.appendChild(this._canvas);
     this._note = h('div', { class: 'jp-gradsight-muted jp-gradsight-note' });
     this._empty = h('div');
-    this.body.append(h('div', { class: 'jp-gradsight-controls' }, this._select), this._canvasBox, this._note, this._empty);
+    this.body.append(
+      h('div', { class: 'jp-gradsight-controls' }, this._select),
+      this._canvasBox,
+      this._note,
+      this._empty
+    );
   }
 
   protected render(): void {
     const snap = this.model.snapshot;
-    const metric = this._select.value;
+    const metric = this._select.value as LayerMetric;
     const values = snap?.layers.columns[metric];
     const finite = values ? Array.from(values).filter(v => v > 0 && Number.isFinite(v)) : [];
     if (!snap || !values || finite.length === 0) {
@@ -122,7 +129,12 @@ export class FlowView extends SectionView {
             x: {
               type: 'logarithmic',
               title: { display: true, text: '', color: t.muted },
-              ticks: { color: t.muted, callback: v => (isPowerOfTen(Number(v)) ? fmt(Number(v)) : ''), autoSkip: false, maxRotation: 0 },
+              ticks: {
+                color: t.muted,
+                callback: v => (isPowerOfTen(Number(v)) ? fmt(Number(v)) : ''),
+                autoSkip: false,
+                maxRotation: 0
+              },
               grid: { color: t.grid }
             },
             y: {
@@ -172,7 +184,7 @@ export class FlowView extends SectionView {
   private _types: readonly string[] = [];
   private _values: Float64Array = new Float64Array(0);
   private _flagged = new Map<string, string>();
-  private _metric = 'grad_norm';
+  private _metric: LayerMetric = 'grad_norm';
 }
 
 /** Log-axis ticks only at powers of ten: Chart.js also ticks 2x and 5x, which collide. */

@@ -58,9 +58,17 @@ function report(r: GradcheckReport): HTMLElement {
   const head = h(
     'div',
     { class: 'jp-gradsight-report-head' },
-    h('span', { class: `jp-gradsight-pill jp-gradsight-pill-${r.passed ? 'pass' : 'error'}` }, r.passed ? 'pass' : 'FAIL'),
+    h(
+      'span',
+      { class: `jp-gradsight-pill jp-gradsight-pill-${r.passed ? 'pass' : 'error'}` },
+      r.passed ? 'pass' : 'FAIL'
+    ),
     h('b', {}, ` ${r.title}`),
-    h('span', { class: 'jp-gradsight-muted' }, [r.step !== null && r.step !== undefined ? ` step ${r.step}` : '', r.mode ? ` · ${r.mode}` : ''].join(''))
+    h(
+      'span',
+      { class: 'jp-gradsight-muted' },
+      [r.step !== null && r.step !== undefined ? ` step ${r.step}` : '', r.mode ? ` · ${r.mode}` : ''].join('')
+    )
   );
   const rows = r.tensors.map(t =>
     h(

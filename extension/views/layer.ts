@@ -1,13 +1,14 @@
 /**
  * One layer in detail: its histograms over the recent steps (gradient, activation or
- * weight; darker is newer) on the signed log-spaced bins the kernel uses, the non-finite
- * and zero counts kept apart, and its latest statistics.
+ * weight; darker is newer) on the common signed log-spaced grid the kernel regrids a series
+ * onto, the non-finite and zero counts kept apart, and its latest statistics.
  */
 import type { TooltipItem } from 'chart.js';
 
-import type { IHistogramData, ILayerData } from '../data';
+import { overlay } from '../data';
+import type { ILayerData } from '../data';
 import type { GradientsModel } from '../model';
-import type { HistKind } from '../protocol';
+import type { HistKind, LayerMetric } from '../protocol';
 import { HIST_KINDS } from '../protocol';
 import { Chart, theme, withAlpha } from './charts';
 import { empty, fmt, fmtEdge, h } from './dom';
@@ -15,7 +16,8 @@ import { SectionView } from './section';
 
 const KIND_LABEL: { [K in HistKind]: string } = { grad: 'gradient', activation: 'activation', weight: 'weight' };
 
-const STAT_ROWS: [string, string, string][] = [
+/** Rows of the statistics table: label, gradient metric, activation metric (names: the schema's). */
+const STAT_ROWS: [string, LayerMetric, LayerMetric][] = [
   ['norm', 'grad_norm', 'act_norm'],
   ['mean', 'grad_mean', 'act_mean'],
   ['std', 'grad_std', 'act_std'],
@@ -26,7 +28,7 @@ const STAT_ROWS: [string, string, string][] = [
   ['+Inf', 'grad_posinf', 'act_posinf'],
   ['-Inf', 'grad_neginf', 'act_neginf']
 ];
-const PARAM_STATS: [string, string][] = [
+const PARAM_STATS: [string, LayerMetric][] = [
   ['param norm', 'param_norm'],
   ['param grad norm', 'param_grad_norm'],
   ['update norm', 'update_norm'],
@@ -53,7 +55,14 @@ export class LayerView extends SectionView {
     this._histNote = h('div', { class: 'jp-gradsight-hist-note' });
     this._histEmpty = h('div');
     this._stats = h('div', { class: 'jp-gradsight-stats' });
-    this.body.append(h('div', { class: 'jp-gradsight-controls' }, this._picker), this._tabs, this._canvasBox, this._histNote, this._histEmpty, this._stats);
+    this.body.append(
+      h('div', { class: 'jp-gradsight-controls' }, this._picker),
+      this._tabs,
+      this._canvasBox,
+      this._histNote,
+      this._histEmpty,
+      this._stats
+    );
   }
 
   protected render(): void {
@@ -123,14 +132,16 @@ export class LayerView extends SectionView {
     this._histEmpty.replaceChildren();
     this._show(true);
     const latest = series[series.length - 1];
-    const labels = binLabels(latest.edges);
+    const grid = overlay(series);
+    const labels = binLabels(grid.edges);
     const t = theme();
     const datasets = series.map((hist, k) => {
+      const counts = grid.counts[k];
       const newest = k === series.length - 1;
       const alpha = newest ? 1 : 0.15 + (0.55 * (k + 1)) / series.length;
       return {
         label: `step ${hist.step ?? '?'}`,
-        data: sameBins(hist, latest) ? Array.from(hist.counts) : [],
+        data: counts ? Array.from(counts) : [],
         borderColor: withAlpha(t.accent, alpha),
         backgroundColor: withAlpha(t.accent, newest ? 0.15 : 0),
         borderWidth: newest ? 2 : 1,
@@ -181,13 +192,17 @@ export class LayerView extends SectionView {
         }
       });
     }
-    this._edges = latest.edges;
+    this._edges = grid.edges;
     this._chart.data.labels = labels;
     this._chart.data.datasets = datasets;
     this._chart.update('none');
     const first = series[0].step;
     this._histNote.replaceChildren(
-      h('span', { class: 'jp-gradsight-muted' }, series.length > 1 ? `steps ${first}–${latest.step}, darker is newer · ` : `step ${latest.step} · `),
+      h(
+        'span',
+        { class: 'jp-gradsight-muted' },
+        series.length > 1 ? `steps ${first}–${latest.step}, darker is newer · ` : `step ${latest.step} · `
+      ),
       chip('zero', latest.zero),
       chip('NaN', latest.nan, latest.nan > 0),
       chip('+Inf', latest.posinf, latest.posinf > 0),
@@ -200,7 +215,17 @@ export class LayerView extends SectionView {
     const table = h(
       'table',
       { class: 'jp-gradsight-table jp-gradsight-stats-table' },
-      h('thead', {}, h('tr', {}, h('th', {}, `latest (step ${fmt(s.step ?? null)})`), h('th', {}, 'gradient'), h('th', {}, 'activation')))
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          h('th', {}, `latest (step ${fmt(s.step ?? null)})`),
+          h('th', {}, 'gradient'),
+          h('th', {}, 'activation')
+        )
+      )
     );
     const body = h('tbody');
     for (const [label, g, a] of STAT_ROWS) {
@@ -213,7 +238,9 @@ export class LayerView extends SectionView {
       ? h(
           'div',
           { class: 'jp-gradsight-params' },
-          ...params.map(([label, key]) => h('span', { class: 'jp-gradsight-param' }, `${label} `, h('b', {}, fmt(s[key]))))
+          ...params.map(([label, key]) =>
+            h('span', { class: 'jp-gradsight-param' }, `${label} `, h('b', {}, fmt(s[key])))
+          )
         )
       : h('div', { class: 'jp-gradsight-muted' }, 'No parameters of its own.');
     this._stats.replaceChildren(table, paramList);
@@ -247,10 +274,6 @@ export function binLabels(edges: Float64Array): string[] {
     out.push(fmtEdge(Math.abs(lo) > Math.abs(hi) ? lo : hi));
   }
   return out;
-}
-
-function sameBins(a: IHistogramData, b: IHistogramData): boolean {
-  return a.counts.length === b.counts.length;
 }
 
 /** A statistic; counts of non-finite values are highlighted when there are any. */

@@ -18,7 +18,11 @@ export class GradientsPanel extends Panel {
   constructor(readonly model: GradientsModel) {
     super();
     this.addClass('jp-gradsight-panel');
-    const refresh = h('button', { class: 'jp-gradsight-icon-button', title: 'Refresh from the kernel', 'aria-label': 'Refresh' });
+    const refresh = h('button', {
+      class: 'jp-gradsight-icon-button',
+      title: 'Refresh from the kernel',
+      'aria-label': 'Refresh'
+    });
     refreshIcon.element({ container: refresh, height: '16px', width: '16px' });
     refresh.onclick = () => void model.refresh();
     const header = new Widget({ node: h('div', { class: 'jp-gradsight-header' }, h('h2', {}, 'Gradients'), refresh) });

@@ -48,7 +48,11 @@ export class StatusView extends SectionView {
       m.state === 'connected' && m.kernelBusy ? h('span', { class: 'jp-gradsight-badge' }, 'cell running') : null
     );
     const where = session
-      ? h('div', { class: 'jp-gradsight-muted jp-gradsight-where-kernel' }, `${basename(session.path)} · ${session.kernelDisplayName}`)
+      ? h(
+          'div',
+          { class: 'jp-gradsight-muted jp-gradsight-where-kernel' },
+          `${basename(session.path)} · ${session.kernelDisplayName}`
+        )
       : null;
     const parts: (Node | null)[] = [line, where];
     if (m.state !== 'connected') {
@@ -64,7 +68,9 @@ export class StatusView extends SectionView {
           )
         );
         if (!st.features.watchers) {
-          parts.push(empty('gradsight is loaded but its capture engine failed to import in this kernel; see the kernel log.'));
+          parts.push(
+            empty('gradsight is loaded but its capture engine failed to import in this kernel; see the kernel log.')
+          );
         }
       }
       parts.push(this._watchers());
@@ -102,7 +108,8 @@ export class StatusView extends SectionView {
     const loss = snap?.steps.columns.loss;
     const lastLoss = loss && loss.length ? loss[loss.length - 1] : NaN;
     const summary = snap
-      ? `step ${snap.watcher.step_count} · ${snap.layers.total} layers` + (Number.isNaN(lastLoss) ? '' : ` · loss ${fmt(lastLoss)}`)
+      ? `step ${snap.watcher.step_count} · ${snap.layers.total} layers` +
+        (Number.isNaN(lastLoss) ? '' : ` · loss ${fmt(lastLoss)}`)
       : '';
     return h(
       'div',

@@ -14,11 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._version import __version__
+from ..widgets.signed_log import common_axis, regrid
 from . import convert
 from .buffers import Packer
 from .errors import ProtocolError
 from .histcache import Hist, HistogramCache
 from .limits import (
+    MAX_AFFECTED,
     MAX_COLUMNS,
     MAX_FINDINGS,
     MAX_LAYERS,
@@ -29,21 +32,12 @@ from .limits import (
     MAX_TEXT,
     MAX_WATCHERS,
 )
-from .schema import PROTOCOL_VERSION
+from .schema import PROTOCOL_VERSION, definition
 
 Message = tuple[dict[str, Any], list[memoryview]]
 _COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
-HISTOGRAM_KINDS = ("grad", "activation", "weight")
-
-
-def _version() -> str:
-    try:
-        from gradsight import __version__
-
-        return str(__version__)
-    except Exception:
-        return "unknown"
+SEVERITIES: tuple[str, ...] = tuple(definition("severity")["enum"])  # least to most severe
+HISTOGRAM_KINDS: tuple[str, ...] = tuple(definition("of")["enum"])
 
 
 def _torch_version() -> str:
@@ -78,7 +72,7 @@ def status(sources: Any, request_id: str | None = None) -> Message:
         "v": PROTOCOL_VERSION,
         "kind": "status",
         "id": request_id,
-        "gradsight_version": _version()[:64],
+        "gradsight_version": __version__[:64],
         "protocol": PROTOCOL_VERSION,
         "kernel": {"python": platform.python_version(), "torch": _torch_version(), "pid": os.getpid()},
         "watchers": [watcher_summary(w) for w in watchers],
@@ -134,7 +128,7 @@ def finding_row(row: dict[str, Any]) -> dict[str, Any]:
         "count": convert.integer(row.get("count")),
         "layer": convert.text(row.get("layer"), MAX_SHORT_TEXT),
         "kind": convert.text(row.get("kind"), 64) or "unknown",
-        "severity": severity if severity in _SEVERITY_RANK else "info",
+        "severity": severity if severity in SEVERITIES else "info",
         "message": convert.text(row.get("message"), MAX_TEXT),
         "hint": convert.text(row.get("hint"), MAX_TEXT),
         "phase": convert.text(row.get("phase"), MAX_SHORT_TEXT),
@@ -142,18 +136,30 @@ def finding_row(row: dict[str, Any]) -> dict[str, Any]:
         "source": convert.text(row.get("source"), MAX_SHORT_TEXT),
         "value": convert.number(row.get("value")),
         "threshold": convert.number(row.get("threshold")),
+        "status": status if (status := str(row.get("status") or "confirmed")) in _STATUSES else "confirmed",
+        "affected": [convert.text(a, MAX_SHORT_TEXT) for a in _as_list(row.get("affected"))[:MAX_AFFECTED]],
     }
 
 
+_STATUSES = tuple(definition("finding")["properties"]["status"]["enum"])
+
+
+def _as_list(value: Any) -> list:
+    """`affected` arrives as a tuple of layer names (or NaN/None for rows without one)."""
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
 def findings(df: pd.DataFrame) -> dict[str, Any]:
-    """The most severe, then most recent, findings first; the total says how many were cut."""
+    """The rows in w.findings()'s order, which the panel shows as is; past MAX_FINDINGS the most
+    severe are kept (earliest first within a severity), still in that order."""
     total = len(df)
     if total == 0:
         return {"total": 0, "rows": []}
-    rank = df["severity"].map(lambda s: _SEVERITY_RANK.get(str(s), 3)) if "severity" in df else 0
-    step = pd.to_numeric(df["step"], errors="coerce").fillna(-1) if "step" in df else 0
-    order = pd.DataFrame({"rank": rank, "step": step}).sort_values(["rank", "step"], ascending=[True, False])
-    picked = df.loc[order.index[:MAX_FINDINGS]]
+    picked = df
+    if total > MAX_FINDINGS:
+        least_severe_first = df["severity"].map(lambda s: -SEVERITIES.index(s) if s in SEVERITIES else 1)
+        keep = np.sort(np.argsort(least_severe_first.to_numpy(), kind="stable")[:MAX_FINDINGS])
+        picked = df.iloc[keep]
     return {"total": total, "rows": [finding_row(r) for r in picked.to_dict("records")]}
 
 
@@ -208,7 +214,7 @@ def _histograms(
         steps = list(w.histogram_steps(layer, of=of))[-max_steps:]
     except ValueError:  # e.g. no weight histogram for a parameter-free layer
         return []
-    out = []
+    hists = []
     for s in steps:
         h = cache.get(w, layer, of, s) if cache is not None else None
         if h is None:
@@ -218,11 +224,31 @@ def _histograms(
                 continue
             if cache is not None:
                 cache.put(w, layer, of, s, h)
+        hists.append(h)
+    return on_common_grid(hists, packer)
+
+
+def on_common_grid(hists: list[Hist], packer: Packer) -> list[dict[str, Any]]:
+    """The histograms of one series regridded onto one signed-log grid, sharing one edges buffer.
+
+    Each step's histogram fits its bin edges to that step's range, so the panel could not
+    overlay them bin by bin; the common grid (the one the Python views draw on) covers them all.
+    """
+    if not hists:
+        return []
+    cells = max(1, max(len(h.counts) // 2 for h in hists))  # per side: the resolution of the originals
+    axis = common_axis(hists, cells=cells)
+    magnitudes = 10.0 ** axis.grid()[1:]  # the innermost bin reaches 0, as in a Histogram
+    edges = packer.ref(np.concatenate([-magnitudes[::-1], [0.0], magnitudes]))
+    out = []
+    for h in hists:
+        regridded = regrid(h, axis)  # [negative cells, exact zeros, positive cells]
+        counts = np.concatenate([regridded[:cells], regridded[cells + 1:]])
         out.append(
             {
                 "step": h.step,
-                "edges": packer.ref(h.edges),
-                "counts": packer.ref(h.counts, "int64"),
+                "edges": edges,
+                "counts": packer.ref(counts),
                 "nan": h.nan,
                 "posinf": h.posinf,
                 "neginf": h.neginf,

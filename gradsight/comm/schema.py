@@ -1,4 +1,4 @@
-"""Loads protocol/schema.json and validates messages against it.
+"""Loads protocol/schema.json, reads the protocol's facts from it and validates messages against it.
 
 The schema is the contract with the TypeScript side: the kernel checks every incoming request
 against it before looking at any field, and tests check every outgoing message too.
@@ -12,11 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ProtocolError
-from .limits import MAX_REQUEST_BYTES
 
-PROTOCOL_VERSION = 1
-REQUEST_KINDS = ("hello", "get_snapshot", "get_layer", "get_gradcheck_reports", "run_gradcheck")
-REPLY_KINDS = ("status", "snapshot", "layer", "gradcheck_reports", "error")
+MAX_REQUEST_BYTES = 16 * 1024  # JSON-encoded size of one incoming message, checked before the schema
 
 
 def schema_path() -> Path:
@@ -34,6 +31,16 @@ def schema_path() -> Path:
 def load_schema() -> dict[str, Any]:
     with open(schema_path(), encoding="utf-8") as f:
         return json.load(f)
+
+
+def definition(name: str) -> Any:
+    """One entry of the schema's definitions (its lists and bounds are read from here)."""
+    return load_schema()["definitions"][name]
+
+
+PROTOCOL_VERSION: int = definition("envelope")["properties"]["v"]["const"]  # apart from the package version
+REQUEST_KINDS: tuple[str, ...] = tuple(definition("request_kind")["enum"])
+REPLY_KINDS: tuple[str, ...] = tuple(definition("reply_kind")["enum"])
 
 
 if TYPE_CHECKING:

@@ -1,45 +1,41 @@
 """Runs the detectors over each step record, keeps the findings, and decides which
 new findings deserve a live warning.
 
-Detectors are pure: numpy records in, reports to the :class:`~.finding.FindingLog`
-out, with fixed-size state (no per-step growth). One detector failing never stops the
-others; the first failure is re-raised after the step is logged, and the watcher
-reports it once.
+Every detector has one interface (:mod:`.detector`): ``update(rec, metrics, ctx)``
+returns the findings that hold in this record. The engine calls them in order — the
+non-finite check first, because whether a record's numbers can be trusted decides what
+the others may conclude from it — and merges what they return into episodes. One
+detector failing never stops the others; the first failure is re-raised after the step
+is logged, and the watcher reports it once.
+
+When the run diverges, the divergence warning comes first and the per-layer scale
+findings that began with it are folded into it (their layers join its ``affected``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..records.metrics import layer_metrics
 from ..records.step_record import StepRecord
 from .clipping import Clipping
 from .dead_units import DeadUnits
+from .detector import Context, Detector
 from .finding import FINDING_COLUMNS, Finding, FindingLog
-from .gradient_scale import GradientScale
+from .gradient_scale import DIVERGENCE_KEY, EXPLODE, VANISH, GradientScale
 from .layout import Layout
-from .nan_origin import KIND as NAN_KIND
-from .nan_origin import NanOrigin, Origin
-from .precision import SkippedSteps, Underflow
+from .loss import LossWatch
+from .nonfinite import NonFinite
+from .precision import Underflow
 from .saturation import Saturation
 from .thresholds import as_thresholds
 
-__all__ = ["DetectorEngine", "FINDING_COLUMNS"]
+__all__ = ["DETECTORS", "DetectorEngine", "FINDING_COLUMNS"]
 
-
-@dataclass
-class _Pending:
-    """A gradient fault in a GradScaler run without ``optimizer=``: whether the step was
-    skipped shows only at the next step, as a smaller loss scale."""
-
-    step: int
-    scale: float
-    origin: Origin
-    pgrad_bad: np.ndarray
+DETECTORS: tuple[type[Detector], ...] = (NonFinite, LossWatch, GradientScale, DeadUnits, Saturation, Underflow,
+                                         Clipping)
 
 
 class DetectorEngine:
@@ -47,15 +43,8 @@ class DetectorEngine:
         self.thresholds = as_thresholds(thresholds)
         self.layout = Layout(tuple(layers), tuple(types))
         self.log = FindingLog()
-        th = self.thresholds
-        self.nan = NanOrigin(self.layout)
-        self.scale = GradientScale(self.layout, th)
-        self.dead = DeadUnits(self.layout, th)
-        self.saturation = Saturation(self.layout, th)
-        self.underflow = Underflow(self.layout, th)
-        self.skipped = SkippedSteps(self.layout, th)
-        self.clipping = Clipping(self.layout, th)
-        self._pending: _Pending | None = None
+        self.detectors: list[Detector] = [cls(self.layout, self.thresholds) for cls in DETECTORS]
+        self._divergences: list[Finding] = []  # the latest divergence episodes (bounded)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -67,63 +56,63 @@ class DetectorEngine:
         m = metrics if metrics is not None else layer_metrics(rec)
         log = self.log
         log.begin(rec.step)
+        ctx = Context(step=rec.step)
         errors: list[BaseException] = []
-
-        def run(fn, *args):
+        found: list[Finding] = []
+        for d in self.detectors:
             try:
-                fn(*args)
+                found += d.update(rec, m, ctx)
             except Exception as exc:  # one detector's bug must not silence the others
                 errors.append(exc)
-
-        run(self._nan_and_skips, rec)
-        run(self.scale.update, rec, m, log)
-        run(self.dead.update, rec, log)
-        run(self.saturation.update, rec, log)
-        run(self.underflow.update, rec, log)
-        run(self.clipping.update, rec, log)
+        for kind in ctx.held:
+            log.hold(kind)
+        if ctx.diverging is not None:
+            ep = log.add(ctx.diverging)
+            if not self._divergences or self._divergences[-1] is not ep:
+                self._divergences = [*self._divergences[-15:], ep]
+        for f in self._fold_into_divergence(found, ctx.diverging):
+            log.add(f)
         new = log.end()
         if errors:
             raise errors[0]
         return log.live_warnings(new)
 
-    def _nan_and_skips(self, rec: StepRecord) -> None:
-        log = self.log
-        self._resolve_pending(rec)
-        origin = self.nan.locate(rec)
-        skipped = rec.optimizer_stepped is False
-        reported = False
-        if skipped:
-            self.skipped.update(rec, True, origin, log)
-        elif origin is not None and origin.backward and rec.optimizer_stepped is None and _scaler_in_use(rec):
-            bad = rec.param_seen[:, 1] & ~np.isfinite(rec.param_grad_sumsq)
-            self._pending = _Pending(rec.step, rec.grad_scale, origin, bad)  # decided at the next record
-        else:
-            if origin is not None:
-                self._report_origin(origin)
-                reported = True
-            self.skipped.update(rec, False, None, log)
-        self.nan.finish(rec, reported)
+    def _fold_into_divergence(self, found: list[Finding], fresh: Finding | None) -> list[Finding]:
+        """Scale findings that began with a divergence follow from it: their layers join its
+        ``affected`` and they get no row of their own — while their streak lasts, since
+        its start stays back-dated to where it began. Returns the findings to log."""
+        if not self._divergences:
+            return found
+        windows = self._divergences
 
-    def _resolve_pending(self, rec: StepRecord) -> None:
-        p, self._pending = self._pending, None
-        if p is None:
-            return
-        if np.isfinite(rec.grad_scale) and rec.grad_scale < p.scale:  # the scaler backed off: a skip
-            self.skipped.update(rec, True, p.origin, self.log, at=p.step)
-        else:  # a real fault: the optimizer stepped with those gradients
-            self._report_origin(p.origin, at=p.step)
-            self.nan.mark_updated(p.pgrad_bad)
+        def window(f: Finding) -> Finding | None:
+            if f.kind not in (VANISH, EXPLODE) or f.key == DIVERGENCE_KEY:
+                return None
+            return next((d for d in reversed(windows) if d.step <= f.step <= d.last_step + 1), None)
 
-    def _report_origin(self, o: Origin, at: int | None = None) -> None:
-        self.log.report(NAN_KIND, self.layout.name(o.layer), "error", o.message, hint=o.hint, phase=o.phase,
-                        op=o.op, source=o.source, value=o.value, at=at)
+        out = []
+        for f in [*found, *self.log.fold(lambda e: window(e) is not None)]:
+            if f is fresh:
+                continue
+            d = window(f)
+            if d is None:
+                out.append(f)
+                continue
+            d.affected = tuple(dict.fromkeys((*d.affected, *f.affected)))
+        for d in windows:
+            if d.affected:
+                base = d.message.split(" Exploding or vanishing gradients in")[0]
+                d.message = f"{base} Exploding or vanishing gradients in {len(d.affected)} layer(s) follow from it."
+        return out
+
+    def loss_arrived(self, rec: StepRecord) -> list[Finding]:
+        """``rec``'s loss arrived after ``update(rec)`` (``w.step(loss)`` after an ``optimizer=``
+        step): judge it now; return the findings to warn about."""
+        lw = next(d for d in self.detectors if isinstance(d, LossWatch))
+        return self.log.live_warnings(self.log.late(lw.late(rec), LossWatch.kinds))
 
     def findings(self) -> list[Finding]:
         return list(self.log.episodes)
 
-    def frame(self) -> pd.DataFrame:
-        return self.log.frame()
-
-
-def _scaler_in_use(rec: StepRecord) -> bool:
-    return bool(np.isfinite(rec.grad_scale)) and rec.grad_scale != 1.0
+    def frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - mirrors w.findings(all=True)
+        return self.log.frame(all=all)

@@ -30,12 +30,21 @@ class Layout:
             self.parent[i] = self.index.get(head, -1)
         self.param_layer: np.ndarray | None = None
         self.param_names: tuple[str, ...] = ()
+        has_child = np.zeros(len(self.layers), dtype=bool)
+        has_child[self.parent[self.parent >= 0]] = True
+        plain = np.array([_is_pass_through_type(t) for t in self.types], dtype=bool)
+        # layers that only pass values on: containers and parameter-free elementwise modules
+        # (refined to parameter-free ones when parameters are bound)
+        self.pass_through = has_child | plain
 
     def bind_params(self, rec: StepRecord) -> None:
         """Parameter ownership arrives with the first record."""
         if self.param_layer is None or len(self.param_layer) != len(rec.param_layer):
             self.param_layer = np.asarray(rec.param_layer, dtype=np.int64)
             self.param_names = tuple(rec.param_names)
+            own = np.zeros(len(self.layers), dtype=bool)
+            own[self.param_layer] = True
+            self.pass_through = self.pass_through & ~own  # a PReLU or a container's own weights compute
 
     def ancestors(self, i: int) -> list[int]:
         out = []
@@ -57,6 +66,28 @@ class Layout:
 
     def name(self, i: int) -> str:
         return self.layers[i] if i >= 0 else ""
+
+
+# Parameter-free modules that only move, reshape, drop or squash values elementwise: never the
+# named layer of a gradient-scale or underflow finding, never a NaN/Inf origin from finite inputs.
+_PASS_THROUGH = {"Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                 "FeatureAlphaDropout", "Flatten", "Unflatten", "ReLU", "ReLU6", "LeakyReLU", "RReLU", "ELU",
+                 "CELU", "SELU", "GELU", "SiLU", "Mish", "Hardswish", "Hardtanh", "Sigmoid", "Tanh",
+                 "Softsign", "Hardsigmoid", "Tanhshrink", "Softplus", "NewGELUActivation", "GELUActivation",
+                 "FastGELUActivation", "QuickGELUActivation"}
+_NONFINITE_SAFE = {"Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                   "FeatureAlphaDropout", "Flatten", "Unflatten", "ReLU", "ReLU6", "LeakyReLU", "RReLU",
+                   "Hardtanh", "Sigmoid", "Tanh", "Softsign", "Hardsigmoid"}
+
+
+def _is_pass_through_type(kind: str) -> bool:
+    return kind in _PASS_THROUGH
+
+
+def cannot_create_nonfinite(kind: str) -> bool:
+    """Modules that map finite inputs to finite outputs whatever the values (no exp, no
+    division): a NaN/Inf at their output came in with their input."""
+    return kind in _NONFINITE_SAFE
 
 
 def nonfinite_counts(raw: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..records.fields import F
 from ..records.step_record import StepRecord
-from .layout import Layout, fmt, nonfinite_counts
+from .layout import Layout, cannot_create_nonfinite, fmt, nonfinite_counts
 
 KIND = "nan_origin"
 TRACE_HINT = 'For the exact op and source line, watch with gs.watch(model, nan_trace="op").'
@@ -84,7 +84,7 @@ class NanOrigin:
         stepped = rec.optimizer_stepped is True or (rec.optimizer_stepped is None and _no_scaler(rec))
         became = pgrad_bad & stepped
         measured = rec.param_seen[:, 0]
-        bad = self._bad | became
+        bad = self._bad | became | _bad_at_forward(rec)
         bad[measured] = ~np.isfinite(rec.param_sumsq[measured])
         if reported:  # what this step's origin made non-finite needs no report of its own
             self._explained |= bad & ~self._bad
@@ -112,8 +112,17 @@ class NanOrigin:
     def _forward(self, rec: StepRecord, act_n: np.ndarray) -> Origin | None:
         lay = self.layout
         sub_bad = self._subtree_bad()
+        outside = _bad_at_forward(rec) & ~self._bad  # non-finite when the forward ran, not by an update we saw
+        if outside.any():
+            owners = {int(lay.param_layer[j]): int(j) for j in np.flatnonzero(outside)[::-1]}
+            for i in rec.forward_order:
+                if i in owners and act_n[i] > 0:
+                    return self._param_origin(rec, owners[i], before=True, outside=True)
         for i in rec.forward_order:
-            if act_n[i] > 0 and rec.input_finite[i] != 0 and not sub_bad[i]:
+            # dropout, identity, ReLU, ...: a NaN at their output came in with their input (which
+            # capture may not see: an identity returns its input tensor itself)
+            if act_n[i] > 0 and rec.input_finite[i] != 0 and not sub_bad[i] \
+                    and not cannot_create_nonfinite(lay.types[i]):
                 return self._forward_origin(rec, i)
         root = rec.forward_order[-1] if rec.forward_order else -1
         if root >= 0 and rec.input_finite[root] == 0 and lay.parent[root] < 0:
@@ -233,11 +242,17 @@ class NanOrigin:
             return None
         return self._param_origin(rec, int(np.flatnonzero(became)[0]), before=False)
 
-    def _param_origin(self, rec: StepRecord, j: int, before: bool) -> Origin:
+    def _param_origin(self, rec: StepRecord, j: int, before: bool, outside: bool = False) -> Origin:
         lay = self.layout
         owner = int(lay.param_layer[j])
         name = lay.param_names[j]
-        if before:
+        if outside:
+            msg = (f"Parameter {name!r} of {lay.describe(owner)} was already non-finite when this step's forward ran, "
+                   "although the last update gradsight saw left it finite: it was changed outside the training "
+                   "step, and the NaN/Inf output of the layer follows from it.")
+            hint = ("Look for code that writes to the parameters between steps: a manual edit under torch.no_grad(), "
+                    "load_state_dict of a bad checkpoint, a custom weight constraint or EMA copy.")
+        elif before:
             msg = (f"Parameter {name!r} of {lay.describe(owner)} is non-finite before this step's forward "
                    "(it was never seen finite, or went non-finite without a reported cause).")
             hint = "Check the initialisation and any code that writes to the parameters (load_state_dict, manual edits)."
@@ -272,6 +287,14 @@ class NanOrigin:
 _BACKWARD_HINT = ("A finite forward with a non-finite backward is usually a function whose derivative is "
                   "infinite where it was evaluated: sqrt/pow at 0, log at 0, acos at +-1, or a torch.where "
                   "whose masked branch is NaN/Inf (its gradient still flows). Clamp the input before the op.")
+
+
+def _bad_at_forward(rec: StepRecord) -> np.ndarray:
+    """[P] parameters capture saw non-finite while this step's forward ran."""
+    f = rec.param_finite_at_forward
+    if f is None or len(f) != len(rec.param_layer):
+        return np.zeros(len(rec.param_layer), dtype=bool)
+    return np.asarray(f) == 0
 
 
 def _no_scaler(rec: StepRecord) -> bool:

@@ -79,7 +79,7 @@ def gradcheck(fn: Callable, *inputs: Any, mode: str = "full", eps: float = 1e-6,
     report = GradcheckReport(
         fn=spec.name, mode=mode, eps=eps, atol=atol, rtol=rtol, seed=int(seed), rows=rows,
         samples=None if samples is None else int(samples), notes=notes, batched=bool(ev.use_vmap),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, outputs=ev.layout.outputs,
     )
     record(report)
     return report

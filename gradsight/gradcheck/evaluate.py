@@ -16,8 +16,9 @@ import warnings
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten
 
-from .classic import forward_only
+from .classic import classic_functions, forward_only
 from .errors import GradcheckError
 from .inputs import CallSpec
 from .outputs import OutputLayout
@@ -40,11 +41,18 @@ class Evaluator:
         self.classic: list[type] = []  # classic autograd.Functions in fn, run forward-only under vmap
         self.fallback_reason: str | None = None
         self.notes: list[str] = []
-        with torch.no_grad():
+        # The first call builds the autograd graph the analytic side differentiates, and tells
+        # which outputs are differentiable (requires_grad), hence compared. fn gets clones of
+        # the leaves, so it may write to its inputs in place.
+        self.leaves = [b.detach().clone().requires_grad_(True) for b in self.bases]
+        with torch.enable_grad():
             first = self._first_call()
-            self.layout = OutputLayout(first, spec.name)
-            self.y0 = self.layout.flat(first)
-            self._check_finite(first)
+        self.layout = OutputLayout(first, spec.name)
+        self.outs = self.layout.tensors(first)
+        self.classic = classic_functions([x for x in tree_flatten(first)[0] if isinstance(x, torch.Tensor)])
+        with torch.no_grad():
+            self.y0 = self.layout.flat(first).detach()
+            self._check_finite(self.outs)
             self._check_deterministic(self.layout.flat(self.call(self.center())), atol, eps)
         if self.layout.has_complex:
             self.notes.append("complex outputs are checked as (real, imaginary) pairs: the last index of "
@@ -71,7 +79,7 @@ class Evaluator:
 
     def _first_call(self) -> Any:
         try:
-            return self.call(self.center())
+            return self.call([leaf.clone() for leaf in self.leaves])
         except GradcheckError:
             raise
         except Exception as e:
@@ -88,8 +96,8 @@ class Evaluator:
                 f"inputs: {e}.{hint}"
             ) from e
 
-    def _check_finite(self, result: Any) -> None:
-        for name, o in zip(self.layout.names, self.layout.tensors(result), strict=True):
+    def _check_finite(self, outs: list[torch.Tensor]) -> None:
+        for name, o in zip(self.layout.names, outs, strict=True):
             bad = ~torch.isfinite(o)
             if bad.any():
                 first = self.layout.locate(int(self.layout.offsets[self.layout.names.index(name)])
@@ -163,4 +171,7 @@ class Evaluator:
 
     def _loop(self, points: dict[int, torch.Tensor], rows: torch.Tensor | None) -> torch.Tensor:
         n = next(iter(points.values())).shape[0]
-        return torch.stack([self.flat(self._values({k: p[b] for k, p in points.items()}), rows) for b in range(n)])
+        # p[b] is a view into the batch's storage: clone it, so that fn sees a tensor of its own
+        # (as_strided and other storage-relative ops would otherwise read the neighbouring points).
+        return torch.stack([self.flat(self._values({k: p[b].clone() for k, p in points.items()}), rows)
+                            for b in range(n)])

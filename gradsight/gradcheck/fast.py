@@ -66,7 +66,8 @@ def run_fast(ev: Evaluator, eps: float, atol: float, rtol: float, samples: int |
             rows.append(TensorCheck(
                 name=slot.name, kind=slot.kind, shape=slot.shape, dtype=str(slot.dtype).replace("torch.", ""),
                 passed=True, max_abs_err=err, max_rel_err=err / max(abs(n), atol, 1e-300),
-                worst_index=None, worst_output=None, analytic=a, numeric=n, method="projection vᵀJu",
+                worst_index=None, worst_output=None, output=", ".join(ev.layout.names), analytic=a, numeric=n,
+                method="projection vᵀJu",
                 excess=err / tol if tol > 0 else 0.0,
             ))
         else:

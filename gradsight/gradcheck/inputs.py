@@ -10,6 +10,7 @@ user's tensors and module are never written to: every call gets fresh copies.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import types
 from collections.abc import Callable, Sequence
@@ -126,6 +127,9 @@ class CallSpec:
                 self._check_layout(leaf, name)
                 tensors.append((i, name, leaf))
             self._leaves.append(leaf)
+        # Objects fn may mutate (a key/value cache, a dict of state): every call gets its own copy,
+        # so that calls do not see each other's updates and the user's object is left as it was.
+        self._mutable = [i for i, leaf in enumerate(self._leaves) if not isinstance(leaf, (torch.Tensor, *_IMMUTABLE))]
 
         if any(t.requires_grad for _, _, t in tensors):
             chosen = [(i, n, t) for i, n, t in tensors if t.requires_grad]
@@ -183,6 +187,17 @@ class CallSpec:
             )
         if t.device.type == "meta":
             raise GradcheckError(f"'{name}' is on the meta device and holds no values; pass a real tensor.")
+        if _overlaps(t):
+            zero = [d for d, (st, sz) in enumerate(zip(t.stride(), t.shape, strict=True)) if st == 0 and sz > 1]
+            how = (f"expanded (stride 0 in dim {', '.join(map(str, zero))})" if zero
+                   else f"a view whose elements overlap in memory (strides {t.stride()}, shape {tuple(t.shape)})")
+            raise GradcheckError(
+                f"'{name}' is {how}: several of its elements are one value in memory, so perturbing one "
+                "element perturbs the others and its gradient is ambiguous (torch.autograd.gradcheck "
+                "refuses such inputs too). To check each element on its own, pass x.contiguous(); to "
+                "check the gradient of the shared values, pass the tensor before expand/as_strided and "
+                "apply that inside fn."
+            )
 
     @staticmethod
     def _slot(name: str, kind: str, t: torch.Tensor, key: int | str) -> Slot:
@@ -204,6 +219,8 @@ class CallSpec:
         arguments (or a BatchNorm updating running stats) sees the same state each time.
         """
         leaves = list(self._leaves)
+        for i in self._mutable:
+            leaves[i] = state_copy(self._leaves[i])
         for i, t in self._const.items():
             leaves[i] = t.clone()
         for slot, v in zip(self.checked[: self.n_inputs], values[: self.n_inputs], strict=True):
@@ -219,6 +236,52 @@ class CallSpec:
         for slot, v in zip(self.checked[self.n_inputs :], values[self.n_inputs :], strict=True):
             state[slot.key] = v
         return torch.func.functional_call(self.module, state, tuple(args), kwargs)
+
+
+_IMMUTABLE = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, range,
+              slice, type(Ellipsis), types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def state_copy(x: Any, depth: int = 0) -> Any:
+    """A copy of a mutable argument with every tensor in it detached and cloned.
+
+    ``copy.deepcopy`` refuses tensors with autograd history, which is what a key/value cache
+    captured in training holds; those are constants for the check. Objects that cannot be
+    copied (locks, files, modules) are shared as they are.
+    """
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, (*_IMMUTABLE, torch.nn.Module)) or depth > 8:
+        return x
+    if isinstance(x, (list, tuple, set)):
+        items = [state_copy(v, depth + 1) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
+    if isinstance(x, dict):
+        out = copy.copy(x)
+        for k, v in x.items():
+            out[k] = state_copy(v, depth + 1)
+        return out
+    try:
+        out = copy.copy(x)
+    except Exception:
+        return x
+    if hasattr(out, "__dict__") and out is not x:
+        for k, v in vars(x).items():
+            out.__dict__[k] = state_copy(v, depth + 1)
+    return out
+
+
+def _overlaps(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (stride 0, or an overlapping as_strided view)."""
+    if t.numel() < 2:
+        return False
+    verdict = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard to tell cheaply
+    if verdict != 2:
+        return verdict == 1
+    offsets = torch.zeros((), dtype=torch.int64)
+    for st, sz in zip(t.stride(), t.shape, strict=True):
+        offsets = (offsets.unsqueeze(-1) + st * torch.arange(sz)).reshape(-1)
+    return int(offsets.unique().numel()) < t.numel()
 
 
 def _copy(t: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FRAME_COLUMNS = ["name", "shape", "passed", "max_abs_err", "max_rel_err", "worst_index", "analytic", "numeric"]
+from .outputs import OutputInfo
+
+FRAME_COLUMNS = ["name", "shape", "passed", "max_abs_err", "max_rel_err", "worst_index", "output", "analytic",
+                 "numeric"]
+OUTPUT_COLUMNS = ["name", "kind", "compared", "dtype", "shape"]
 
 
 
@@ -39,7 +43,8 @@ class TensorCheck:
     element of this tensor, ``worst_output`` the output element, ``analytic`` and
     ``numeric`` the two derivatives there. In fast mode a passing row holds the
     projection vᵀJu instead (``worst_index`` is None); a failing one is re-checked
-    element-wise and reads like a full-mode row.
+    element-wise and reads like a full-mode row. ``output`` names the output tensor of the
+    worst entry (for a projection, the compared outputs).
     """
 
     name: str
@@ -55,6 +60,7 @@ class TensorCheck:
     numeric: float
     method: str  # how it was checked, e.g. "all 4096 elements", "projection vᵀJu"
     note: str = ""
+    output: str | None = None
     excess: float = field(default=0.0, repr=False)  # worst error / its tolerance; above 1 fails
     plot_data: PlotData | None = field(default=None, repr=False, compare=False)
 
@@ -92,6 +98,7 @@ class GradcheckReport:
     seconds: float = 0.0
     layer: str | None = None  # in-model checks: the layer's qualified name in the model
     step: int | None = None  # in-model checks: the training step whose inputs were used
+    outputs: list[OutputInfo] = field(default_factory=list)  # every output of fn, with its kind
 
     @property
     def passed(self) -> bool:
@@ -110,18 +117,40 @@ class GradcheckReport:
         return max(self.rows, key=lambda r: (not r.passed, r.excess))
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per checked tensor: inputs first, in order, then module parameters."""
+        """One row per checked tensor: inputs first, in order, then module parameters.
+
+        ``worst_index`` and ``output`` locate the worst entry: the element of the tensor and
+        the output it was compared on (``outputs_frame()`` says which outputs were compared).
+        """
         return pd.DataFrame(
             [
                 {
                     "name": r.name, "shape": r.shape, "passed": r.passed, "max_abs_err": r.max_abs_err,
-                    "max_rel_err": r.max_rel_err, "worst_index": r.worst_index, "analytic": r.analytic,
-                    "numeric": r.numeric,
+                    "max_rel_err": r.max_rel_err, "worst_index": r.worst_index, "output": r.output,
+                    "analytic": r.analytic, "numeric": r.numeric,
                 }
                 for r in self.rows
             ],
             columns=FRAME_COLUMNS,
         )
+
+    def output_notes(self) -> list[str]:
+        """A line on the outputs that were not compared, and why (empty when all were)."""
+        skipped = [o for o in self.outputs if not o.compared]
+        if not skipped:
+            return []
+        compared = ", ".join(o.name for o in self.outputs if o.compared)
+        return [f"compared {compared}; not compared: "
+                + "; ".join(f"{o.name} ({o.kind})" for o in skipped)
+                + " (torch.autograd.gradcheck's rule: only outputs that require grad have a gradient to check)"]
+
+    def outputs_frame(self) -> pd.DataFrame:
+        """One row per output of fn: its kind and whether its Jacobian was compared.
+
+        Only differentiable outputs are compared (torch.autograd.gradcheck's rule); if none
+        is, all floating-point ones are, and their numeric derivative must then be zero.
+        """
+        return pd.DataFrame([o.to_dict() for o in self.outputs], columns=OUTPUT_COLUMNS)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (no Jacobians): for the panel protocol and for saving.
@@ -133,7 +162,7 @@ class GradcheckReport:
             "atol": _num(self.atol), "rtol": _num(self.rtol), "seed": int(self.seed),
             "samples": self.samples, "batched": self.batched, "seconds": _num(self.seconds),
             "layer": self.layer, "step": None if self.step is None else int(self.step),
-            "notes": list(self.notes),
+            "notes": list(self.notes), "outputs": [o.to_dict() for o in self.outputs],
             "rows": [
                 {
                     "name": r.name, "kind": r.kind, "shape": [int(s) for s in r.shape], "dtype": r.dtype,
@@ -141,7 +170,7 @@ class GradcheckReport:
                     "max_rel_err": _num(r.max_rel_err),
                     "worst_index": None if r.worst_index is None else [int(i) for i in r.worst_index],
                     "worst_output": r.worst_output, "analytic": _num(r.analytic), "numeric": _num(r.numeric),
-                    "method": r.method, "note": r.note,
+                    "method": r.method, "note": r.note, "output": r.output,
                 }
                 for r in self.rows
             ],
@@ -162,7 +191,7 @@ class GradcheckReport:
             if r.passed:
                 parts.append(f"{r.name} ok")
             else:
-                at = "" if r.worst_index is None else f" at {tuple(r.worst_index)}"
+                at = "" if r.worst_index is None else f" at {r.where()}"
                 parts.append(f"{r.name} FAIL (max abs err {r.max_abs_err:.3g}{at})")
         verdict = "passed" if self.passed else "FAILED"
         return f"GradcheckReport({verdict}, {self.fn}, mode={self.mode!r}: {', '.join(parts)})"
@@ -199,7 +228,7 @@ class GradcheckReport:
                 f"{r.analytic:.6g}", f"{r.numeric:.6g}", esc(r.method + (f" — {r.note}" if r.note else "")),
             ]
             body.append("<tr>" + "".join(f'<td style="{pad}">{v}</td>' for v in vals) + "</tr>")
-        notes = "".join(f"<li>{esc(n)}</li>" for n in self.notes)
+        notes = "".join(f"<li>{esc(n)}</li>" for n in self.notes + self.output_notes())
         notes = f'<ul style="margin:4px 0">{notes}</ul>' if notes else ""
         return f'{head}<table class="jp-gradsight-gradcheck"><thead><tr>{th}</tr></thead>' \
                f"<tbody>{''.join(body)}</tbody></table>{notes}"

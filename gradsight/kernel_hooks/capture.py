@@ -28,6 +28,7 @@ from ..records.step_record import StepRecord
 from .histogram import octave_counts
 from .model_changes import ModelChanges
 from .sampling import slice_batch
+from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import measure, sum_of_squares
 from .tensors import float_tensors, tensor_key
@@ -155,6 +156,12 @@ class Capture:
         self.capturing = False       # this step is sampled (step % every == 0)
         self.detail = False          # this step takes full statistics, histograms, weight norms
         self.measure_update = False  # this step measures update norms
+        self.saved = SavedBytes(L)   # bytes saved for backward, per layer (detail steps)
+        self.step_started = time.perf_counter()  # the previous step's close (set by the watcher)
+        # own parameters of each layer, for the finiteness check of a layer whose output is non-finite
+        self._own_params: dict[int, list[int]] = {}
+        for j, i in enumerate(owner):
+            self._own_params.setdefault(i, []).append(j)
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
         self.began = False          # a training forward started since the watcher's last step boundary
@@ -207,6 +214,8 @@ class Capture:
         self._tensor_handles.clear()
         self._produced.clear()
         self.last_inputs.clear()
+        if getattr(self, "saved", None) is not None:
+            self.saved.end()
         if self.changes is not None:
             self.changes.remove()
 
@@ -217,6 +226,7 @@ class Capture:
             h.remove()
         self._tensor_handles.clear()
         self.last_inputs = {i: e for i, e in self.last_inputs.items() if e[0] != -1}
+        self.saved.take()  # stop counting saved bytes (a raised forward never reached its end)
         self.buffer.reset()
         self._reset_step_state()
 
@@ -254,6 +264,10 @@ class Capture:
         self.grad_dtypes: dict[int, str] = {}
         self.forward_s = 0.0
         self._fwd_start: float | None = None
+        self._first_fwd: float | None = None
+        self._opt_start: float | None = None
+        self._param_bad_fwd: set[int] = set()   # parameters seen non-finite during this step's forward
+        self._param_ok_fwd: set[int] = set()    # ... and seen finite
         self._bwd_first: float | None = None
         self._bwd_last: float | None = None
         self.backward_passes = 0
@@ -299,7 +313,11 @@ class Capture:
             return
         try:
             self._fwd_start = time.perf_counter()
+            if self._first_fwd is None:
+                self._first_fwd = self._fwd_start
             self.forward_passes += 1
+            if self.detail:
+                self.saved.begin([m for _, m in model.named_modules()], self.parameters())
             if self.measure_update and self._snapshot is None:
                 self._take_snapshot()
         except Exception as exc:  # a debugger must never break the training step
@@ -339,8 +357,11 @@ class Capture:
                 if i not in self._fwd_seen:
                     self._fwd_seen.add(i)
                     self.forward_order.append(i)
+                if not in_bwd:
+                    self.saved.finish(i)
                 if i == 0 and self._fwd_start is not None and not in_bwd:
                     self.forward_s += time.perf_counter() - self._fwd_start
+                    self.saved.end()
                 tensors = list(float_tensors(output))
                 self._note_inputs(i, args, kwargs, tensors)
                 if not tensors:
@@ -355,6 +376,8 @@ class Capture:
                     else:
                         summary = measure(t, self.detail)
                         self._produced[key] = (weakref.ref(t), summary, i)
+                        if summary.device.type == "cpu" and summary.dim() and i in self._own_params:
+                            self._check_own_params(i, summary)
                     if self.activations:
                         for r in rows:
                             self._write(r, summary, t.numel())
@@ -374,6 +397,19 @@ class Capture:
             return None
 
         return forward_hook
+
+    def _check_own_params(self, i: int, summary: torch.Tensor) -> None:
+        """A non-finite output (CPU: reading the summary is free): were this layer's own
+        parameters already non-finite when it ran? Set by hand or loaded, they were not
+        this step's computation. (On an accelerator this would need a host sync: there the
+        detectors infer parameter finiteness from the previous steps.)"""
+        bad = float(summary[F["nan"]] + summary[F["posinf"]] + summary[F["neginf"]])
+        if not bad > 0:
+            return
+        for j in self._own_params[i]:
+            p = self._params[j]()
+            if p is not None and j not in self._param_bad_fwd and j not in self._param_ok_fwd:
+                (self._param_ok_fwd if bool(torch.isfinite(p.detach()).all()) else self._param_bad_fwd).add(j)
 
     def _write(self, row: int, summary: torch.Tensor, numel: int) -> None:
         if summary.dim() == 0:
@@ -506,6 +542,17 @@ class Capture:
         of the weights on update-measuring steps."""
         if not self.capturing or self._closed:
             return
+        self._opt_start = time.perf_counter()
+        self.measure_step_grads()
+        if self.measure_update and self._snapshot is None:
+            self._take_snapshot()
+
+    def measure_step_grads(self) -> None:
+        """The gradients as they are now (after any clipping): at ``optimizer.step()``, or —
+        without ``optimizer=`` — when ``w.step()`` closes a detail step, so that clipping is
+        seen either way."""
+        if not self.capturing or self._closed:
+            return
         with torch.no_grad():
             for j, ref in enumerate(self._params):
                 p = ref()
@@ -513,13 +560,12 @@ class Capture:
                     g = p.grad.detach().reshape(-1)
                     g = g if g.dtype == torch.float32 else g.float()
                     self.buffer.set_param(j, 3, _sumsq(g))
-        if self.measure_update and self._snapshot is None:
-            self._take_snapshot()
 
     # --- closing a step ---------------------------------------------------------------
     def harvest(self, step: int) -> StepRecord:
         """Finish the step's device work, transfer once, and return the record."""
         buf = self.buffer
+        self._closing = time.perf_counter()
         with torch.no_grad():
             for j, ref in enumerate(self._params):
                 p = ref()
@@ -596,6 +642,14 @@ class Capture:
                                       exact_zero=exact_zero)
         backward_s = (self._bwd_last - self._bwd_first) if self._bwd_first is not None \
             and self._bwd_last is not None else float("nan")
+        # the step's time split: data (previous close -> first forward), forward, backward, optimizer
+        # (its step with optimizer=; without, whatever ran between backward and w.step())
+        data_s = self._first_fwd - self.step_started if self._first_fwd is not None else float("nan")
+        after = self._opt_start if self._opt_start is not None else self._bwd_last
+        optimizer_s = self._closing - after if after is not None else float("nan")
+        finite_fwd = np.full(len(self._params), np.nan)
+        finite_fwd[list(self._param_ok_fwd)] = 1.0
+        finite_fwd[list(self._param_bad_fwd)] = 0.0
         return StepRecord(
             step=step, layers=tuple(self.names),
             act=stats[:L], act_numel=numel[:L], grad=stats[L:], grad_numel=numel[L:],
@@ -608,4 +662,6 @@ class Capture:
             forward_s=self.forward_s if self.forward_passes else float("nan"), backward_s=backward_s,
             backward_passes=self.backward_passes, forward_passes=self.forward_passes, detail=self.detail,
             input_sources={i: tuple(sorted(s)) for i, s in self._input_sources.items() if s},
+            data_s=data_s, optimizer_s=optimizer_s, saved_bytes=self.saved.take(),
+            param_finite_at_forward=finite_fwd,
         )

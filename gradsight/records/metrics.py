@@ -13,18 +13,18 @@ from .step_record import StepRecord
 
 # Measured only on detail steps (every histogram_every-th): everything but norms and counts.
 DETAIL_METRICS = tuple(f"{p}_{n}" for p in ("act", "grad") for n in ("mean", "std", "min", "max", "zero_frac")) \
-    + ("param_norm", "update_norm", "update_ratio", "saturation")
+    + ("param_norm", "update_norm", "update_ratio", "saturation", "saved_bytes")
 STAT_NAMES = ("mean", "std", "min", "max", "norm", "zero_frac", "nan", "posinf", "neginf")
 LAYER_METRICS = (
     tuple(f"act_{n}" for n in STAT_NAMES)
     + tuple(f"grad_{n}" for n in STAT_NAMES)
-    + ("param_norm", "param_grad_norm", "update_norm", "update_ratio", "saturation")
+    + ("param_norm", "param_grad_norm", "update_norm", "update_ratio", "saturation", "saved_bytes")
 )
 
 
 def tensor_stats(raw: np.ndarray, numel: np.ndarray) -> dict[str, np.ndarray]:
     """mean, std (population), min, max, L2 norm, zero fraction and non-finite counts."""
-    raw = np.asarray(raw, dtype=np.float64)
+    raw = _unsaturate(np.asarray(raw, dtype=np.float64))
     n = np.asarray(numel, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         n_safe = np.where(n > 0, n, np.nan)
@@ -39,6 +39,23 @@ def tensor_stats(raw: np.ndarray, numel: np.ndarray) -> dict[str, np.ndarray]:
         "zero_frac": zero_frac, "nan": raw[:, F["nan"]], "posinf": raw[:, F["posinf"]],
         "neginf": raw[:, F["neginf"]],
     }
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _unsaturate(raw: np.ndarray) -> np.ndarray:
+    """A float32 sum (of squares) of finite values overflows to Inf above ~3.4e38 (a norm
+    above ~1.8e19): where the non-finite counts say every value was finite, keep it finite
+    at the float32 maximum — a lower bound — so that huge-but-finite never reads as Inf."""
+    counts = raw[:, F["nan"]] + raw[:, F["posinf"]] + raw[:, F["neginf"]]
+    finite = counts == 0  # NaN counts (not measured) compare False: left as they are
+    out = raw.copy()
+    for k in (F["sum"], F["sumsq"]):
+        col = out[:, k]
+        hit = finite & np.isinf(col)
+        col[hit] = np.sign(col[hit]) * FLOAT32_MAX
+    return out
 
 
 def layer_metrics(rec: StepRecord) -> dict[str, np.ndarray]:
@@ -59,6 +76,9 @@ def layer_metrics(rec: StepRecord) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         out["update_ratio"] = out["update_norm"] / out["param_norm"]
     out["saturation"] = rec.saturation.astype(np.float64)
+    # bytes this layer's forward saved for backward (detail steps; NaN elsewhere)
+    out["saved_bytes"] = np.asarray(rec.saved_bytes, dtype=np.float64) if rec.saved_bytes is not None \
+        else np.full(L, np.nan)
     return out
 
 
@@ -86,4 +106,5 @@ def _per_layer_norm(sumsq: np.ndarray, measured: np.ndarray, owner: np.ndarray,
 def total_grad_norm(rec: StepRecord) -> float:
     """Global L2 norm of all measured parameter gradients (what clip_grad_norm_ sees)."""
     g = rec.param_grad_sumsq[rec.param_seen[:, 1]]
-    return float(np.sqrt(g.sum())) / _grad_scale(rec) if g.size else float("nan")
+    # float64: a float32 sum of saturated squares overflows (and numpy would warn the user)
+    return float(np.sqrt(g.sum(dtype=np.float64))) / _grad_scale(rec) if g.size else float("nan")

@@ -22,7 +22,7 @@ class RunQueries:
 
     _history: RunHistory
 
-    def _findings_frame(self) -> pd.DataFrame:
+    def _findings_frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002
         raise NotImplementedError
 
     @property
@@ -59,9 +59,12 @@ class RunQueries:
         return pd.DataFrame(columns)  # built in one go: the panel reads it on every push
 
     def history(self, metric: str = "grad_norm") -> pd.DataFrame:
-        """One row per recorded step, one column per layer (or one column for step metrics)."""
+        """One row per recorded step, one column per layer (or one column for step metrics).
+
+        A name that is both (``saved_bytes``) is the per-layer history here; its step total
+        is the ``steps()`` column of the same name."""
         h = self._history
-        if metric in STEP_COLUMNS:
+        if metric in STEP_COLUMNS and metric not in LAYER_METRICS:
             steps, data = h.scalars.valid()
             return pd.DataFrame({metric: data[:, STEP_COLUMNS.index(metric)]},
                                 index=pd.Index(steps, name="step"))
@@ -121,9 +124,13 @@ class RunQueries:
         steps, values = ring.ordered()
         return pd.DataFrame(values, index=pd.Index(steps, name="step"))
 
-    def findings(self) -> pd.DataFrame:
-        """What the detectors found: one row per episode (see issue 3's contract)."""
-        return self._findings_frame()
+    def findings(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - reads as w.findings(all=True)
+        """What the detectors found: one row per cause and episode (issue 3's contract, issue 10's
+        ``status`` and ``affected``). ``status`` is ``suspected`` while the evidence is still
+        building and ``confirmed`` once it is complete; ``all=True`` also lists the suspicions
+        that were dismissed because they stopped holding."""
+        # all=True only when asked: a reader that keeps no dismissed suspicions need not take it
+        return self._findings_frame(all=True) if all else self._findings_frame()
 
 
 def _of_index(of: str) -> int:

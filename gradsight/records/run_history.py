@@ -23,7 +23,7 @@ from .unit_history import UnitRing
 HISTORY_BYTES = 32 * 2**20     # cap for per-layer metric history
 HISTOGRAM_BYTES = 32 * 2**20   # cap for stored histograms
 SCALAR_CAPACITY = 8192         # loss / lr / timings rows before thinning
-STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm")
+STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm", "data_s", "optimizer_s", "saved_bytes")
 
 
 class RunHistory:
@@ -92,8 +92,7 @@ class RunHistory:
             if ring is None or ring.values.shape[1] != per_unit.size:
                 ring = self.units[i] = UnitRing(per_unit.size)
             ring.add(rec.step, per_unit)
-        lr = rec.lrs[0] if rec.lrs else float("nan")
-        self.scalars.append(rec.step, [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec)])
+        self.scalars.append(rec.step, step_scalars(rec))
         if rec.hist:
             self._append_histograms(rec)
         return metrics
@@ -157,6 +156,14 @@ class RunHistory:
             self.scalars.data[row, STEP_COLUMNS.index("loss")] = loss
 
 
+def step_scalars(rec: StepRecord) -> list[float]:
+    """One record's row of :data:`STEP_COLUMNS` (what ``steps()`` shows; recordings write the same)."""
+    lr = rec.lrs[0] if rec.lrs else float("nan")
+    saved = float(np.nansum(rec.saved_bytes)) if rec.saved_bytes is not None and \
+        np.isfinite(rec.saved_bytes).any() else float("nan")
+    return [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec), rec.data_s, rec.optimizer_s, saved]
+
+
 def merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
     """Latest value of every metric for layers(): on light steps the detail metrics keep their
     last measured value — unless the layer went non-finite, when the new values are the news."""
@@ -169,6 +176,6 @@ def merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
         for m in DETAIL_METRICS:
             if m.startswith(prefix):
                 merged[m] = np.where(news, new[m], old[m])
-    for m in ("param_norm", "update_norm", "update_ratio", "saturation"):
+    for m in ("param_norm", "update_norm", "update_ratio", "saturation", "saved_bytes"):
         merged[m] = old[m]
     return merged

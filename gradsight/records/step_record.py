@@ -46,9 +46,16 @@ class StepRecord:
     dtypes: dict[int, str] = field(default_factory=dict)      # layer -> activation dtype
     grad_dtypes: dict[int, str] = field(default_factory=dict)
     loss: float = float("nan")
+    loss_given: bool = False  # the user passed a loss (a NaN loss is then a NaN loss, not a missing one)
     lrs: tuple[float, ...] = ()
     forward_s: float = float("nan")
     backward_s: float = float("nan")
+    data_s: float = float("nan")        # previous step's close -> this step's first forward (data loading)
+    optimizer_s: float = float("nan")   # optimizer.step() (with optimizer=), else end of backward -> w.step()
+    saved_bytes: np.ndarray | None = None  # [L] bytes each module's forward saved for backward (detail steps)
+    # [P] 1.0 finite / 0.0 non-finite when this step's forward ran, NaN not checked (checked on CPU for
+    # the parameters of layers whose output was non-finite: a weight set to Inf by hand is not this step's doing)
+    param_finite_at_forward: np.ndarray | None = None
     optimizer_stepped: bool | None = None   # None: no optimizer given, so unknown
     backward_passes: int = 0
     forward_passes: int = 0

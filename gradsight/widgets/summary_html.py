@@ -86,11 +86,18 @@ def _badge(text: str, color: str) -> str:
 
 
 def _badges(found) -> str:
+    """Confirmed findings counted by severity, and the suspicions apart: the badge never
+    says "0 findings" while evidence for one is building."""
     if not len(found) or "severity" not in found.columns:
         return _badge("0 findings", style.GREEN)
-    counts = found["severity"].astype(str).value_counts()
+    status = found["status"].astype(str) if "status" in found.columns else None
+    suspected = int((status == "suspected").sum()) if status is not None else 0
+    confirmed = found[status != "suspected"] if status is not None else found
+    counts = confirmed["severity"].astype(str).value_counts()
     out = [_badge(f"{int(counts[s])} {s}{'s' if counts[s] != 1 else ''}", style.SEVERITY_COLOR[s])
            for s in ("error", "warning", "info") if s in counts]
+    if suspected:
+        out.append(_badge(f"{suspected} suspected", style.GREY))
     return "".join(out)
 
 
@@ -101,13 +108,14 @@ def _table(found, max_rows: int) -> str:
     rows = []
     for r in found.head(max_rows).to_dict("records"):  # in findings() order: one order everywhere
         sev = str(r.get("severity", ""))
+        label = "suspected" if r.get("status") == "suspected" else sev
         steps = _steps(r)
         where = f"<code>{esc(style.short_name(str(r.get('layer', '')), 40))}</code>"
         op = r.get("op")
         if isinstance(op, str) and op:
             where += f' <span style="opacity:0.7">{esc(op)}</span>'
         rows.append(
-            f'<tr><td>{_badge(sev, style.SEVERITY_COLOR.get(sev, style.GREY))}</td>'
+            f'<tr><td>{_badge(label, style.SEVERITY_COLOR.get(label, style.GREY))}</td>'
             f"<td><b>{esc(str(r.get('kind', '')))}</b></td><td>{where}</td>"
             f'<td style="white-space:nowrap">{esc(steps)}</td>'
             f'<td style="text-align:left">{esc(str(r.get("message", "")))}</td></tr>')

@@ -1,9 +1,13 @@
-"""Loss, learning rate and total gradient norm over steps: the curves people open first.
+"""Loss, learning rate, total gradient norm and the step's time split over steps: the
+curves people open first.
 
-Three panels sharing the step axis. The loss and the gradient norm go on a log axis
+Panels sharing the step axis. The loss and the gradient norm go on a log axis
 when they span more than two decades; steps where a value is NaN/Inf are marked in
 vermillion on the panel's top edge with the first such step named, instead of
-silently breaking the line.
+silently breaking the line. The time panel stacks where each step's wall time went, as a
+debug dashboard shows it: data loading (from the previous step's close to the next
+forward), forward, backward, and the optimizer (without ``optimizer=``: whatever ran
+between backward and ``w.step()``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ METRICS = (
     ("loss", "loss", style.BLUE),
     ("lr", "learning rate", style.GREEN),
     ("total_grad_norm", "total gradient norm\n(before clipping)", style.ORANGE),
+    ("time", "step time (ms)", style.GREY),
 )
+TIME_PARTS = (("data_s", "data", style.GREY), ("forward_s", "forward", style.BLUE),
+              ("backward_s", "backward", style.ORANGE), ("optimizer_s", "optimizer", style.GREEN))
 
 
-def training_curves(src, *, ax=None, metrics=("loss", "lr", "total_grad_norm")):
+def training_curves(src, *, ax=None, metrics=("loss", "lr", "total_grad_norm", "time")):
     """Plot per-step scalars from a Watcher or the DataFrame of ``w.steps()``.
 
     ``ax`` may be one Axes (split into one row per metric) or a sequence with one Axes
@@ -33,6 +40,9 @@ def training_curves(src, *, ax=None, metrics=("loss", "lr", "total_grad_norm")):
     labels = {k: (lab, col) for k, lab, col in METRICS}
     for a, metric in zip(axes, metrics, strict=True):
         label, color = labels[metric]
+        if metric == "time":
+            _time_split(a, df, steps, label)
+            continue
         y = source.column(df, metric)
         ok = np.isfinite(y)
         bad = np.isinf(y) | (_diverged(y) if metric == "loss" else np.zeros(len(y), dtype=bool))
@@ -61,6 +71,27 @@ def training_curves(src, *, ax=None, metrics=("loss", "lr", "total_grad_norm")):
         last = int(np.nanmax(steps)) if len(steps) and np.isfinite(steps).any() else None
         axes[0].set_title("Training curves" + (f" (last step {last})" if last is not None else ""), fontsize=10)
     return fig
+
+
+def _time_split(a, df: pd.DataFrame, steps: np.ndarray, label: str) -> None:
+    """Stacked bars: where each step's wall time went."""
+    parts = [(source.column(df, c) * 1e3, name, color) for c, name, color in TIME_PARTS]
+    known = np.zeros(len(steps), dtype=bool)
+    for values, _, _ in parts:
+        known |= np.isfinite(values)
+    a.set_ylabel(label, fontsize=9)
+    if not known.any():
+        style.no_data(a, "no step times recorded yet" + (": run a training step" if len(steps) == 0 else ""))
+        return
+    bottom = np.zeros(known.sum())
+    width = 0.8 * (np.median(np.diff(steps[known])) if known.sum() > 1 else 1.0)
+    for values, name, color in parts:
+        v = np.where(np.isfinite(values[known]), values[known], 0.0)
+        a.bar(steps[known], v, bottom=bottom, width=width, color=color, label=name, linewidth=0)
+        bottom += v
+    a.set_ylim(0, bottom.max() * 1.35 if bottom.max() > 0 else 1.0)  # headroom for the legend
+    a.legend(fontsize=7, ncol=4, loc="upper right", frameon=False)
+    a.grid(axis="y", color="#e5e5e5", lw=0.6)
 
 
 def _frame(src) -> pd.DataFrame:

@@ -1,0 +1,134 @@
+"""The ``gradsight`` console command: ``gradsight summary runs/exp1`` for terminals and CI logs.
+
+Exit status: 0 when the run has no error-severity finding, 1 when it has one (a CI job can
+fail on a NaN origin), 2 when the recording cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import numpy as np
+
+WIDTH = 100
+MAX_LAYER_ROWS = 12
+MAX_FINDINGS = 20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gradsight", description="gradsight: a gradient debugger for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("summary", help="print a recording's findings and a one-screen summary "
+                                       "(exit 1 when an error-severity finding exists)")
+    s.add_argument("path", help="a recording directory (gs.watch(..., record=PATH) or w.save(PATH))")
+    args = parser.parse_args(argv)
+    from .recording.format import RecordingError
+    from .recording.reader import open_recording
+
+    try:
+        rec = open_recording(args.path)
+    except (RecordingError, OSError, TypeError) as exc:
+        print(f"gradsight summary: {exc}", file=sys.stderr)
+        return 2
+    text, has_error = summary(rec, args.path)
+    print(text)
+    return 1 if has_error else 0
+
+
+def summary(rec: Any, path: str) -> tuple[str, bool]:
+    """The one-screen text and whether an error-severity finding exists."""
+    lines = []
+    state = "live, still recording" if rec.live else rec.manifest.get("state", "?")
+    lines.append(f"gradsight recording {path} - {rec.name!r} ({state}; format {rec.manifest.get('format_version')}, "
+                 f"written by gradsight {rec.manifest.get('gradsight_version')})")
+    st = rec.steps()
+    if len(st):
+        loss = st["loss"].to_numpy(dtype=np.float64)
+        lines.append(f"steps {int(st['step'].iloc[0])}-{int(st['step'].iloc[-1])} ({len(st)} stored) | "
+                     f"{len(rec.layer_names)} layers | loss {_loss_line(st['step'].to_numpy(), loss)}")
+        gn = st["total_grad_norm"].to_numpy(dtype=np.float64)
+        lines.append(f"total gradient norm: last {_num(gn[-1])}, max {_num(np.nanmax(gn) if np.isfinite(gn).any() else np.nan)}")
+    else:
+        lines.append(f"no steps recorded yet | {len(rec.layer_names)} layers")
+    if rec.problems:
+        lines.append(f"{len(rec.problems)} damaged chunk(s) skipped:")
+        lines += [f"  {p}" for p in rec.problems]
+    lines.append("")
+    lines += _layers(rec.layers())
+    lines.append("")
+    found = rec.findings()
+    sev = found["severity"].astype(str).tolist() if len(found) else []
+    counts = ", ".join(f"{sev.count(s)} {s}" for s in ("error", "warning", "info") if sev.count(s))
+    lines.append(f"Findings: {len(found)}" + (f" ({counts})" if counts else " - nothing wrong detected"))
+    for _, f in found.head(MAX_FINDINGS).iterrows():
+        span = f"step {f['step']}" if f["step"] == f["last_step"] else f"steps {f['step']}-{f['last_step']}"
+        where = f["layer"] if str(f["layer"]) else "(model)"
+        lines += _wrap(f"{str(f['severity']).upper():7} {f['kind']} at {where}, {span} (x{f['count']}): "
+                       f"{f['message']}", "  ", " " * 10)
+        if str(f.get("hint", "")):
+            lines += _wrap(f"hint: {f['hint']}", " " * 10, " " * 16)
+    if len(found) > MAX_FINDINGS:
+        lines.append(f"  ... and {len(found) - MAX_FINDINGS} more: gs.open({path!r}).findings()")
+    return "\n".join(_clip(line.rstrip()) for line in lines), "error" in sev
+
+
+def _layers(df) -> list[str]:
+    from .widgets.source import leaf_layers
+
+    if not len(df):
+        return ["no layers"]
+    idx = leaf_layers([str(n) for n in df["layer"]])
+    rows = df.iloc[idx]
+    step = int(df["step"].iloc[0])
+    out = [f"Layers (leaf modules, values at step {step}):" if step >= 0 else "Layers (no step yet):",
+           f"  {'layer':32} {'type':16} {'grad_norm':>10} {'act_norm':>10} {'update/w':>10}  non-finite"]
+    shown = list(range(len(rows)))
+    if len(shown) > MAX_LAYER_ROWS:
+        half = MAX_LAYER_ROWS // 2
+        shown = shown[:half] + [-1] + shown[-half:]
+    for k in shown:
+        if k < 0:
+            out.append(f"  ... {len(rows) - 2 * (MAX_LAYER_ROWS // 2)} more layers ...")
+            continue
+        r = rows.iloc[k]
+        bad = sum(float(r.get(f"{p}_{n}", 0) or 0) for p in ("act", "grad") for n in ("nan", "posinf", "neginf")
+                  if np.isfinite(float(r.get(f"{p}_{n}", 0) or 0)))
+        name = str(r["layer"]) or "(model)"
+        out.append(f"  {name[-32:]:32} {str(r['type'])[:16]:16} {_num(r['grad_norm']):>10} {_num(r['act_norm']):>10} "
+                   f"{_num(r['update_ratio']):>10}  {'NaN/Inf' if bad else ''}")
+    return out
+
+
+def _loss_line(steps, loss) -> str:
+    ok = np.isfinite(loss)
+    if not ok.any():
+        return "not recorded" if np.isnan(loss).all() else "non-finite"
+    first, last = np.nonzero(ok)[0][[0, -1]]
+    best = int(np.nanargmin(np.where(ok, loss, np.nan)))
+    text = f"{_num(loss[first])} -> {_num(loss[last])} (min {_num(loss[best])} at step {int(steps[best])})"
+    if (~ok & ~np.isnan(loss)).any():
+        text += f"; NaN/Inf from step {int(steps[np.nonzero(~ok & ~np.isnan(loss))[0][0]])}"
+    return text
+
+
+def _num(v) -> str:
+    v = float(v)
+    if not np.isfinite(v):
+        return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    return f"{v:.4g}"
+
+
+def _wrap(text: str, first: str, rest: str) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False) or [first]
+
+
+def _clip(s: str) -> str:
+    return s if len(s) <= WIDTH else s[:WIDTH - 3] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""``gs.watch(model, record=path)``: the watcher's side of streaming a recording.
+
+Called from the step close with the record and metrics the watcher already computed.
+A record is queued one step late, because ``w.step(loss=...)`` may still set the loss of
+the step that ``optimizer.step()`` just closed. Everything here is O(1) per step except
+the ``findings()`` snapshot taken every ``flush_seconds``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..records.metrics import LAYER_METRICS
+from ..records.run_history import STEP_COLUMNS
+from ..records.unit_history import WINDOW
+from ..warnings import GradsightWarning
+from .format import FINDINGS, LATEST, MANIFEST, TABLES, RecordingError, temp_name
+from .manifest import HOST, new_manifest, read_manifest
+from .writer import FLUSH_SECONDS, FLUSH_STEPS, QUEUE_STEPS, RecordingWriter
+
+_WRITING: dict[Path, str] = {}  # directories this process is streaming into -> watcher name
+
+
+def prepare_directory(path: Any, where: str) -> Path:
+    """A directory to write a new recording into: created, empty, or an earlier recording of
+    this same process (a re-run notebook cell), which is replaced."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{where}: the recording path must be a str or Path; got {type(path).__name__}.")
+    root = Path(path).expanduser()
+    if root.resolve() in _WRITING:
+        raise RecordingError(f"{where}: {str(root)!r} is being recorded right now by watcher "
+                             f"{_WRITING[root.resolve()]!r} in this process. Pass another path, or close that "
+                             "watcher first (w.close()).")
+    if root.exists() and not root.is_dir():
+        raise RecordingError(f"{where}: {str(root)!r} is a file; a recording is a directory. Pass a new "
+                             "directory path, e.g. 'runs/exp1'.")
+    if root.is_dir() and any(not e.startswith(".") for e in os.listdir(root)):
+        try:
+            old = read_manifest(root, where)
+        except RecordingError:
+            raise RecordingError(f"{where}: {str(root)!r} is not empty and is not a gradsight recording; refusing "
+                                 "to write into it. Pass a new directory path.") from None
+        writer = old.get("writer") or {}
+        if writer.get("pid") != os.getpid() or writer.get("host") != HOST:
+            raise RecordingError(f"{where}: {str(root)!r} already holds a recording ({old.get('name')!r}, "
+                                 f"{old.get('state')}). Pass a new path (e.g. '{root}-2') or delete it first "
+                                 f"(shutil.rmtree).")
+        for t in TABLES:  # this process wrote it: a re-run cell records afresh
+            shutil.rmtree(root / t, ignore_errors=True)
+        for f in (LATEST, FINDINGS, MANIFEST):
+            (root / f).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / temp_name("probe", str(os.getpid()))
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RecordingError(f"{where}: cannot write in {str(root)!r} ({exc}). Pass a writable directory.") from None
+    return root
+
+
+def manifest_for(q: Any, source: str, flush_steps: int, flush_seconds: float, units_window: int,
+                 hist_kinds: tuple[str, ...]) -> dict[str, Any]:
+    layers = q.layers()
+    return new_manifest(
+        name=str(q.name), layers=[{"name": str(n), "type": str(t), "params": int(p)}
+                                  for n, t, p in zip(layers["layer"], layers["type"], layers["params"], strict=True)],
+        bins=int(q.bins), every=int(q.every), histogram_every=int(q.histogram_every), hist_kinds=hist_kinds,
+        layer_metrics=LAYER_METRICS, step_columns=STEP_COLUMNS, source=source, flush_steps=flush_steps,
+        flush_seconds=flush_seconds, units_window=units_window)
+
+
+@dataclass(frozen=True)
+class RecordTo:
+    """Where and how often ``gs.watch(model, record=...)`` writes: a chunk every ``flush_steps``
+    steps or ``flush_seconds`` seconds, whichever comes first. A plain path means the defaults
+    (100 steps, 0.5 s): a follower sees new steps a few times a second, and a process killed
+    at any moment loses at most the last chunk."""
+
+    path: str | os.PathLike
+    flush_steps: int = FLUSH_STEPS
+    flush_seconds: float = FLUSH_SECONDS
+
+    def __post_init__(self):
+        _check_flush(self.flush_steps, self.flush_seconds)
+
+
+def start(watcher: Any, record: Any, *, hist_kinds: tuple[str, ...]) -> StreamRecorder:
+    target = record if isinstance(record, RecordTo) else RecordTo(record)
+    return StreamRecorder(watcher, target.path, hist_kinds=hist_kinds, flush_steps=target.flush_steps,
+                          flush_seconds=target.flush_seconds)
+
+
+class StreamRecorder:
+    """Streams one watcher's steps into a recording directory."""
+
+    def __init__(self, watcher: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = WINDOW,
+                 flush_steps: int = FLUSH_STEPS, flush_seconds: float = FLUSH_SECONDS,
+                 queue_steps: int = QUEUE_STEPS):
+        _check_flush(flush_steps, flush_seconds)
+        self.root = prepare_directory(path, "gs.watch(record=...)")
+        _WRITING[self.root.resolve()] = str(watcher.name)
+        self._watcher = watcher
+        manifest = manifest_for(watcher, "stream", flush_steps, flush_seconds, units_window, hist_kinds)
+        self.writer = RecordingWriter(self.root, manifest, names=watcher.layer_names, hist_kinds=hist_kinds,
+                                      bins=watcher.bins, flush_steps=flush_steps, flush_seconds=flush_seconds,
+                                      queue_steps=queue_steps, units_window=units_window)
+        self.flush_seconds = flush_seconds
+        self.stride = 1
+        self.dropped = 0
+        self._seen = 0
+        self._pending: tuple | None = None
+        self._next_snapshot = time.monotonic()
+        self.closed = False
+        atexit.register(self.close)
+
+    def on_step(self, rec: Any, metrics: dict) -> None:
+        prev, self._pending = self._pending, (rec, metrics)
+        if prev is not None:
+            self._enqueue(prev)
+        now = time.monotonic()
+        if now >= self._next_snapshot:
+            self._next_snapshot = now + self.flush_seconds
+            self.writer.set_findings(self._watcher.findings())
+
+    def _enqueue(self, item: tuple) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self.stride:
+            self.dropped += 1
+            return
+        if self.writer.put(item):
+            return
+        self.dropped += 1
+        self.stride *= 2
+        if self.stride == 2:
+            warnings.warn(f"gradsight: the recording {str(self.root)!r} cannot keep up with training (the disk is "
+                          f"slower than the steps); from step {item[0].step} it keeps every 2nd step (every 4th, "
+                          "... if it still falls behind). Training is not slowed. (Reported once.)",
+                          GradsightWarning, stacklevel=2)
+
+    def close(self) -> None:
+        """Queue the held-back step, write the final tables, mark the recording closed."""
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        _WRITING.pop(self.root.resolve(), None)
+        try:
+            if self._pending is not None:
+                self._enqueue(self._pending)
+                self._pending = None
+            self.writer.set_findings(self._watcher.findings())
+        finally:
+            self.writer.close(thinned={"stride": self.stride, "dropped_steps": self.dropped})
+
+
+def _check_flush(flush_steps: Any, flush_seconds: Any) -> None:
+    if isinstance(flush_steps, bool) or not isinstance(flush_steps, int) or flush_steps < 1:
+        raise ValueError(f"gradsight: flush_steps must be a positive integer (a chunk every n steps); "
+                         f"got {flush_steps!r}.")
+    if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
+        raise ValueError(f"gradsight: flush_seconds must be a positive number of seconds; got {flush_seconds!r}.")
