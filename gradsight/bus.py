@@ -10,12 +10,16 @@ subscriber, publishing costs one empty loop.
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 _watchers: list[weakref.ref] = []
 _subscribers: list[Callable[[str, Any], None]] = []
+# Held while a watcher stores a step or follows a model change, and by readers on other
+# threads (the panel's requests on a kernel subshell) while they read: they see a whole step.
+lock = threading.RLock()
 
 
 def add(watcher: Any) -> None:

@@ -8,6 +8,7 @@ a watcher never keeps a model alive.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 import weakref
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import bus
 from .detectors import DetectorEngine
@@ -31,7 +33,8 @@ from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
 from .records.step_record import StepRecord
-from .warnings import GradsightWarning
+from .step_lifecycle import any_optimizer_step, check_forward_start, say_once, step_is_empty
+from .warnings import GradsightWarning, user_stacklevel
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -78,7 +81,7 @@ class Watcher(RunQueries):
             raise TypeError(f"gradsight.watch: scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}.")
 
         self.on_nonfinite = check_mode(on_nonfinite)
-        selected = select_modules(_compiled_inner(model) or model, include, exclude)
+        select_modules(_compiled_inner(model) or model, include, exclude)  # bad patterns fail before anything changes
         previous = bus.watcher_of(model)
         if previous is not None:  # a re-run cell: replace, never stack hooks
             previous.close()
@@ -86,14 +89,43 @@ class Watcher(RunQueries):
         self._model_ref = weakref.ref(model)
         self._compiled = _compiled_inner(model)
         self._errors_reported: set[str] = set()
+        self._said: set[str] = set()  # one-time notices already given (see _say_once)
         self.errors: list[tuple[str, str]] = []
-        self._capture = Capture(self._compiled or model, activations=activations, bins=self.bins,
-                                on_error=self._hook_error, modules=selected)
-        self._capture.on_root_forward = self._on_root_forward
+        self.activations = activations
+        self._include, self._exclude = include, exclude
         self._batch: Any = None  # on_nonfinite="raise": the latest forward's inputs, detached
         self._withheld: list = []  # on_nonfinite="skip": (param, grad) kept from one optimizer.step()
+        self._recorder = None
+        self._capture = self._new_capture()
+        try:
+            self._setup(model, optimizer, thresholds, scaler, nan_trace, name, tensorboard=tensorboard,
+                        checksum_every=checksum_every, distributed=distributed)
+        except BaseException:  # roll back: a failed watch leaves no hook behind
+            self._release_hooks()
+            raise
+        if record is not None:  # pyarrow loads here, on first use
+            from .recording.recorder import start
+
+            try:
+                self._recorder = start(self, record, hist_kinds=HIST_KINDS)
+            except BaseException:
+                self.close()  # a watcher that failed to start leaves no hook behind
+                raise
+        self._begin_step()
+        bus.add(self)
+
+    def _new_capture(self) -> Capture:
+        root = self._compiled or self.model
+        selected = select_modules(root, self._include, self._exclude)  # re-selected after a model change
+        capture = Capture(root, activations=self.activations, bins=self.bins, on_error=self._hook_error,
+                          on_root_forward=self._on_root_forward, modules=selected)
         if self.on_nonfinite == "raise":
-            self._capture.on_root_inputs = self._keep_inputs
+            capture.on_root_inputs = self._keep_inputs
+        self._param_ids = _identities(capture.parameters())
+        return capture
+
+    def _setup(self, model, optimizer, thresholds, scaler, nan_trace, name, *, tensorboard, checksum_every,
+               distributed) -> None:
         self._scaler = scaler
         self._scale_this_step = float("nan") if scaler is not None else 1.0
         self._nan_tracer = None
@@ -106,6 +138,11 @@ class Watcher(RunQueries):
         self.step_count = 0
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self._opt_handles: list = []
+        self._opt_param_ids: dict[int, weakref.ref] = {}
+        self._foreign: dict[int, tuple[weakref.ref, bool]] = {}  # optimizer id -> (ref, steps our parameters)
+        self._opt_stepped_since_forward = False
+        self._user_stepped = False  # w.step() was called: the user closes steps (no auto-close)
+        self._tainted: str | None = None  # why the open step must not be recorded
         self._auto_closed_pending_loss = False
         self._opt_stepped_this_step = False
         self._last_record: StepRecord | None = None
@@ -124,25 +161,16 @@ class Watcher(RunQueries):
         if self._cross is not None and self._cross.setup_error is not None:
             self._hook_error("<distributed: communication hook>", self._cross.setup_error)
         if optimizer is not None:
-            self._opt_handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_step))
-            self._opt_handles.append(optimizer.register_step_post_hook(self._optimizer_post_step))
+            self._hook_optimizer(optimizer)
+        # every optimizer's step, for O(1) checks (a new optimizer, a forgotten w.step()); the
+        # hook holds this watcher weakly
+        self._global_opt_handle = register_optimizer_step_post_hook(any_optimizer_step(weakref.ref(self)))
         if self._compiled is not None:
             warnings.warn(
                 f"gradsight: {type(model).__name__} is torch.compile'd. Hooks inside compiled graphs cannot see "
                 "per-layer activations and output gradients; parameter norms, gradient norms and updates are "
                 "captured. To see every layer, watch the model before compiling it, or debug uncompiled.",
-                GradsightWarning, stacklevel=3)
-        self._recorder = None
-        if record is not None:  # pyarrow loads here, on first use
-            from .recording.recorder import start
-
-            try:
-                self._recorder = start(self, record, hist_kinds=HIST_KINDS)
-            except BaseException:
-                self.close()  # a watcher that failed to start leaves no hook behind
-                raise
-        self._begin_step()
-        bus.add(self)
+                GradsightWarning, stacklevel=4)
 
     # --- life cycle --------------------------------------------------------------------
     @property
@@ -154,12 +182,7 @@ class Watcher(RunQueries):
         """Remove every hook (modules, parameters, live tensors, optimizer). Idempotent."""
         if self.closed:
             return
-        self._capture.remove()
-        if self._nan_tracer is not None:
-            self._nan_tracer.remove()
-        for h in self._opt_handles:
-            h.remove()
-        self._opt_handles.clear()
+        self._release_hooks()
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._recorder is not None:
@@ -171,6 +194,18 @@ class Watcher(RunQueries):
         bus.discard(self)
         bus.publish("close", self)
 
+    def _release_hooks(self) -> None:
+        self._capture.remove()
+        if getattr(self, "_nan_tracer", None) is not None:
+            self._nan_tracer.remove()
+        for h in getattr(self, "_opt_handles", ()):
+            h.remove()
+        if getattr(self, "_opt_handles", None):
+            self._opt_handles.clear()
+        handle = getattr(self, "_global_opt_handle", None)
+        if handle is not None:
+            handle.remove()
+
     def __enter__(self) -> Watcher:
         return self
 
@@ -180,7 +215,7 @@ class Watcher(RunQueries):
     def __del__(self):
         try:
             if not self.closed:
-                self._capture.remove()
+                self._release_hooks()
         except Exception:
             pass
 
@@ -195,11 +230,22 @@ class Watcher(RunQueries):
         c.detail = c.capturing and sampled
         c.measure_update = c.capturing and sampled
         self._opt_stepped_this_step = False
+        c.began = False
         c.step_started = time.perf_counter()  # the data-loading time runs from here to the next forward
         if self._scaler is not None:
             self._scale_this_step = float("nan")
 
-    def _on_root_forward(self) -> None:
+    def _on_root_forward(self) -> Capture:
+        """A training forward of the whole model starts: the one place where the step life
+        cycle is checked (see :mod:`.step_lifecycle`); returns the capture that takes it."""
+        try:
+            check_forward_start(self)
+            self._scaler_checks()
+        except Exception as exc:  # never raise from the user's forward
+            self._hook_error("<step>", exc)
+        return self._capture
+
+    def _scaler_checks(self) -> None:
         """With ``optimizer=``, a forward after a backward whose optimizer step never ran
         (a GradScaler skip, then ``zero_grad``) closes that step as skipped. With
         ``scaler=``, a loss scale that dropped since the step began means GradScaler skipped
@@ -218,11 +264,22 @@ class Watcher(RunQueries):
     def _keep_inputs(self, args: tuple, kwargs: dict) -> None:
         self._batch = copy_inputs(args, kwargs)
 
+    def _hook_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        for h in self._opt_handles:
+            h.remove()
+        self._opt_handles = [optimizer.register_step_pre_hook(self._optimizer_pre_step),
+                             optimizer.register_step_post_hook(self._optimizer_post_step)]
+        self._optimizer_ref = weakref.ref(optimizer)
+        self._opt_param_ids = _identities(p for g in optimizer.param_groups for p in g["params"])
+
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
-            self._capture.optimizer_pre_step()
+            try:
+                self._capture.optimizer_pre_step()
+            except Exception as exc:  # never raise from optimizer.step()
+                self._hook_error("<optimizer>", exc)
             if self.on_nonfinite != "warn":
-                self.before_optimizer_step()
+                self.before_optimizer_step()  # may raise gs.NonFiniteError: the user asked for it
 
     def before_optimizer_step(self) -> bool:
         """Apply ``on_nonfinite`` to the gradients the optimizer is about to use; returns False
@@ -276,6 +333,7 @@ class Watcher(RunQueries):
         """
         if self.closed:
             raise RuntimeError(f"gradsight: watcher {self.name!r} is closed; call gs.watch(model) again.")
+        self._user_stepped = True
         if self._auto_closed_pending_loss and not self._capture.touched:
             self._auto_closed_pending_loss = False
             rec = self._last_record
@@ -286,16 +344,48 @@ class Watcher(RunQueries):
                     self._tensorboard.write_loss(rec.step, rec.loss)
                 self._detect(lambda: self._detectors.loss_arrived(rec))
             return
-        self._close_step(loss=loss, optimizer_stepped=None)
+        if step_is_empty(self):
+            return
+        self._close_step(loss=_to_float(loss) if loss is not None else None, optimizer_stepped=None)
 
-    def _close_step(self, loss: Any, optimizer_stepped: bool | None, check: bool = True) -> None:
+    def _close_step(self, loss: float | None, optimizer_stepped: bool | None, check: bool = True) -> None:
+        """Turn the open step into a record and open the next; never raises (it runs inside
+        ``optimizer.step()``): a failure is reported once and the step's capture dropped. The one
+        exception is ``on_nonfinite="raise"``, which the user asked for (after the bookkeeping)."""
         step = self.step_count
-        capturing = self._capture.capturing
-        if capturing and self._optimizer_ref is None and self._capture.detail:
-            self._capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
-        rec = self._capture.harvest(step) if capturing else None
+        rec = None
+        try:
+            rec = self._record_step(loss, optimizer_stepped)
+        except Exception as exc:
+            self._hook_error("<step>", exc)
+            with contextlib.suppress(Exception):
+                self._capture.discard_step()
+        self._tainted = None
+        self._auto_closed_pending_loss = False
+        self.step_count += 1
+        self._begin_step()
+        bus.publish("step", self)
+        if check and rec is not None and self.on_nonfinite == "raise":
+            where = first_nonfinite(rec, rec.loss if loss is not None else None)
+            if where is not None:
+                raise error_for(self.name, step, where, self._batch)
+
+    def _record_step(self, loss: float | None, optimizer_stepped: bool | None) -> StepRecord | None:
+        step = self.step_count
+        capture = self._capture
+        why = self._tainted or (capture.changes.reason if capture.changes is not None else None)
+        if why is not None and capture.capturing and (capture.touched or capture.began):
+            capture.discard_step()
+            say_once(self, "dropped", f"step {step} was not recorded: {why} while it was open, so its "
+                     "numbers would mix two states. Later steps are recorded as usual.")
+            if self._cross is not None:
+                self._cross.skip()  # the other ranks still exchange this step
+            return None
+        if capture.capturing and self._optimizer_ref is None and capture.detail:
+            capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
+        rec = capture.harvest(step) if capture.capturing else None
         if rec is not None:
-            rec.loss = _to_float(loss) if loss is not None else float("nan")
+            rec.loss = loss if loss is not None else float("nan")
             rec.loss_given = loss is not None
             rec.grad_scale = self._scale_this_step
             if self._nan_tracer is not None:
@@ -305,10 +395,11 @@ class Watcher(RunQueries):
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
             cross = self._exchange(rec)
-            self._last_record = rec
-            metrics = self._history.append(rec)
+            with bus.lock:
+                self._last_record = rec
+                metrics = self._history.append(rec)
+                self._detect(lambda: self._detectors.update(rec, metrics=metrics))
             self._check_empty(rec)
-            self._detect(lambda: self._detectors.update(rec, metrics=metrics))
             if self._recorder is not None:
                 try:
                     self._recorder.on_step(rec, metrics)
@@ -320,14 +411,7 @@ class Watcher(RunQueries):
                 _warn_finding(self.name, finding)
         elif self._cross is not None:
             self._cross.skip()
-        self._auto_closed_pending_loss = False
-        self.step_count += 1
-        self._begin_step()
-        bus.publish("step", self)
-        if check and rec is not None and self.on_nonfinite == "raise":
-            where = first_nonfinite(rec, rec.loss if loss is not None else None)
-            if where is not None:
-                raise error_for(self.name, step, where, self._batch)
+        return rec
 
     def _detect(self, run) -> None:
         try:
@@ -425,6 +509,10 @@ class Watcher(RunQueries):
 
     def gradcheck(self, layer: str, mode: str = "full", **kwargs):
         """Finite-difference check of ``layer`` on the inputs it saw in the last training step."""
+        if self.closed:
+            raise RuntimeError(f"gradsight: gradcheck({layer!r}): watcher {self.name!r} is closed, so it keeps no "
+                               "inputs. Call gs.watch(model) again and run a training step, or check a module "
+                               "directly with gs.gradcheck(module, *inputs).")
         i = self._layer_index(layer, "gradcheck")
         model = self.model
         if model is None:
@@ -485,6 +573,11 @@ def _cross_rank(model: nn.Module, capture: Capture, name: str, checksum_every: i
                      lambda: [r() for r in refs], checksum_every)
 
 
+def _identities(tensors) -> dict[int, weakref.ref]:
+    """id -> weak reference: membership that an id reused by a new tensor cannot fool."""
+    return {id(t): weakref.ref(t) for t in tensors}
+
+
 def _to_float(loss: Any) -> float:
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
@@ -509,25 +602,12 @@ def _compiled_inner(model: nn.Module) -> nn.Module | None:
     return inner if isinstance(inner, nn.Module) else None
 
 
-def _user_stacklevel() -> int:
-    """Point a warning at the user's line, not at torch's or gradsight's internals (with
-    ``optimizer=`` the step closes inside torch's optimizer hook)."""
-    import os
-    import sys
-
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(skip):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def _warn_finding(name: str, finding: Any) -> None:
     msg = getattr(finding, "message", str(finding))
     layer = getattr(finding, "layer", "")
     kind = getattr(finding, "kind", "finding")
     where = f"layer {layer!r}" if layer else "the whole model"
-    warnings.warn(f"gradsight [{name}] {kind} at {where}: {msg}", GradsightWarning, stacklevel=_user_stacklevel())
+    warnings.warn(f"gradsight [{name}] {kind} at {where}: {msg}", GradsightWarning, stacklevel=user_stacklevel())
 
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,

@@ -21,7 +21,7 @@ RANKS = {
     "detectors": 2, "nonfinite": 2,
     "gradcheck": 3,
     "distributed": 3,
-    "watcher": 4,
+    "watcher": 4, "step_lifecycle": 4,
     "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5, "magics": 5,
     "__init__": 6, "cli": 6,
 }
@@ -30,7 +30,8 @@ RANKS = {
 # for the view, so it loads then; never at module level.
 LAZY_VIEWS = {("watcher", "widgets"), ("gradcheck", "widgets"),
               ("watcher", "recording")}  # gs.watch(record=...) / w.save(): the user asked for a recording
-CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "distributed", "watcher")
+CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "distributed", "watcher",
+        "step_lifecycle")
 HEAVY = ("matplotlib", "ipywidgets", "pyarrow", "lightning", "pytorch_lightning", "transformers",
          "tensorboard", "IPython", "ipykernel")
 

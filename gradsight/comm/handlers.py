@@ -41,7 +41,8 @@ def get_snapshot(context: Context, req: dict[str, Any]) -> payloads.Message:
 
 def get_layer(context: Context, req: dict[str, Any]) -> payloads.Message:
     w = context.sources.find(req["watcher"])
-    msg = payloads.layer(w, req["layer"], req.get("max_steps", MAX_HIST_STEPS), req["id"])
+    # int(): JSON has one number type, and a schema-valid 5.0 is an integer to the schema
+    msg = payloads.layer(w, req["layer"], int(req.get("max_steps", MAX_HIST_STEPS)), req["id"])
     context.follow(watcher=w.name, layer=req["layer"] if req.get("follow", True) else None)
     return msg
 

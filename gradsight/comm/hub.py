@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..throttle import ThrottledSubscriber
-from .limits import MAX_PUSH_SHARE, MIN_PUSH_INTERVAL_S
+from .limits import MAX_PUSH_SHARE, MAX_SESSIONS, MIN_PUSH_INTERVAL_S
 from .server_log import log
 
 
@@ -24,7 +24,8 @@ class Listener(Protocol):
     """What the hub tells an open session (comm.session.Session is one)."""
 
     def push_status(self) -> None: ...
-    def push_update(self, trigger: Any = None, fresh: bool = True) -> None: ...
+    def push_update(self, trigger: Any = None, fresh: bool = True, shared: dict | None = None) -> None: ...
+    def close(self) -> None: ...
     def on_cell_start(self) -> None: ...
     def on_cell_end(self) -> None: ...
 
@@ -64,6 +65,10 @@ class Hub:
             self.sessions.append(session)
             if len(self.sessions) == 1:
                 self._start()
+            stale = self._oldest_beyond_cap()
+        if stale is not None:  # comms opened and never closed (reloaded tabs) expire
+            log.info("more than %d panel comms open: closing the one silent longest", MAX_SESSIONS)
+            stale.close()
         if self.executing:  # joined mid-cell: it hears the cell state like the others
             session.on_cell_start()
 
@@ -74,6 +79,11 @@ class Hub:
             self.sessions.remove(session)
             if not self.sessions:
                 self._stop()
+
+    def _oldest_beyond_cap(self) -> Any:
+        if len(self.sessions) <= MAX_SESSIONS:
+            return None
+        return min(self.sessions[:-1], key=lambda s: getattr(s, "last_heard", 0.0))
 
     def _start(self) -> None:
         self._unsubscribe = self.sources.subscribe(self.on_event)
@@ -112,8 +122,9 @@ class Hub:
 
     def _push_to_sessions(self, watcher: Any, fresh: bool) -> None:
         start = time.perf_counter()
+        shared: dict = {}  # each message is built once per push, whatever the number of panels
         for s in list(self.sessions):
-            s.push_update(watcher, fresh=fresh)
+            s.push_update(watcher, fresh=fresh, shared=shared)
         log.debug("pushed step %s to %d panel(s) in %.1f ms", getattr(watcher, "step_count", "?"),
                   len(self.sessions), 1e3 * (time.perf_counter() - start))
 

@@ -25,6 +25,7 @@ MAX_COLUMNS: int = definition("columns")["maxProperties"]
 PUSH_HIST_STEPS = 8  # histograms per kind in a pushed `layer` (pushes run while training)
 MIN_PUSH_INTERVAL_S = 0.25  # at most 4 pushes a second while a training cell runs
 MAX_PUSH_SHARE = 0.05  # pushes take at most 5% of a training loop's wall time (interval adapts)
+MAX_SESSIONS = 8  # open panel comms per kernel; beyond it the one silent longest is closed
 FINDINGS_EVERY_S = 1.0  # pushes re-read w.findings() at most this often (and at the end of a cell)
 
 __all__ = ["MAX_REQUEST_BYTES", "MAX_LAYERS", "MAX_STEPS", "MAX_FINDINGS", "MAX_HIST_STEPS", "MAX_REPORTS",

@@ -98,10 +98,37 @@ def validate(message: Any) -> None:
     _check_kind(kind, request_id, message)
 
 
+def _exceeds(data: Any, limit: int) -> bool:
+    """True when the JSON form of ``data`` is surely longer than ``limit``, found by walking at
+    most ~``limit`` items: every value takes at least one byte, a string its length."""
+    total, stack = 0, [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            total += len(x) + 2
+        elif isinstance(x, dict):
+            total += 2 + len(x)
+            for k, v in x.items():
+                total += (len(k) + 3) if isinstance(k, str) else 1
+                stack.append(v)
+        elif isinstance(x, list | tuple):
+            total += 2 + len(x)
+            if total > limit:
+                return True
+            stack.extend(x)
+        else:
+            total += 1
+        if total > limit:
+            return True
+    return False
+
+
 def parse_request(data: Any, buffers: list | None = None) -> dict[str, Any]:
     """Check one incoming comm payload: bounded, buffer-free, valid, and a request kind."""
     if buffers:
         raise ProtocolError("bad_message", "requests carry no binary buffers")
+    if _exceeds(data, MAX_REQUEST_BYTES):  # before serialising: a huge array costs nothing
+        raise ProtocolError("too_large", f"request is over {MAX_REQUEST_BYTES} bytes (the limit)")
     try:
         size = len(json.dumps(data, allow_nan=False))
     except (TypeError, ValueError) as e:

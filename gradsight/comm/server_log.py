@@ -32,5 +32,40 @@ if not log.handlers:
     )
     _handler.setFormatter(logging.Formatter("[gradsight.comm] %(levelname)s %(message)s"))
     log.addHandler(_handler)
-    log.setLevel(os.environ.get("GRADSIGHT_COMM_LOG", "INFO").upper())
     log.propagate = False
+    _level = os.environ.get("GRADSIGHT_COMM_LOG", "INFO").strip().upper()
+    if _level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        # an unknown level must not make the comm import fail (the panel would never connect)
+        log.setLevel("INFO")
+        log.warning("GRADSIGHT_COMM_LOG=%r is not a log level; using INFO. Use one of debug, info, "
+                    "warning, error.", os.environ.get("GRADSIGHT_COMM_LOG"))
+    else:
+        log.setLevel(_level)
+
+
+class RateLimited:
+    """At most ``burst`` lines per ``period`` seconds for one kind of message (a flood of bad
+    requests must not fill the server log); what was held back is counted in the next line."""
+
+    def __init__(self, burst: int = 20, period: float = 60.0, clock=None):
+        import time
+
+        self.burst, self.period = burst, period
+        self.clock = clock or time.monotonic
+        self._window_start = -float("inf")
+        self._count = 0
+        self.suppressed = 0
+
+    def warning(self, msg: str, *args) -> bool:
+        now = self.clock()
+        if now - self._window_start >= self.period:
+            self._window_start, self._count = now, 0
+        if self._count >= self.burst:
+            self.suppressed += 1
+            return False
+        self._count += 1
+        if self.suppressed:
+            msg = f"{msg} ({self.suppressed} similar lines suppressed)"
+            self.suppressed = 0
+        log.warning(msg, *args)
+        return True

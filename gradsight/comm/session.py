@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any
 
+from .. import bus
 from . import payloads
 from .errors import ProtocolError
 from .handlers import HANDLERS
 from .histcache import HistogramCache
 from .limits import FINDINGS_EVERY_S, PUSH_HIST_STEPS
 from .schema import parse_request
-from .server_log import log
+from .server_log import RateLimited, log
+
+MAX_SEND_FAILURES = 3      # consecutive failed sends before a comm is dropped
 
 
 class Session:
@@ -41,7 +45,11 @@ class Session:
         self._layer: str | None = None  # followed layer; None: first flagged, else first
         self._push_failures: set[str] = set()
         self._hists = HistogramCache()
-        self._findings: tuple[Any, float, dict[str, Any]] | None = None  # (watcher, time, payload)
+        # (weak watcher, time, payload): a panel must not keep a closed watcher alive
+        self._findings: tuple[weakref.ref, float, dict[str, Any]] | None = None
+        self.last_heard = time.monotonic()  # last request from the panel (or the open)
+        self._send_failures = 0
+        self._refusals = RateLimited()  # log lines for refused and failed requests (a flood stays short)
         comm.on_msg(self._on_msg)
         comm.on_close(self._on_close)
         _keep_frontend_routing(comm)
@@ -65,15 +73,17 @@ class Session:
             req = parse_request(data, buffers)
             log.debug("request %s %s on %s", req["kind"], req["id"], threading.current_thread().name)
             self.confirmed = True
-            reply = HANDLERS[req["kind"]](self, req)
+            self.last_heard = time.monotonic()
+            with bus.lock:  # a consistent snapshot while training writes on another thread
+                reply = HANDLERS[req["kind"]](self, req)
         except ProtocolError as e:
             if req is not None:  # raised by a handler: answer to that request
                 e.request_id, e.request_kind = req["id"], req["kind"]
-            log.warning("refused %s request (%s): %s", e.request_kind or "a", e.code, e.message)
+            self._refusals.warning("refused %s request (%s): %s", e.request_kind or "a", e.code, e.message)
             reply = payloads.error(e.code, e.message, e.request_id, e.request_kind)
         except Exception as e:  # a bug or a watcher changing under us: answer, never raise
             req_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
-            log.warning("failed to answer a request: %s: %s", type(e).__name__, e)
+            self._refusals.warning("failed to answer a request: %s: %s", type(e).__name__, e)
             reply = payloads.error(
                 "internal", f"{type(e).__name__}: {e}", req_id if req_id and len(req_id) <= 64 else None
             )
@@ -119,8 +129,14 @@ class Session:
                 return
             try:
                 self.comm.send(data=data, buffers=buffers or None)
+                self._send_failures = 0
+                return
             except Exception as e:
+                self._send_failures += 1
                 log.warning("could not send %s: %s: %s", data.get("kind"), type(e).__name__, e)
+        if self._send_failures >= MAX_SEND_FAILURES:  # the comm stopped answering: drop it
+            log.info("dropping panel comm %s after %d failed sends", self._comm_id(), self._send_failures)
+            self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -136,12 +152,13 @@ class Session:
     def push_status(self) -> None:
         self.send(payloads.status(self.sources))
 
-    def push_update(self, trigger: Any = None, fresh: bool = True) -> None:
+    def push_update(self, trigger: Any = None, fresh: bool = True, shared: dict | None = None) -> None:
         """Snapshot + selected layer of the followed watcher, if `trigger` (a watcher) is it.
 
         Runs inside w.step(), so it reuses what it can: one layers() frame for both
-        messages, cached histograms, and findings re-read at most once a second unless
-        `fresh` (the final push of a cell).
+        messages, cached histograms, findings re-read at most once a second unless
+        `fresh` (the final push of a cell), and — through `shared`, one dict per push from
+        the hub — the messages other sessions already built for the same watcher and layer.
         """
         if self.closed:
             return
@@ -153,18 +170,27 @@ class Session:
             return
         if trigger is not None and trigger is not w:
             return
+        shared = {} if shared is None else shared
         try:
-            layers = w.layers()
-            now = time.monotonic()
-            cached = self._findings
-            if fresh or cached is None or cached[0] is not w or now - cached[1] >= FINDINGS_EVERY_S:
-                cached = (w, now, payloads.findings(w.findings()))
-                self._findings = cached
-            snap = self.snapshot_of(w, layers=layers, findings_part=cached[2])
-            self.send(snap)
-            layer = snap[0]["selected_layer"]
+            base = shared.get(("snapshot", id(w)))
+            if base is None:
+                layers = w.layers()
+                now = time.monotonic()
+                cached = self._findings
+                if fresh or cached is None or cached[0]() is not w or now - cached[1] >= FINDINGS_EVERY_S:
+                    cached = (weakref.ref(w), now, payloads.findings(w.findings()))
+                    self._findings = cached
+                msg, buffers = payloads.snapshot(w, None, layers=layers, findings_part=cached[2])
+                base = shared[("snapshot", id(w))] = (msg, buffers, layers)
+            msg, buffers, layers = base
+            msg = dict(msg)  # the selected layer is this panel's own
+            msg["selected_layer"] = layer = self._pick_layer(msg)
+            self.send((msg, buffers))
             if layer is not None:
-                self.send(payloads.layer(w, layer, PUSH_HIST_STEPS, layers=layers, cache=self._hists))
+                key = ("layer", id(w), layer)
+                if key not in shared:
+                    shared[key] = payloads.layer(w, layer, PUSH_HIST_STEPS, layers=layers, cache=self._hists)
+                self.send(shared[key])
         except Exception as e:  # report once per kind of failure, keep training
             key = type(e).__name__
             if key not in self._push_failures:

@@ -26,6 +26,7 @@ from ..records.fields import F
 from ..records.histogram import rebin
 from ..records.step_record import StepRecord
 from .histogram import octave_counts
+from .model_changes import ModelChanges
 from .sampling import slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
@@ -92,6 +93,7 @@ class Capture:
 
     def __init__(self, model: nn.Module, *, activations: bool, bins: int,
                  on_error: Callable[[str, BaseException], None],
+                 on_root_forward: Callable[[], Capture | None] | None = None,
                  modules: list[tuple[str, nn.Module]] | None = None):
         """``modules``: the ``(name, module)`` pairs to hook (root first; default: all of them,
         see :func:`.filters.select_modules`)."""
@@ -99,12 +101,14 @@ class Capture:
         named = list(model.named_modules()) if modules is None else list(modules)
         self.activations = activations
         self.bins = bins
-        self._on_error = on_error
+        # held weakly: the watcher owns this capture, a strong reference back would be a cycle
+        self._on_error_ref = weakref.WeakMethod(on_error) if hasattr(on_error, "__self__") else (lambda: on_error)
         self.names: list[str] = [name for name, _ in named]
         self.types: list[str] = [type(m).__name__ for _, m in named]
         self.index = {name: i for i, name in enumerate(self.names)}
         L = len(self.names)
         modules = [m for _, m in named]
+        self.module_ids = [id(m) for m in modules]  # which module each row is (for re-indexing)
         self.relu_rows = {i for i, m in enumerate(modules) if isinstance(m, RELU_FAMILY)}
         # inputs kept for the in-model gradcheck: modules with their own parameters, or user
         # classes (custom layers); plain torch activations and containers are not worth a copy
@@ -164,10 +168,22 @@ class Capture:
             self._own_params.setdefault(i, []).append(j)
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
-        self.on_root_forward: Callable[[], None] | None = None
         self.on_root_inputs: Callable[[tuple, dict], None] | None = None  # gs.watch(on_nonfinite="raise")
+        self.began = False          # a training forward started since the watcher's last step boundary
+        self._root_open = False     # the root's forward started and has not returned (yet)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
-        self._register(model, modules)
+        self.changes: ModelChanges | None = None
+        try:
+            self._register(model, modules, on_root_forward)
+            self.changes = ModelChanges(model, modules, self.parameters())
+        except BaseException:  # roll back: a failed watch leaves no hook on the model
+            self.remove()
+            raise
+
+    def _on_error(self, where: str, exc: BaseException) -> None:
+        report = self._on_error_ref()
+        if report is not None:
+            report(where, exc)
 
     # --- what the watcher may read ----------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
@@ -184,8 +200,9 @@ class Capture:
         return counts
 
     # --- registration ---------------------------------------------------------------
-    def _register(self, model: nn.Module, modules: list[nn.Module]) -> None:
-        self._handles.append(model.register_forward_pre_hook(self._make_root_pre_hook(), with_kwargs=True))
+    def _register(self, model: nn.Module, modules: list[nn.Module], on_root_forward) -> None:
+        self._handles.append(model.register_forward_pre_hook(self._make_root_pre_hook(on_root_forward),
+                                                             with_kwargs=True))
         for i, m in enumerate(modules):
             self._handles.append(m.register_forward_hook(self._make_forward_hook(i), with_kwargs=True))
         for ref in self._params:
@@ -202,6 +219,40 @@ class Capture:
         self._tensor_handles.clear()
         self._produced.clear()
         self.last_inputs.clear()
+        if getattr(self, "saved", None) is not None:
+            self.saved.end()
+        if self.changes is not None:
+            self.changes.remove()
+
+    def discard_step(self) -> None:
+        """Forget everything captured in the open step (a forward that raised, a backward that
+        was interrupted, a step that failed to close): its numbers would mix two states."""
+        for h in self._tensor_handles:
+            h.remove()
+        self._tensor_handles.clear()
+        self.last_inputs = {i: e for i, e in self.last_inputs.items() if e[0] != -1}
+        self.saved.take()  # stop counting saved bytes (a raised forward never reached its end)
+        self.buffer.reset()
+        self._reset_step_state()
+
+    @property
+    def interrupted_backward(self) -> bool:
+        """A backward started (a gradient hook queued the end-of-backward callback) but never
+        finished: autograd drops queued callbacks when the backward raises."""
+        return self._end_queued and not _in_backward()
+
+    def grads_moved(self) -> bool:
+        """Since the last complete backward, were the gradients zeroed or the weights updated
+        (by anything: an optimizer, a manual update)? O(1): one parameter's version counters."""
+        mark = self._grad_mark
+        if mark is None:
+            return False
+        pref, version, gref, gversion = mark
+        p = pref()
+        if p is None:
+            return False
+        g = p.grad
+        return p._version != version or g is None or g is not gref() or g._version != gversion
 
     # --- per-step state ---------------------------------------------------------------
     def _reset_step_state(self) -> None:
@@ -228,6 +279,8 @@ class Capture:
         self.forward_passes = 0
         self.touched = False  # any hook did something this step
         self._end_queued = False
+        self.completed_backwards = 0
+        self._grad_mark: tuple | None = None  # see grads_moved
 
     def _live(self) -> bool:
         """Capture only training forwards: grad enabled and the model in train mode."""
@@ -237,33 +290,48 @@ class Capture:
         return model is not None and model.training
 
     # --- hooks ----------------------------------------------------------------------
-    def _make_root_pre_hook(self):
+    def _make_root_pre_hook(self, on_root_forward):
+        # on_root_forward (the watcher's) is held by this closure, i.e. by the model's hook
+        # table: an open watcher lives as long as its model; closed, nothing holds it
         def pre_hook(module, args, kwargs):
             if self._closed or not torch.is_grad_enabled() or _in_backward():
                 return None
-            if self.on_root_forward is not None:
-                self.on_root_forward()  # the watcher may close a step a GradScaler skipped
-            if self.on_root_inputs is not None and not self.paused:
-                try:
-                    self.on_root_inputs(args, kwargs)
-                except Exception as exc:
-                    self._on_error(self.names[0], exc)
-            if not self._live():
-                return None
-            try:
-                self._fwd_start = time.perf_counter()
-                if self._first_fwd is None:
-                    self._first_fwd = self._fwd_start
-                self.forward_passes += 1
-                if self.detail:
-                    self.saved.begin([m for _, m in module.named_modules()], self.parameters())
-                if self.measure_update and self._snapshot is None:
-                    self._take_snapshot()
-            except Exception as exc:  # a debugger must never break the training step
-                self._on_error(self.names[0], exc)
+            target = self
+            if on_root_forward is not None:
+                # the watcher may close a step (skipped, forgotten) or follow a model change,
+                # after which a new capture takes this forward
+                target = on_root_forward() or self
+            target._root_forward_starts(args, kwargs)
             return None
 
         return pre_hook
+
+    def _root_forward_starts(self, args: tuple, kwargs: dict) -> None:
+        if self._closed or self.paused:
+            return
+        self.began = True  # a forward with gradients: w.step() after it closes a real step
+        if self.on_root_inputs is not None:
+            try:
+                self.on_root_inputs(args, kwargs)
+            except Exception as exc:
+                self._on_error(self.names[0], exc)
+        model = self._model()
+        if model is None or not model.training:
+            return
+        self._root_open = True
+        if not self.capturing:
+            return
+        try:
+            self._fwd_start = time.perf_counter()
+            if self._first_fwd is None:
+                self._first_fwd = self._fwd_start
+            self.forward_passes += 1
+            if self.detail:
+                self.saved.begin([m for _, m in model.named_modules()], self.parameters())
+            if self.measure_update and self._snapshot is None:
+                self._take_snapshot()
+        except Exception as exc:  # a debugger must never break the training step
+            self._on_error(self.names[0], exc)
 
     def _note_inputs(self, i: int, args: tuple, kwargs: dict, outputs: list[torch.Tensor]) -> None:
         """Where each input came from (for the NaN origin), and a copy for the in-model gradcheck.
@@ -287,6 +355,8 @@ class Capture:
 
     def _make_forward_hook(self, i: int):
         def forward_hook(module, args, kwargs, output):
+            if i == 0:
+                self._root_open = False  # the root's forward returned
             if not self._live():
                 return None
             try:
@@ -419,9 +489,18 @@ class Capture:
             return
         try:
             self._bwd_last = time.perf_counter()
+            self.completed_backwards += 1
+            self._mark_grads()
             self._param_norms(field=1, of_grad=True)
         except Exception as exc:
             self._on_error("<parameters>", exc)
+
+    def _mark_grads(self) -> None:
+        for ref in self._params:  # the first parameter with a gradient (usually the first)
+            p = ref()
+            if p is not None and p.grad is not None:
+                self._grad_mark = (ref, p._version, weakref.ref(p.grad), p.grad._version)
+                return
 
     def _param_norms(self, field: int, of_grad: bool) -> None:
         index, tensors = [], []

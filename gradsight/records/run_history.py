@@ -78,6 +78,12 @@ class RunHistory:
         stores = (self.layer_metrics, self.scalars, self.hist_edges, self.hist_counts, self.hist_extra)
         return sum(s.nbytes for s in stores)
 
+    @property
+    def max_nbytes(self) -> int:
+        """Host memory of the stores at their caps (they grow on demand up to it)."""
+        stores = (self.layer_metrics, self.scalars, self.hist_edges, self.hist_counts, self.hist_extra)
+        return sum(s.max_nbytes for s in stores)
+
     def append(self, rec: StepRecord) -> dict[str, np.ndarray]:
         """Store one closed step; returns its layer metrics (computed here, once)."""
         metrics = self.step_metrics = layer_metrics(rec)
@@ -108,6 +114,44 @@ class RunHistory:
         self.hist_edges.append(rec.step, edges)
         self.hist_counts.append(rec.step, counts)
         self.hist_extra.append(rec.step, extra)
+
+    def reindex(self, names: Sequence[str], types: Sequence[str], param_counts: Sequence[int],
+                moved: Sequence[tuple[int, int]] | None = None) -> None:
+        """The model changed (a module added, removed or replaced): rows follow the modules.
+
+        ``moved``: (old row, new row) of each module still in the model (default: same name
+        and type). Those keep their history under their new name; new modules start empty
+        (NaN) and removed ones' history is dropped, so no row ever mixes two modules.
+        """
+        names, types = tuple(names), tuple(types)
+        new_index = {n: i for i, n in enumerate(names)}
+        pairs = list(moved) if moved is not None else \
+            [(i, new_index[n]) for i, n in enumerate(self.names)
+             if n in new_index and types[new_index[n]] == self.types[i]]
+        old = [a for a, _ in pairs]
+        new = [b for _, b in pairs]
+        L = len(names)
+        self.layer_metrics.remap(1, L, old, new)
+        for store in (self.hist_edges, self.hist_counts, self.hist_extra):
+            store.remap(0, L, old, new)
+        moved = dict(pairs)
+        self.units = {moved[i]: ring for i, ring in self.units.items() if i in moved}
+        for attr in ("latest_metrics", "step_metrics"):
+            metrics = getattr(self, attr)
+            if metrics is not None:
+                remapped = {}
+                for k, v in metrics.items():
+                    out = np.full(L, np.nan, dtype=np.result_type(v.dtype, np.float64))
+                    out[new] = v[old]
+                    remapped[k] = out
+                setattr(self, attr, remapped)
+        dtypes = [""] * L
+        for a, b in pairs:
+            dtypes[b] = self.dtypes[a]
+        self.dtypes = dtypes
+        self.names, self.types = names, types
+        self.index = new_index
+        self.param_counts = np.asarray(param_counts, dtype=np.int64).reshape(L)
 
     def set_loss(self, step: int, loss: float) -> None:
         """The loss of an already stored step (``w.step(loss=...)`` after ``optimizer.step()``)."""
