@@ -182,6 +182,8 @@ class Poller:
                 if rec.version != seen or not live:
                     seen = rec.version
                     session.push_update(self.source, fresh=True)
+                if not live:
+                    session.push_status()  # the selector's "live" mark goes
                 failures = 0
             except Exception as e:  # a damaged chunk or a race with the writer: retry a few times
                 failures += 1
