@@ -83,6 +83,8 @@ class Recording(RunQueries):
     @property
     def live(self) -> bool:
         """True while the writer is still appending (its process alive, the manifest recently touched)."""
+        if self.detached:
+            return False
         self._look_if_due()
         if self._closed:
             return False
@@ -113,7 +115,8 @@ class Recording(RunQueries):
             self.refresh()
 
     def close(self) -> None:
-        """Stop following this recording: the panel drops it and stops polling it (the files stay)."""
+        """Stop following this recording: ``live`` turns False, so a dashboard stops redrawing, and the
+        panel drops it and stops polling it. The files stay; what was read stays queryable."""
         if self.detached:
             return
         self.detached = True
