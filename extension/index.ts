@@ -11,7 +11,8 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 
 import { gradsightIcon } from './icon';
 import { GradientsModel } from './model';
-import { registerRecordingOpener } from './recording';
+import { GradientsOpener } from './opener';
+import { OPEN_RECORDING, registerRecordingOpener } from './recording';
 import { GradientsPanel } from './views/panel';
 
 export const PANEL_ID = 'gradsight-panel';
@@ -65,6 +66,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     model.changed.connect(() => app.commands.notifyCommandChanged(CommandIDs.runGradcheck));
     registerRecordingOpener(app, model, tracker, browsers, PANEL_ID, gradsightIcon);
+    app.docRegistry.addWidgetFactory(
+      new GradientsOpener(path => app.commands.execute(OPEN_RECORDING, { path }) as Promise<string | null>)
+    );
     if (palette) {
       const category = 'gradsight';
       for (const command of [CommandIDs.open, CommandIDs.refresh, CommandIDs.runGradcheck]) {

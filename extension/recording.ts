@@ -1,7 +1,8 @@
 /**
  * Opening a recording from the file browser: a file type for its manifest.json, and the
- * command `gradsight:open-recording` (file browser context menu: "Open in Gradients panel")
- * that asks the current notebook's kernel to gs.open() it and selects it in the panel.
+ * command `gradsight:open-recording` (file browser context menu: "Open in Gradients panel",
+ * and "Open With → Gradients") that asks the current notebook's kernel to gs.open() it and
+ * selects it in the panel.
  */
 import type { JupyterFrontEnd } from '@jupyterlab/application';
 import type { IFileBrowserFactory } from '@jupyterlab/filebrowser';

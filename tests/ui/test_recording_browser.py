@@ -1,5 +1,6 @@
 """A recording written by a training script in another process, opened from JupyterLab's file
-browser (right-click its manifest.json: "Open in Gradients panel"), shows in the panel's source
+browser (right-click its manifest.json: "Open With → Gradients", next to "Open in Gradients
+panel"), shows in the panel's source
 selector and its step count rises while the script trains — with the kernel idle and while a
 cell runs. Screenshot: test-artifacts/ui/recording-live.png.
 """
@@ -92,11 +93,14 @@ def test_panel_follows_a_recording_written_by_a_script(page: Page, lab, artifact
         item = page.locator('.jp-DirListing-item[data-file-type="gradsight-recording"]')
         expect(item).to_have_count(1, timeout=30_000)
         item.click(button="right")
-        page.locator(".lm-Menu-item", has_text="Open in Gradients panel").click()
+        expect(page.locator(".lm-Menu-item", has_text="Open in Gradients panel")).to_be_visible()
+        page.locator(".lm-Menu-item", has_text="Open With").hover()  # Open With → Gradients
+        page.locator(".lm-Menu-item", has_text=re.compile(r"^Gradients$")).click()
 
         panel = page.locator(PANEL)
         select = panel.locator(".jp-gradsight-watcher-select, .jp-gradsight-watcher-name").first
         expect(select).to_contain_text("script [script1] (recording, live", timeout=30_000)
+        expect(page.locator(".jp-gradsight-recording-opener")).to_have_count(0)  # its tab closed itself
         assert proc.poll() is None, "the script finished before the panel showed its recording"
         idle = _rises(page, "kernel idle")
         page.evaluate(RUN_CELL, [1, False])  # a cell runs: the kernel still pushes the recording's steps
