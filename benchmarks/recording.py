@@ -28,9 +28,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gradsight.records.histogram import HIST_KINDS, Histogram  # noqa: E402
-
 import gradsight as gs  # noqa: E402
+from gradsight.records.histogram import HIST_KINDS, Histogram  # noqa: E402
 from gradsight.records.metrics import DETAIL_METRICS, LAYER_METRICS  # noqa: E402
 from gradsight.records.step_record import StepRecord  # noqa: E402
 
@@ -86,10 +85,9 @@ class Synthetic:
 def write_synthetic(root: Path, steps: int, layers: int = 50, flush_steps: int = 100, capacity: int | None = None,
                     hist_capacity: int | None = None, on_flush=None):
     """Write a synthetic run of ``steps`` steps into ``root``; returns the writer (closed)."""
-    from gradsight.records.run_history import STEP_COLUMNS
-
     from gradsight.recording.manifest import new_manifest
     from gradsight.recording.writer import RecordingWriter
+    from gradsight.records.run_history import STEP_COLUMNS
 
     syn = Synthetic(layers)
     manifest = new_manifest(name="synthetic", layers=[{"name": n, "type": t, "params": 0}

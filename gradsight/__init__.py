@@ -8,14 +8,16 @@
 
 from ._version import __version__ as __version__  # package.json holds it
 from .detectors import Finding, Thresholds
+from .distributed import timed
 from .gradcheck import GradcheckReport, gradcheck
+from .nonfinite import NonFiniteError
 from .recording.recorder import RecordTo
 from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
-__all__ = ["watch", "Watcher", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding", "gradcheck", "GradcheckReport",
-           "GradsightWarning", "load_ipython_extension"]
+__all__ = ["watch", "Watcher", "timed", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding",
+           "gradcheck", "GradcheckReport", "GradsightWarning", "NonFiniteError", "load_ipython_extension"]
 
 
 def open(path):  # noqa: A001 - gs.open(path) is the contract
@@ -45,10 +47,12 @@ def _jupyter_labextension_paths():
 
 
 def load_ipython_extension(ipython):
-    """``%load_ext gradsight``: register the panel's comm target in this kernel."""
-    from . import comm
+    """``%load_ext gradsight``: register the panel's comm target and the ``%gradsight`` magic."""
+    from . import comm, magics
 
-    comm.register(ipython)
+    magics.register(ipython)
+    if getattr(ipython, "kernel", None) is not None:  # terminal IPython has the magic, not the panel
+        comm.register(ipython)
 
 
 def _register_panel_target() -> None:

@@ -21,7 +21,12 @@ from torch import nn
 from . import bus
 from .detectors import DetectorEngine
 from .detectors.finding import SEVERITY_RANK
+from .distributed import RANK_METRICS as _RANK_METRICS
+from .distributed import CrossRank, detect
+from .distributed.context import warn_opaque
 from .kernel_hooks.capture import Capture
+from .kernel_hooks.filters import select_modules
+from .nonfinite import check_mode, copy_inputs, error_for, first_nonfinite, grads_finite
 from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
@@ -45,7 +50,9 @@ class Watcher(RunQueries):
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
                  histogram_every: int = 10, bins: int = 64, activations: bool = True,
                  thresholds: Any = None, name: str | None = None, scaler: Any = None,
-                 nan_trace: str = "module", record: Any = None):
+                 nan_trace: str = "module", include: Any = None, exclude: Any = None,
+                 on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None,
+                 checksum_every: int = 10, distributed: bool = True):
         if isinstance(model, torch.optim.Optimizer):
             raise TypeError("gradsight.watch: got an optimizer as the model. Call gs.watch(model, optimizer=opt).")
         if not isinstance(model, nn.Module):
@@ -56,6 +63,9 @@ class Watcher(RunQueries):
         self.every = _check_positive_int("every", every)
         self.histogram_every = _check_positive_int("histogram_every", histogram_every)
         self.bins = _check_positive_int("bins", bins)
+        checksum_every = _check_positive_int("checksum_every", checksum_every)
+        if not isinstance(distributed, bool):
+            raise TypeError(f"gradsight.watch: distributed must be True or False; got {distributed!r}.")
         if self.bins < 2 or self.bins % 2:
             raise ValueError(f"gradsight.watch: bins must be an even number >= 2 (half for negative values); got {bins}.")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -67,6 +77,8 @@ class Watcher(RunQueries):
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise TypeError(f"gradsight.watch: scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}.")
 
+        self.on_nonfinite = check_mode(on_nonfinite)
+        selected = select_modules(_compiled_inner(model) or model, include, exclude)
         previous = bus.watcher_of(model)
         if previous is not None:  # a re-run cell: replace, never stack hooks
             previous.close()
@@ -76,8 +88,12 @@ class Watcher(RunQueries):
         self._errors_reported: set[str] = set()
         self.errors: list[tuple[str, str]] = []
         self._capture = Capture(self._compiled or model, activations=activations, bins=self.bins,
-                                on_error=self._hook_error)
+                                on_error=self._hook_error, modules=selected)
         self._capture.on_root_forward = self._on_root_forward
+        self._batch: Any = None  # on_nonfinite="raise": the latest forward's inputs, detached
+        self._withheld: list = []  # on_nonfinite="skip": (param, grad) kept from one optimizer.step()
+        if self.on_nonfinite == "raise":
+            self._capture.on_root_inputs = self._keep_inputs
         self._scaler = scaler
         self._scale_this_step = float("nan") if scaler is not None else 1.0
         self._nan_tracer = None
@@ -99,6 +115,14 @@ class Watcher(RunQueries):
                                    histogram_every=self.histogram_every)
         self._detectors = DetectorEngine(layers=tuple(self._capture.names), types=tuple(self._capture.types),
                                          thresholds=thresholds)
+        self._tensorboard = None
+        if tensorboard is not None:
+            from .records.tensorboard_export import TensorBoardStream
+
+            self._tensorboard = TensorBoardStream(self._history, tensorboard)
+        self._cross = _cross_rank(model, self._capture, self.name, checksum_every) if distributed else None
+        if self._cross is not None and self._cross.setup_error is not None:
+            self._hook_error("<distributed: communication hook>", self._cross.setup_error)
         if optimizer is not None:
             self._opt_handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_step))
             self._opt_handles.append(optimizer.register_step_post_hook(self._optimizer_post_step))
@@ -136,6 +160,8 @@ class Watcher(RunQueries):
         for h in self._opt_handles:
             h.remove()
         self._opt_handles.clear()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         if self._recorder is not None:
             try:
                 self._recorder.close()
@@ -185,18 +211,61 @@ class Watcher(RunQueries):
             if not skipped and self._scaler is not None and np.isfinite(self._scale_this_step):
                 skipped = _scaler_scale(self._scaler) < self._scale_this_step
             if skipped:
-                self._close_step(loss=None, optimizer_stepped=False)
+                self._close_step(loss=None, optimizer_stepped=False, check=False)
         if self._scaler is not None and not np.isfinite(self._scale_this_step) and self._capture.capturing:
             self._scale_this_step = _scaler_scale(self._scaler)
+
+    def _keep_inputs(self, args: tuple, kwargs: dict) -> None:
+        self._batch = copy_inputs(args, kwargs)
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
             self._capture.optimizer_pre_step()
+            if self.on_nonfinite != "warn":
+                self.before_optimizer_step()
+
+    def before_optimizer_step(self) -> bool:
+        """Apply ``on_nonfinite`` to the gradients the optimizer is about to use; returns False
+        when this step must not update the weights. Called from the optimizer pre-hook, or by a
+        trainer integration at its "before optimizer step" point."""
+        if self.on_nonfinite == "warn":
+            return True
+        params = self._capture.parameters()
+        ok, bad = grads_finite(params)
+        if ok:
+            return True
+        if self.on_nonfinite == "skip":
+            self._withheld = [(p, p.grad) for p in params if p.grad is not None]
+            for p, _ in self._withheld:
+                p.grad = None  # optimizers skip parameters without a gradient
+            return False
+        step = self.step_count
+        self._close_step(loss=None, optimizer_stepped=False, check=False)
+        rec = self._last_record
+        where = first_nonfinite(rec) if rec is not None and rec.step == step else None
+        if where is None:
+            owner = self._capture.param_layer[self._capture_param_index(params[bad[0]])]
+            where = (self._capture.names[int(owner)], "backward")
+        raise error_for(self.name, step, where, self._batch)
+
+    def _capture_param_index(self, p) -> int:
+        for j, ref in enumerate(self._capture._params):
+            if ref() is p:
+                return j
+        return 0
 
     def _optimizer_post_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
-            self._close_step(loss=None, optimizer_stepped=True)
+            stepped = not self._withheld
+            self.after_optimizer_step()
+            self._close_step(loss=None, optimizer_stepped=stepped)
             self._auto_closed_pending_loss = True
+
+    def after_optimizer_step(self) -> None:
+        """Give back the gradients ``on_nonfinite="skip"`` withheld from the optimizer."""
+        for p, g in self._withheld:
+            p.grad = g
+        self._withheld = []
 
     def step(self, loss: Any = None) -> None:
         """Close one training step (called for you after ``optimizer.step()`` with ``optimizer=``).
@@ -213,11 +282,13 @@ class Watcher(RunQueries):
             if loss is not None and rec is not None:
                 rec.loss, rec.loss_given = _to_float(loss), True
                 self._history.set_loss(rec.step, rec.loss)
+                if self._tensorboard is not None:
+                    self._tensorboard.write_loss(rec.step, rec.loss)
                 self._detect(lambda: self._detectors.loss_arrived(rec))
             return
         self._close_step(loss=loss, optimizer_stepped=None)
 
-    def _close_step(self, loss: Any, optimizer_stepped: bool | None) -> None:
+    def _close_step(self, loss: Any, optimizer_stepped: bool | None, check: bool = True) -> None:
         step = self.step_count
         capturing = self._capture.capturing
         if capturing and self._optimizer_ref is None and self._capture.detail:
@@ -233,6 +304,7 @@ class Watcher(RunQueries):
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
+            cross = self._exchange(rec)
             self._last_record = rec
             metrics = self._history.append(rec)
             self._check_empty(rec)
@@ -242,10 +314,20 @@ class Watcher(RunQueries):
                     self._recorder.on_step(rec, metrics)
                 except Exception as exc:  # the recording must never break training
                     self._hook_error("<recording>", exc)
+            if self._tensorboard is not None:
+                self._tensorboard.write_latest(with_loss=loss is not None)
+            for finding in cross:
+                _warn_finding(self.name, finding)
+        elif self._cross is not None:
+            self._cross.skip()
         self._auto_closed_pending_loss = False
         self.step_count += 1
         self._begin_step()
         bus.publish("step", self)
+        if check and rec is not None and self.on_nonfinite == "raise":
+            where = first_nonfinite(rec, rec.loss if loss is not None else None)
+            if where is not None:
+                raise error_for(self.name, step, where, self._batch)
 
     def _detect(self, run) -> None:
         try:
@@ -255,6 +337,16 @@ class Watcher(RunQueries):
             new = []
         for finding in new:
             _warn_finding(self.name, finding)
+
+    def _exchange(self, rec: StepRecord) -> list:
+        """In a torch.distributed job: the step's one cross-rank collective (see distributed/)."""
+        if self._cross is None:
+            return []
+        try:
+            return self._cross.exchange(rec, time.perf_counter() - self._capture.step_started)
+        except Exception as exc:  # ours: report, never break training
+            self._hook_error("<distributed>", exc)
+            return []
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""
@@ -283,11 +375,46 @@ class Watcher(RunQueries):
         """The one order of findings, everywhere they are shown: by first step, then severity
         (error, warning, info), then layer in model order (whole-model findings first)."""
         df = self._detectors.frame(all=all)
+        if self._cross is not None:  # a rank column: the rank each finding comes from or names
+            df["rank"] = np.full(len(df), self._cross.rank, dtype=np.int64)
+            cross = self._cross.frame(all=all)
+            df = pd.concat([df, cross], ignore_index=True) if len(cross) else df
         if len(df) < 2:
             return df
         key = pd.DataFrame({"step": df["step"], "rank": df["severity"].map(SEVERITY_RANK).fillna(len(SEVERITY_RANK)),
                             "layer": df["layer"].map(self._history.index).fillna(len(self._history.names))})
         return df.loc[key.sort_values(["step", "rank", "layer"], kind="stable").index].reset_index(drop=True)
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in its torch.distributed job (0 outside one)."""
+        return self._cross.rank if self._cross is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self._cross.ctx.world_size if self._cross is not None else 1
+
+    def ranks(self) -> pd.DataFrame:
+        """One row per rank of the torch.distributed job: median step, forward, backward, all-reduce
+        and busy times, non-finite steps, and the findings naming that rank (every rank holds all)."""
+        if self._cross is None:
+            raise ValueError("gradsight: w.ranks() needs a torch.distributed job with world size > 1; this "
+                             "watcher was created outside one. Call gs.watch(model) after "
+                             "torch.distributed.init_process_group(), inside each process.")
+        return self._cross.ranks(self.findings())
+
+    def history(self, metric: str = "grad_norm", rank: int | None = None) -> pd.DataFrame:
+        """One row per recorded step, one column per layer (or per step metric). ``rank=r``: the
+        per-rank step times every rank holds for every rank (``gradsight.distributed.RANK_METRICS``);
+        a rank's layer metrics are in that rank's own watcher."""
+        if rank is None or (self._cross is not None and rank == self.rank and metric not in _RANK_METRICS):
+            return super().history(metric)
+        if self._cross is None:
+            if rank == 0:
+                return super().history(metric)
+            raise ValueError(f"gradsight: history(rank={rank!r}): this watcher is not in a torch.distributed "
+                             "job, so it has rank 0 only.")
+        return self._cross.history(metric, rank)
 
     def last_record(self) -> StepRecord | None:
         return self._last_record
@@ -347,6 +474,17 @@ class Watcher(RunQueries):
         return watcher_html(self)
 
 
+def _cross_rank(model: nn.Module, capture: Capture, name: str, checksum_every: int) -> CrossRank | None:
+    """The cross-rank part, inside a torch.distributed job of world size > 1 (None otherwise)."""
+    ctx = detect(model)
+    if ctx is None:
+        return None
+    warn_opaque(ctx, name)
+    refs = capture._params
+    return CrossRank(ctx, tuple(capture.names), tuple(capture.param_names), capture.param_layer,
+                     lambda: [r() for r in refs], checksum_every)
+
+
 def _to_float(loss: Any) -> float:
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
@@ -394,7 +532,9 @@ def _warn_finding(name: str, finding: Any) -> None:
 
 def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, every: int = 1,
           histogram_every: int = 10, bins: int = 64, activations: bool = True, thresholds: Any = None,
-          name: str | None = None, scaler: Any = None, nan_trace: str = "module", record: Any = None) -> Watcher:
+          name: str | None = None, scaler: Any = None, nan_trace: str = "module", include: Any = None,
+          exclude: Any = None, on_nonfinite: str = "warn", tensorboard: Any = None, record: Any = None,
+          checksum_every: int = 10, distributed: bool = True) -> Watcher:
     """Watch ``model`` while it trains; re-watching a model replaces the old watcher.
 
     optimizer: closes each step for you after ``optimizer.step()`` and records learning rates.
@@ -405,8 +545,20 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     (default, cheap) or "op" (the exact op and source line of the first NaN/Inf). record: a
     directory to stream the run into while it trains (``gs.open(path)`` reads it, from any
     process), or ``gs.RecordTo(path, flush_steps=, flush_seconds=)``.
+    include/exclude: glob patterns on qualified module names and class names (``"encoder.*"``,
+    ``"Dropout"``); only the selected modules (and the root) get hooks; ``w.layers()`` lists them.
+    on_nonfinite: "warn" (default), "raise" (``gs.NonFiniteError`` with the batch) or "skip"
+    (that ``optimizer.step()`` does not run); see :mod:`gradsight.nonfinite`.
+    tensorboard: a log directory; each closed step is also written there as TensorBoard events.
+    checksum_every: in a torch.distributed job, compare replicas' parameter checksums every n-th
+    captured step (``replica_divergence``; see gradsight/detectors/replica_divergence.py).
+    distributed: inside a torch.distributed job, exchange one small packet per captured step with
+    the other ranks (cross-rank findings, ``w.ranks()``). This is a collective: watch on every rank,
+    or pass ``distributed=False`` to watch on some ranks only (a watcher on rank 0 alone would wait
+    for the others forever).
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
-                   nan_trace=nan_trace, record=record)
+                   nan_trace=nan_trace, include=include, exclude=exclude, on_nonfinite=on_nonfinite,
+                   tensorboard=tensorboard, record=record, checksum_every=checksum_every, distributed=distributed)
 

@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent / "gradsight"
 
 # Lower number = lower layer. A unit may import units of its own or a lower rank only.
 RANKS = {
-    "records": 0, "bus": 0, "throttle": 0, "warnings": 0, "_version": 0,
+    "records": 0, "bus": 0, "throttle": 0, "warnings": 0, "_version": 0, "progress": 0,
     "kernel_hooks": 1,
-    "detectors": 2,
+    "detectors": 2, "nonfinite": 2,
     "gradcheck": 3,
+    "distributed": 3,
     "watcher": 4,
-    "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5,
+    "widgets": 5, "comm": 5, "integrations": 5, "recording": 5, "demo": 5, "magics": 5,
     "__init__": 6, "cli": 6,
 }
 # The only upward imports allowed: inside a function, a core object's display method asking
@@ -29,7 +30,7 @@ RANKS = {
 # for the view, so it loads then; never at module level.
 LAZY_VIEWS = {("watcher", "widgets"), ("gradcheck", "widgets"),
               ("watcher", "recording")}  # gs.watch(record=...) / w.save(): the user asked for a recording
-CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "watcher")
+CORE = ("records", "bus", "warnings", "kernel_hooks", "detectors", "gradcheck", "distributed", "watcher")
 HEAVY = ("matplotlib", "ipywidgets", "pyarrow", "lightning", "pytorch_lightning", "transformers",
          "tensorboard", "IPython", "ipykernel")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..progress import Progress
 from .compare import Accumulator
 from .errors import GradcheckError
 from .evaluate import Evaluator
@@ -64,6 +65,7 @@ def check_elementwise(ev: Evaluator, aj: AnalyticJacobian, which: list[int], eps
     by_rows = picked >= M and M * picked <= MAX_ROW_BLOCK
     analytic = aj.rows(torch.arange(M), cols) if by_rows else None
     result = {}
+    progress = Progress(picked, "gradcheck")  # a bar only when the check runs past ~2 s
     for i in which:
         rows = None  # all output rows
         method_note = ""
@@ -86,10 +88,12 @@ def check_elementwise(ev: Evaluator, aj: AnalyticJacobian, which: list[int], eps
         for s, e, numeric in numeric_chunks(ev, i, cols[i], rows, eps):
             a = block_t[s:e] if blocks is not None else _columns_or_rows(aj, i, cols[i][s:e])
             pending.append((s, a, numeric))
+            progress.update(e - s)
             if sum(p[2].size for p in pending) >= COMPARE_BLOCK:
                 _flush(acc, pending)
         _flush(acc, pending)
         result[i] = _row(ev, aj, i, cols[i], rows, acc, method_note)
+    progress.close()
     return result
 
 

@@ -30,7 +30,7 @@ from .sampling import slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import measure, sum_of_squares
-from .tensors import float_tensors, tensor_key
+from .tensors import float_tensors, local_tensor, tensor_key
 
 # Units of these can "die": no positive output for any sample.
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU,
@@ -91,16 +91,20 @@ class Capture:
     """Hooks on one model and the device buffer they fill. Owned by a Watcher."""
 
     def __init__(self, model: nn.Module, *, activations: bool, bins: int,
-                 on_error: Callable[[str, BaseException], None]):
+                 on_error: Callable[[str, BaseException], None],
+                 modules: list[tuple[str, nn.Module]] | None = None):
+        """``modules``: the ``(name, module)`` pairs to hook (root first; default: all of them,
+        see :func:`.filters.select_modules`)."""
         self._model = weakref.ref(model)
+        named = list(model.named_modules()) if modules is None else list(modules)
         self.activations = activations
         self.bins = bins
         self._on_error = on_error
-        self.names: list[str] = [name for name, _ in model.named_modules()]
-        self.types: list[str] = [type(m).__name__ for _, m in model.named_modules()]
+        self.names: list[str] = [name for name, _ in named]
+        self.types: list[str] = [type(m).__name__ for _, m in named]
         self.index = {name: i for i, name in enumerate(self.names)}
         L = len(self.names)
-        modules = [m for _, m in model.named_modules()]
+        modules = [m for _, m in named]
         self.relu_rows = {i for i, m in enumerate(modules) if isinstance(m, RELU_FAMILY)}
         # inputs kept for the in-model gradcheck: modules with their own parameters, or user
         # classes (custom layers); plain torch activations and containers are not worth a copy
@@ -114,7 +118,7 @@ class Capture:
         # nn.MultiheadAttention uses out_proj's weights without calling it: its output *is*
         # the attention output, so that row mirrors the attention module's activations.
         self.aliases: dict[int, int] = {}
-        for i, (name, m) in enumerate(model.named_modules()):
+        for i, (name, m) in enumerate(named):
             if isinstance(m, nn.MultiheadAttention):
                 child = f"{name}.out_proj" if name else "out_proj"
                 if child in self.index:
@@ -161,6 +165,7 @@ class Capture:
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
         self.on_root_forward: Callable[[], None] | None = None
+        self.on_root_inputs: Callable[[tuple, dict], None] | None = None  # gs.watch(on_nonfinite="raise")
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._register(model, modules)
 
@@ -238,6 +243,11 @@ class Capture:
                 return None
             if self.on_root_forward is not None:
                 self.on_root_forward()  # the watcher may close a step a GradScaler skipped
+            if self.on_root_inputs is not None and not self.paused:
+                try:
+                    self.on_root_inputs(args, kwargs)
+                except Exception as exc:
+                    self._on_error(self.names[0], exc)
             if not self._live():
                 return None
             try:
@@ -339,7 +349,7 @@ class Capture:
         for j in self._own_params[i]:
             p = self._params[j]()
             if p is not None and j not in self._param_bad_fwd and j not in self._param_ok_fwd:
-                (self._param_ok_fwd if bool(torch.isfinite(p.detach()).all()) else self._param_bad_fwd).add(j)
+                (self._param_ok_fwd if bool(torch.isfinite(local_tensor(p.detach())).all()) else self._param_bad_fwd).add(j)
 
     def _write(self, row: int, summary: torch.Tensor, numel: int) -> None:
         if summary.dim() == 0:
@@ -420,7 +430,7 @@ class Capture:
             t = None if p is None else (p.grad if of_grad else p)
             if t is not None:
                 index.append(j)
-                tensors.append(t.detach())
+                tensors.append(local_tensor(t.detach()))
         if not tensors:
             return
         norms = torch.stack(_foreach_norm(tensors))
@@ -455,7 +465,7 @@ class Capture:
     # --- parameter updates ------------------------------------------------------------
     def _take_snapshot(self) -> None:
         """Copy the parameters before the optimizer moves them (sampled steps only)."""
-        self._snapshot = [None if (p := ref()) is None else p.detach().clone() for ref in self._params]
+        self._snapshot = [None if (p := ref()) is None else local_tensor(p.detach()).clone() for ref in self._params]
 
     def optimizer_pre_step(self) -> None:
         """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
@@ -478,7 +488,7 @@ class Capture:
             for j, ref in enumerate(self._params):
                 p = ref()
                 if p is not None and p.grad is not None:
-                    g = p.grad.detach().reshape(-1)
+                    g = local_tensor(p.grad.detach()).reshape(-1)
                     g = g if g.dtype == torch.float32 else g.float()
                     self.buffer.set_param(j, 3, _sumsq(g))
 
@@ -492,15 +502,15 @@ class Capture:
                 p = ref()
                 if p is None or not self.detail:  # weights move slowly: measured on detail steps
                     continue
-                w = p.detach().reshape(-1)
+                w = local_tensor(p.detach()).reshape(-1)
                 w = w if w.dtype == torch.float32 else w.float()
                 buf.set_param(j, 0, _sumsq(w))
                 if self._snapshot is not None and self._snapshot[j] is not None:
-                    d = (p.detach() - self._snapshot[j]).reshape(-1).float()
+                    d = (local_tensor(p.detach()) - self._snapshot[j]).reshape(-1).float()
                     buf.set_param(j, 2, sum_of_squares(d))
             if self.detail:
                 for i in self.layers_with_params:
-                    ps = [p for j, ref in enumerate(self._params)
+                    ps = [local_tensor(p) for j, ref in enumerate(self._params)
                           if self.param_layer[j] == i and (p := ref()) is not None]
                     if ps:
                         buf.add_hist((i, "weight"), octave_counts(ps))

@@ -213,9 +213,11 @@ class NanTracer:
         self.errors: list[str] = []
         self._handles = []
         self._model = weakref.ref(model)
-        for i, (_, m) in enumerate(model.named_modules()):
-            if i >= len(self._names):
-                break
+        index = {n: i for i, n in enumerate(self._names)}
+        for name, m in model.named_modules():
+            i = index.get(name)
+            if i is None:  # not watched (gs.watch(include=/exclude=))
+                continue
             self._handles.append(m.register_forward_pre_hook(self._make_pre(i)))
             self._handles.append(m.register_forward_hook(self._make_post(i), always_call=True))
 

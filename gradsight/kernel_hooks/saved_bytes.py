@@ -20,6 +20,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from .tensors import local_tensor
+
 _autograd = torch._C._autograd
 
 
@@ -41,7 +43,7 @@ class SavedBytes:
         watched module in model order, the root first."""
         if self._pushed or not _autograd._saved_tensors_hooks_is_enabled():
             return
-        self._params = {p.untyped_storage().data_ptr() for p in params}
+        self._params = {local_tensor(p).untyped_storage().data_ptr() for p in params}
         self._stack = [0]
         for i, m in enumerate(modules):
             if i:  # not the root: its pre-hooks are running right now

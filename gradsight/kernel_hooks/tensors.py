@@ -42,3 +42,11 @@ def float_tensors(obj: object, depth: int = 0) -> Iterator[torch.Tensor]:
 def tensor_key(t: torch.Tensor) -> tuple[int, int]:
     """Identity of a tensor *value*: an in-place op (``ReLU(inplace=True)``) bumps the version."""
     return (id(t), t._version)
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded DTensor parameter or gradient (FSDP2, tensor parallel), a
+    plain tensor otherwise: statistics are local, ``gradsight.distributed`` sums shards' squares
+    across ranks; a DTensor op here would start a hidden collective every step."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None and hasattr(t, "placements") else t

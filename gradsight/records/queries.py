@@ -124,6 +124,13 @@ class RunQueries:
         steps, values = ring.ordered()
         return pd.DataFrame(values, index=pd.Index(steps, name="step"))
 
+    def to_tensorboard(self, logdir) -> int:
+        """Write this run's stored steps to TensorBoard event files in ``logdir`` (scalars, per-layer
+        norms, non-finite counts, pre-binned histograms); returns the number of steps written."""
+        from .tensorboard_export import export
+
+        return export(self._history, logdir)
+
     def findings(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - reads as w.findings(all=True)
         """What the detectors found: one row per cause and episode (issue 3's contract, issue 10's
         ``status`` and ``affected``). ``status`` is ``suspected`` while the evidence is still

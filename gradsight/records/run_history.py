@@ -23,7 +23,11 @@ from .unit_history import UnitRing
 HISTORY_BYTES = 32 * 2**20     # cap for per-layer metric history
 HISTOGRAM_BYTES = 32 * 2**20   # cap for stored histograms
 SCALAR_CAPACITY = 8192         # loss / lr / timings rows before thinning
-STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm", "data_s", "optimizer_s", "saved_bytes")
+STEP_COLUMNS = ("loss", "lr", "forward_s", "backward_s", "total_grad_norm", "data_s", "optimizer_s", "saved_bytes",
+                "grad_scale", "optimizer_stepped")
+"""Per-step scalars. grad_scale: the GradScaler's scale in that step's backward (1 without
+``scaler=``; statistics are already divided by it). optimizer_stepped: 1 if ``optimizer.step()``
+updated the weights, 0 if it was skipped (GradScaler, ``on_nonfinite="skip"``), NaN if unknown."""
 
 
 class RunHistory:
@@ -117,7 +121,9 @@ def step_scalars(rec: StepRecord) -> list[float]:
     lr = rec.lrs[0] if rec.lrs else float("nan")
     saved = float(np.nansum(rec.saved_bytes)) if rec.saved_bytes is not None and \
         np.isfinite(rec.saved_bytes).any() else float("nan")
-    return [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec), rec.data_s, rec.optimizer_s, saved]
+    stepped = float("nan") if rec.optimizer_stepped is None else float(rec.optimizer_stepped)
+    return [rec.loss, lr, rec.forward_s, rec.backward_s, total_grad_norm(rec), rec.data_s, rec.optimizer_s, saved,
+            rec.grad_scale, stepped]
 
 
 def merge_latest(old: dict | None, new: dict, detail: bool) -> dict:

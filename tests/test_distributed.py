@@ -1,0 +1,380 @@
+"""gradsight inside torch.distributed jobs: gloo on CPU, ``torch.multiprocessing.spawn`` with a
+``file://`` rendezvous (no ports). Each scenario runs in real processes; each rank writes what it
+saw to a pickle, and the test asserts on every rank's view.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import gradsight as gs
+from gradsight.distributed.comm_timer import average
+from gradsight.warnings import GradsightWarning
+
+
+# --- harness -------------------------------------------------------------------------------
+def _entry(rank: int, world: int, tmp: str, scenarios: list[str]) -> None:
+    """One process of the job: every scenario in turn (one spawn per world size keeps the file fast:
+    starting the processes costs more than the scenarios), each one's outcome or traceback saved."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    results = {}
+    try:
+        for name in scenarios:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    out = SCENARIOS[name](rank, world)
+                out["warnings"] = [str(w.message) for w in caught if issubclass(w.category, GradsightWarning)]
+            except Exception:
+                out = {"crashed": traceback.format_exc()}
+            results[name] = out
+            dist.barrier()  # scenarios never overlap
+        with open(f"{tmp}/rank{rank}.pkl", "wb") as f:
+            pickle.dump(results, f)
+    finally:
+        dist.barrier()  # without it gloo sometimes aborts at teardown
+        dist.destroy_process_group()
+
+
+def _spawn(tmp: Path, scenarios: list[str], world: int) -> dict[str, list[dict]]:
+    mp.spawn(_entry, args=(world, str(tmp), scenarios), nprocs=world, join=True)
+    per_rank = []
+    for r in range(world):
+        with open(tmp / f"rank{r}.pkl", "rb") as f:
+            per_rank.append(pickle.load(f))
+    return {name: [p[name] for p in per_rank] for name in scenarios}
+
+
+class MLP(nn.Module):
+    def __init__(self, sleep_rank: int = -1):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 4)
+        self.sleep_rank = sleep_rank
+
+    def forward(self, x):
+        if dist.get_rank() == self.sleep_rank:
+            time.sleep(0.03)
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+
+
+def _ddp(seed: int = 0, **kw) -> nn.parallel.DistributedDataParallel:
+    torch.manual_seed(seed)
+    return nn.parallel.DistributedDataParallel(MLP(**kw))
+
+
+def _train(model, opt, rank: int, steps: int, poison=None, after_step=None) -> None:
+    for step in range(steps):
+        x, y = _batch(rank, step)
+        if poison is not None and poison == (rank, step):
+            x[3, 2] = float("nan")
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+
+
+def _result(w) -> dict:
+    return {"findings": w.findings(), "ranks": w.ranks(), "errors": list(w.errors),
+            "step_s": w.history("step_s", rank=1), "rank": w.rank, "world": w.world_size}
+
+
+# --- scenarios (run in every rank) ---------------------------------------------------------
+def healthy(rank, world):
+    plain = _ddp()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    _train(plain, opt, rank, 30)
+    watched = _ddp()
+    opt = torch.optim.SGD(watched.parameters(), lr=0.1)
+    w = gs.watch(watched, optimizer=opt, checksum_every=3)
+    _train(watched, opt, rank, 30)  # more than the straggler's window: it is judged, and silent
+    out = _result(w)
+    out["identical"] = all(torch.equal(a, b) for a, b in zip(plain.parameters(), watched.parameters(), strict=True))
+    return out
+
+
+def nan_rank1_step7(rank, world):
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt)
+    _train(model, opt, rank, 10, poison=(1, 7))
+    return _result(w)
+
+
+def skipped_bucket(rank, world):
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(MLP(), bucket_cap_mb=1e-4)  # one bucket per parameter
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = set()
+
+    def hook(state, bucket):
+        if dist.get_rank() == 1 and bucket.index() == 0:  # joins the all-reduce, keeps its own gradient
+            skipped.update(names[id(p)] for p in bucket.parameters())  # DDP re-buckets after step 0
+            buf = bucket.buffer()
+            return dist.all_reduce(buf.clone(), async_op=True).get_future().then(lambda _: buf)
+        return average(state, bucket)
+
+    model.register_comm_hook(None, gs.timed(hook))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, checksum_every=2)
+    _train(model, opt, rank, 6)
+    out = _result(w)
+    out["skipped"] = sorted(skipped)
+    return out
+
+
+def changed_param(rank, world):
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, checksum_every=2)
+
+    def nudge(step):
+        if step == 4 and rank == 1:
+            with torch.no_grad():
+                model.module.fc1.bias[0] += 1e-3
+
+    _train(model, opt, rank, 9, after_step=nudge)
+    return _result(w)
+
+
+def straggler(rank, world):
+    model = _ddp(sleep_rank=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt)
+    _train(model, opt, rank, 30)
+    return _result(w)
+
+
+def fsdp2_norms(rank, world):
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    ref = MLP()
+    sharded = copy.deepcopy(ref)
+    fully_shard(sharded.fc1)
+    fully_shard(sharded.fc2)
+    fully_shard(sharded)
+    o_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    o_sh = torch.optim.SGD(sharded.parameters(), lr=0.1)
+    w_ref = gs.watch(ref, optimizer=o_ref, histogram_every=1, name="ref")
+    w_sh = gs.watch(sharded, optimizer=o_sh, histogram_every=1, name="sharded")
+    for step in range(4):
+        xs, ys = zip(*(_batch(r, step) for r in range(world)), strict=True)
+        o_ref.zero_grad()  # unsharded: the whole global batch; mean of the ranks' means = the global mean
+        nn.functional.mse_loss(ref(torch.cat(xs)), torch.cat(ys)).backward()
+        o_ref.step()
+        o_sh.zero_grad()
+        nn.functional.mse_loss(sharded(xs[rank]), ys[rank]).backward()
+        o_sh.step()
+    local = [p.to_local().numel() for p in sharded.parameters()]
+    return {m: (w_ref.history(m), w_sh.history(m)) for m in ("param_norm", "param_grad_norm", "update_norm")} | {
+        "local_numel": local, "errors": list(w_sh.errors) + list(w_ref.errors),
+        "findings": w_sh.findings()}
+
+
+class DeepSpeedEngine(nn.Module):
+    """Stands in for deepspeed's engine (matched by class name; DeepSpeed is not installed here)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def opaque_wrapper(rank, world):
+    torch.manual_seed(rank)  # partitions differ per rank: not replicas, must not be compared as such
+    model = DeepSpeedEngine(MLP())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, checksum_every=1)
+    _train(model, opt, rank, 3)
+    return _result(w)
+
+
+def different_models(rank, world):
+    """Ranks watching different models (as pipeline stages do): the exchange stops on every rank
+    at its first step, training goes on; and a watcher on one rank only, with distributed=False."""
+    torch.manual_seed(0)
+    model = MLP() if rank == 0 else nn.Sequential(MLP(), nn.Linear(4, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt)
+    _train(model, opt, rank, 3)
+    out = {"errors": list(w.errors), "steps": w.steps()["step"].tolist()}
+    w.close()
+    ddp = _ddp()
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    solo = gs.watch(ddp, optimizer=opt, distributed=False) if rank == 0 else None
+    _train(ddp, opt, rank, 3)
+    out["solo_steps"] = solo.steps()["step"].tolist() if solo is not None else None
+    return out
+
+
+SCENARIOS = {f.__name__: f for f in (healthy, nan_rank1_step7, skipped_bucket, changed_param, straggler,
+                                     fsdp2_norms, opaque_wrapper, different_models)}
+
+
+WORLD2 = ["healthy", "skipped_bucket", "changed_param", "straggler", "fsdp2_norms", "opaque_wrapper",
+          "different_models"]
+
+
+@pytest.fixture(scope="module")
+def world2(tmp_path_factory):
+    return _spawn(tmp_path_factory.mktemp("world2"), WORLD2, 2)
+
+
+@pytest.fixture(scope="module")
+def world4(tmp_path_factory):
+    return _spawn(tmp_path_factory.mktemp("world4"), ["healthy", "nan_rank1_step7"], 4)
+
+
+def _outs(results, name):
+    outs = results[name]
+    for r, out in enumerate(outs):
+        assert "crashed" not in out, f"rank {r} crashed in {name}:\n{out['crashed']}"
+    return outs
+
+
+def _only(findings, kind: str):
+    """The one finding of ``kind`` (fails if there is none or several)."""
+    rows = findings[findings["kind"] == kind]
+    assert len(rows) == 1, findings
+    return rows.iloc[0]
+
+
+def _serious(df):
+    return df[df["severity"].isin(["error", "warning"])]
+
+
+# --- tests -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("world", [2, 4])
+def test_healthy_ddp_is_silent_bit_identical_and_timed(world, request):
+    for r, out in enumerate(_outs(request.getfixturevalue(f"world{world}"), "healthy")):
+        assert out["identical"], f"rank {r}: watched DDP training differs from unwatched"
+        assert out["errors"] == [] and out["warnings"] == [], (out["errors"], out["warnings"])
+        assert _serious(out["findings"]).empty, out["findings"]
+        assert (out["findings"]["rank"] == r).all()
+        ranks = out["ranks"]
+        assert list(ranks["rank"]) == list(range(world)) and (ranks["steps"] == 30).all()
+        assert (ranks[["step_s", "forward_s", "backward_s", "allreduce_s"]] > 0).all().all(), ranks
+        assert (ranks["findings"] == 0).all() and (ranks["first_nonfinite_step"] == -1).all()
+        assert list(out["step_s"].index) == list(range(30)) and (out["step_s"]["step_s"] > 0).all()
+
+
+@pytest.mark.slow  # a third spawn (~40 s): make test-slow runs it
+def test_healthy_ddp_is_bit_identical_at_a_world_size_not_a_power_of_two(tmp_path):
+    """DDP's built-in reduction multiplies by 1/world; dividing (torch's Python allreduce_hook) differs
+    in the last bit at world 3: gradsight's timed default hook must do what DDP does."""
+    outs = _outs(_spawn(tmp_path, ["healthy"], 3), "healthy")
+    assert all(out["identical"] for out in outs)
+
+
+def test_nan_batch_on_rank_1_at_step_7_names_rank_1(world4):
+    for out in _outs(world4, "nan_rank1_step7"):
+        row = _only(out["findings"], "rank_nonfinite")
+        assert (row["rank"], row["step"], row["layer"]) == (1, 7, "module.fc1"), row
+        assert "rank 1 produced the first non-finite value at step 7" in row["message"]
+        assert "ranks 0, 2, 3 were finite" in row["message"]
+        ranks = out["ranks"].set_index("rank")
+        assert ranks.loc[1, "first_nonfinite_step"] == 7
+        assert all(ranks.loc[k, "first_nonfinite_step"] == 8 for k in (0, 2, 3))  # spread, not origin
+        assert ranks.loc[1, "findings"] >= 1
+        assert any("rank_nonfinite" in m for m in out["warnings"])
+
+
+def test_comm_hook_skipping_one_bucket_on_one_rank_is_replica_divergence(world2):
+    outs = _outs(world2, "skipped_bucket")
+    skipped = outs[1]["skipped"]  # every parameter that was ever in DDP's first bucket on rank 1
+    layers = {n.rsplit(".", 1)[0] for n in skipped}
+    assert skipped and "module.fc2" in layers
+    for out in outs:
+        div = out["findings"][out["findings"]["kind"] == "replica_divergence"]
+        assert set(div["layer"]) == layers, div
+        assert (div["step"] == 0).all() and (div["rank"] == 1).all() and (div["severity"] == "error").all()
+        for _, row in div.iterrows():
+            assert "rank(s) 1" in row["message"]
+            assert all(repr(n) in row["message"] for n in skipped if n.startswith(row["layer"] + "."))
+        assert (out["ranks"]["allreduce_s"] > 0).all()  # the user's hook, timed through gs.timed
+
+
+def test_parameter_changed_on_one_rank_is_replica_divergence(world2):
+    for out in _outs(world2, "changed_param"):
+        row = _only(out["findings"], "replica_divergence")
+        # nudged after step 4's optimizer step; checksums at captured steps 0, 2, 4 (before), 6
+        assert (row["layer"], row["rank"], row["step"]) == ("module.fc1", 1, 6)
+        assert "'module.fc1.bias'" in row["message"] and "weight" not in row["message"]
+        assert row["count"] == 2 and row["last_step"] == 8
+
+
+def test_rank_sleeping_in_forward_is_a_straggler(world2):
+    for out in _outs(world2, "straggler"):
+        row = _only(out["findings"], "straggler")
+        assert row["rank"] == 1 and row["severity"] == "warning"
+        assert "rank 1 is a straggler" in row["message"]
+        ranks = out["ranks"].set_index("rank")
+        assert ranks.loc[1, "busy_s"] > ranks.loc[0, "busy_s"] + 0.02
+        # every rank's wall step is the same: the fast rank waits in the all-reduce
+        assert ranks.loc[0, "allreduce_s"] > ranks.loc[1, "allreduce_s"]
+
+
+def test_fsdp2_per_layer_norms_equal_unsharded(world2):
+    for out in _outs(world2, "fsdp2_norms"):
+        assert out["errors"] == []
+        assert sum(out["local_numel"]) < 8 * 16 + 16 + 16 * 4 + 4  # really sharded
+        for metric in ("param_norm", "param_grad_norm", "update_norm"):
+            ref, sharded = out[metric]
+            cols = ["fc1", "fc2"]
+            assert np.isfinite(sharded[cols].to_numpy()).all(), (metric, sharded)
+            np.testing.assert_allclose(sharded[cols].to_numpy(), ref[cols].to_numpy(), rtol=1e-5,
+                                       err_msg=metric)
+
+
+def test_wrapper_gradsight_cannot_see_through_gets_one_honest_warning(world2):
+    for out in _outs(world2, "opaque_wrapper"):
+        said = [m for m in out["warnings"] if "DeepSpeed ZeRO partitions" in m]
+        assert len(said) == 1 and "not the layer's full tensors" in said[0]
+        assert "replica_divergence" not in set(out["findings"]["kind"])  # partitions differ by design
+        assert out["errors"] == []
+
+
+def test_ranks_watching_different_models_stop_the_exchange_together(world2):
+    outs = _outs(world2, "different_models")
+    for out in outs:
+        assert out["steps"] == [0, 1, 2]  # training and local capture went on
+        assert len(out["errors"]) == 1 and "watch different models" in out["errors"][0][1]
+        assert "rank 0: 4 layers, rank 1: 6 layers" in out["errors"][0][1]
+    assert outs[0]["solo_steps"] == [0, 1, 2] and outs[1]["solo_steps"] is None
+
+
+def test_outside_a_process_group_there_is_no_rank_table():
+    w = gs.watch(MLP())
+    try:
+        with pytest.raises(ValueError, match="torch.distributed job"):
+            w.ranks()
+        with pytest.raises(ValueError, match="rank 0 only"):
+            w.history("grad_norm", rank=1)
+        assert w.rank == 0 and w.world_size == 1 and "rank" not in w.findings()
+    finally:
+        w.close()
+
