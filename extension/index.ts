@@ -6,10 +6,13 @@
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
 import { gradsightIcon } from './icon';
 import { GradientsModel } from './model';
+import { GradientsOpener } from './opener';
+import { OPEN_RECORDING, registerRecordingOpener } from './recording';
 import { GradientsPanel } from './views/panel';
 
 export const PANEL_ID = 'gradsight-panel';
@@ -26,12 +29,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
     'A "Gradients" panel beside the notebook: live per-layer gradients, findings, histograms and gradchecks.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ICommandPalette, ILayoutRestorer],
+  optional: [ICommandPalette, ILayoutRestorer, IFileBrowserFactory],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
     palette: ICommandPalette | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    browsers: IFileBrowserFactory | null
   ) => {
     const model = new GradientsModel({ active: false });
     const panel = new GradientsPanel(model);
@@ -61,6 +65,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => model.runGradcheck()
     });
     model.changed.connect(() => app.commands.notifyCommandChanged(CommandIDs.runGradcheck));
+    registerRecordingOpener(app, model, tracker, browsers, PANEL_ID, gradsightIcon);
+    app.docRegistry.addWidgetFactory(
+      new GradientsOpener(path => app.commands.execute(OPEN_RECORDING, { path }) as Promise<string | null>)
+    );
     if (palette) {
       const category = 'gradsight';
       for (const command of [CommandIDs.open, CommandIDs.refresh, CommandIDs.runGradcheck]) {

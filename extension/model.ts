@@ -1,7 +1,7 @@
 /**
  * The panel's data store: the latest decoded state of the kernel's watchers for the views,
  * announced by the `changed` signal, and the actions that request more (selectWatcher,
- * selectLayer, refresh, runGradcheck).
+ * selectLayer, refresh, runGradcheck, openRecording).
  *
  * Following the notebook's kernel and keeping the comm open is the KernelFollower's job
  * (follower.ts); the store hears of each new connection and of its end. Views never talk
@@ -119,6 +119,48 @@ export class GradientsModel implements IDisposable {
       this._emit('selection');
     }
     await this._fetchSnapshot();
+  }
+
+  /**
+   * Ask the kernel to gs.open() the recording at `path` (server-relative: the folder or its
+   * manifest.json) and show it. `notebook` is the notebook's server-relative path, from which
+   * the kernel finds the server's root. Resolves to the source's name, or null on failure
+   * (the reason is in `lastError`).
+   */
+  async openRecording(path: string, notebook: string): Promise<string | null> {
+    const conn = this._conn;
+    if (!conn) {
+      this._lastError = 'no notebook kernel with gradsight is connected: open a notebook and run `import gradsight`';
+      this._emit('error');
+      return null;
+    }
+    let name: string;
+    try {
+      const reply = await conn.request({ kind: 'open_recording', path, notebook });
+      if (reply.message.kind !== 'snapshot') {
+        return null;
+      }
+      name = reply.message.watcher.name;
+      this._recovered();
+      this._watcher = name;
+      this._layer = null;
+      this._layerData = null;
+      this._emit('selection');
+      this._onSnapshot(reply.message, reply);
+    } catch (e) {
+      this._fail(e);
+      return null;
+    }
+    try {
+      const status = await conn.request({ kind: 'hello', client: this._follower.client });
+      if (status.message.kind === 'status') {
+        this._setStatus(status.message);
+      }
+    } catch (e) {
+      this._fail(e);
+    }
+    await this._fetchLayer();
+    return name;
   }
 
   /** Show this layer's histograms and stats (null: back to the kernel's default). */

@@ -20,6 +20,7 @@ _subscribers: list[Callable[[str, Any], None]] = []
 # Held while a watcher stores a step or follows a model change, and by readers on other
 # threads (the panel's requests on a kernel subshell) while they read: they see a whole step.
 lock = threading.RLock()
+_recordings: list[weakref.ref] = []
 
 
 def add(watcher: Any) -> None:
@@ -55,8 +56,26 @@ def unique_name(base: str) -> str:
     return f"{base}#{k}"
 
 
+def add_recording(rec: Any) -> None:
+    """A recording opened in this process (``gs.open``): the panel lists it next to the watchers."""
+    _recordings.append(weakref.ref(rec))
+    publish("open", rec)
+
+
+def discard_recording(rec: Any) -> None:
+    _recordings[:] = [r for r in _recordings if (x := r()) is not None and x is not rec]
+
+
+def open_recordings() -> list[Any]:
+    """Recordings opened and neither closed nor dropped, oldest first."""
+    alive = [x for r in _recordings if (x := r()) is not None and not getattr(x, "detached", False)]
+    _recordings[:] = [weakref.ref(x) for x in alive]
+    return alive
+
+
 def subscribe(callback: Callable[[str, Any], None]) -> Callable[[], None]:
-    """Call ``callback(event, watcher)`` on "watch", "step" and "close"; returns unsubscribe."""
+    """Call ``callback(event, watcher)`` on "watch", "step" and "close" (and ``(event, recording)``
+    on "open" and "close" of a recording); returns unsubscribe."""
     _subscribers.append(callback)
 
     def unsubscribe() -> None:

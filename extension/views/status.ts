@@ -4,6 +4,7 @@
  * a watched model" says what to do next.
  */
 import type { ConnectionState, GradientsModel } from '../model';
+import type { WatcherSummary } from '../protocol';
 import { empty, fmt, h } from './dom';
 import { SectionView } from './section';
 
@@ -86,18 +87,19 @@ export class StatusView extends SectionView {
     const watchers = m.watchers;
     if (watchers.length === 0) {
       return empty(
-        'No model is watched in this kernel yet. Run `w = gs.watch(model, optimizer=opt)` and train: the gradients appear here while the cell runs.',
+        'No model is watched in this kernel yet. Run `w = gs.watch(model, optimizer=opt)` and train: the gradients appear here while the cell runs. ' +
+          'To show a recording, run `rec = gs.open(path)`, or right-click its manifest.json in the file browser: Open in Gradients panel.',
         'jp-gradsight-advice'
       );
     }
     const current = m.watcherName;
     let picker: HTMLElement;
     if (watchers.length === 1) {
-      picker = h('span', { class: 'jp-gradsight-watcher-name' }, watchers[0].name);
+      picker = h('span', { class: 'jp-gradsight-watcher-name' }, sourceLabel(watchers[0], false));
     } else {
       const select = h('select', { class: 'jp-gradsight-watcher-select', 'aria-label': 'Watched model' });
       for (const w of watchers) {
-        const opt = h('option', { value: w.name }, `${w.name} (${w.n_layers} layers)`);
+        const opt = h('option', { value: w.name }, sourceLabel(w, true));
         opt.selected = w.name === current;
         select.appendChild(opt);
       }
@@ -119,6 +121,16 @@ export class StatusView extends SectionView {
       h('span', { class: 'jp-gradsight-step' }, summary ? ` ${summary}` : '')
     );
   }
+}
+
+/** How the source selector names a watcher or a recording (its name is the kernel's key). */
+export function sourceLabel(w: WatcherSummary, withLayers: boolean): string {
+  const layers = withLayers ? `${w.n_layers} layers` : '';
+  if (w.source !== 'recording') {
+    return layers ? `${w.name} (${layers})` : w.name;
+  }
+  const kind = w.live ? 'recording, live' : 'recording';
+  return `${w.name} (${[kind, layers].filter(Boolean).join(', ')})`;
 }
 
 function basename(path: string): string {

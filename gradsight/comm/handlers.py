@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import payloads
+from . import payloads, recording_source
 from .errors import ProtocolError
 from .limits import MAX_HIST_STEPS
 
@@ -36,7 +36,19 @@ def hello(context: Context, req: dict[str, Any]) -> payloads.Message:
 def get_snapshot(context: Context, req: dict[str, Any]) -> payloads.Message:
     w = context.sources.find(req["watcher"])
     context.follow(watcher=w.name)
+    recording_source.keep_fresh(context, w)
     return context.snapshot_of(w, req["id"])
+
+
+def open_recording(context: Context, req: dict[str, Any]) -> payloads.Message:
+    """gs.open() the recording the panel picked in the file browser; reply: its snapshot."""
+    registry = context.sources.registry
+    if registry is None:
+        raise ProtocolError("unavailable", "gradsight's engine failed to import in this kernel")
+    source = recording_source.open_recording(registry, req["path"], req["notebook"])
+    context.follow(watcher=source.name)
+    recording_source.keep_fresh(context, source)
+    return context.snapshot_of(source, req["id"])
 
 
 def get_layer(context: Context, req: dict[str, Any]) -> payloads.Message:
@@ -59,6 +71,8 @@ def run_gradcheck(context: Context, req: dict[str, Any]) -> payloads.Message:
     if context.executing:
         raise ProtocolError("busy", "a cell is running; run the gradcheck when the kernel is idle")
     w = context.sources.find(req["watcher"])
+    if recording_source.is_recording(w):
+        raise ProtocolError("unavailable", f"{w.name} is a recording: it has no model in this kernel to run a gradcheck on")
     layer = req["layer"]
     mode = req.get("mode", "full")
     try:
@@ -79,4 +93,5 @@ HANDLERS: dict[str, Handler] = {
     "get_layer": get_layer,
     "get_gradcheck_reports": get_gradcheck_reports,
     "run_gradcheck": run_gradcheck,
+    "open_recording": open_recording,
 }

@@ -110,7 +110,7 @@ class Hub:
             if event == "step":
                 log.debug("step event %s", getattr(watcher, "step_count", "?"))
                 self.throttle.step(watcher)
-            elif event in ("watch", "close"):
+            elif event in ("watch", "close", "open"):  # "open": a recording (gs.open)
                 if event == "close":  # hold no reference to a closed watcher
                     self.throttle.forget(watcher)
                 for s in list(self.sessions):

@@ -59,11 +59,18 @@ def watcher_summary(w: Any) -> dict[str, Any]:
         n_layers = len(w.layers())
     except Exception:
         n_layers = 0
-    return {
+    summary = {
         "name": convert.text(w.name, MAX_SHORT_TEXT) or "?",
         "step_count": convert.count(w.step_count),
         "n_layers": n_layers,
     }
+    if hasattr(w, "recording"):  # comm.recording_source.RecordingSource
+        summary["source"] = "recording"
+        try:
+            summary["live"] = bool(w.live)
+        except Exception:
+            summary["live"] = False
+    return summary
 
 
 def status(sources: Any, request_id: str | None = None) -> Message:

@@ -30,8 +30,13 @@ class KernelSources:
         return self._registry
 
     def watchers(self) -> list[Any]:
+        """Live watchers, then the recordings open in this kernel (comm.recording_source)."""
         reg = self.registry
-        return list(reg.active_watchers()) if reg is not None else []
+        if reg is None:
+            return []
+        from .recording_source import recording_sources
+
+        return [*reg.active_watchers(), *recording_sources(reg)]
 
     def find(self, name: str | None) -> Any:
         """The named live watcher; None means the most recently created one."""
@@ -39,7 +44,8 @@ class KernelSources:
         if not ws:
             raise ProtocolError("not_found", "no model is watched in this kernel: run `w = gs.watch(model)`")
         if name is None:
-            return ws[-1]
+            live = [w for w in ws if not hasattr(w, "recording")]
+            return (live or ws)[-1]
         for w in ws:
             if w.name == name:
                 return w

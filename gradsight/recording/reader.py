@@ -32,12 +32,16 @@ def open_recording(path: Any) -> Recording:
     root = resolve(path)
     manifest = read_manifest(root)
     try:
-        return Recording(root, manifest)
+        rec = Recording(root, manifest)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, RecordingError):
             raise
         raise RecordingError(f"gradsight.open: {str(root / MANIFEST)!r} is damaged ({type(exc).__name__}: {exc}); "
                              "it does not describe the run's layers and settings as gradsight writes them.") from None
+    from .. import bus
+
+    bus.add_recording(rec)  # the JupyterLab panel lists it next to the watchers
+    return rec
 
 
 def _tuples(df: pd.DataFrame) -> pd.DataFrame:
@@ -72,12 +76,15 @@ class Recording(RunQueries):
         self._closed = manifest.get("state") == "closed"
         self._lock = threading.Lock()  # a dashboard follows from its own thread
         self.version = 0  # counts the looks that found something new (what a follower redraws on)
+        self.detached = False  # close() was called: followers stop, the panel drops it
         self.refresh()
 
     # --- following --------------------------------------------------------------------------
     @property
     def live(self) -> bool:
         """True while the writer is still appending (its process alive, the manifest recently touched)."""
+        if self.detached:
+            return False
         self._look_if_due()
         if self._closed:
             return False
@@ -106,6 +113,17 @@ class Recording(RunQueries):
     def _look_if_due(self) -> None:
         if not self._closed and time.monotonic() - self._polled >= self.poll_seconds:
             self.refresh()
+
+    def close(self) -> None:
+        """Stop following this recording: ``live`` turns False, so a dashboard stops redrawing, and the
+        panel drops it and stops polling it. The files stay; what was read stays queryable."""
+        if self.detached:
+            return
+        self.detached = True
+        from .. import bus
+
+        bus.discard_recording(self)
+        bus.publish("close", self)
 
     @property
     def closed(self) -> bool:
