@@ -88,7 +88,9 @@ def test_live_redraws_are_throttled_and_change_the_picture():
     elapsed = time.perf_counter() - t0
     assert 1 <= dash.redraws <= elapsed / dash.min_interval + 1, (dash.redraws, elapsed)
     assert dash.images["flow"].value != first
-    assert f">{w.step_count - 1}<" in dash.header.value or dash.throttle.pending is not None
+    # either the last redraw already shows the newest step, or a throttled redraw is pending
+    shown_latest = any(f">{n}<" in dash.header.value for n in (w.step_count - 1, w.step_count))
+    assert shown_latest or dash.throttle.pending is not None, dash.header.value
     dash._after_cell()  # the cell finished: a throttled redraw catches up
     assert f">{w.step_count}<" in dash.header.value
     dash.close()
