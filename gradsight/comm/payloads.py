@@ -120,7 +120,7 @@ def _numeric_block_uncached(df: pd.DataFrame, skip: tuple[str, ...]) -> tuple[li
     return cols, df[cols].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _decimate(n: int, limit: int) -> np.ndarray:
+def decimate(n: int, limit: int) -> np.ndarray:
     """Evenly spaced row indices, first and last kept: a long run still shows its whole curve."""
     if n <= limit:
         return np.arange(n)
@@ -145,7 +145,14 @@ def finding_row(row: dict[str, Any]) -> dict[str, Any]:
         "threshold": convert.number(row.get("threshold")),
         "status": status if (status := str(row.get("status") or "confirmed")) in _STATUSES else "confirmed",
         "affected": [convert.text(a, MAX_SHORT_TEXT) for a in _as_list(row.get("affected"))[:MAX_AFFECTED]],
+        "rank": _rank(row.get("rank")),
     }
+
+
+def _rank(x: Any) -> int | None:
+    """A finding's rank column: -1 (unknown) and missing values travel as null."""
+    r = convert.integer(x)
+    return r if r is not None and r >= 0 else None
 
 
 _STATUSES = tuple(definition("finding")["properties"]["status"]["enum"])
@@ -170,16 +177,66 @@ def findings(df: pd.DataFrame) -> dict[str, Any]:
     return {"total": total, "rows": [finding_row(r) for r in picked.to_dict("records")]}
 
 
+def world_size(w: Any) -> int:
+    """Ranks of the torch.distributed job a source belongs to (1 outside one, or unknown)."""
+    try:
+        return max(1, int(getattr(w, "world_size", 1) or 1))
+    except Exception:
+        return 1
+
+
+def first_bad_rank(df: pd.DataFrame) -> dict[str, Any] | None:
+    """The rank that went wrong first: the rank of the earliest error finding that names one.
+
+    At that step other ranks often report errors too (DDP's all-reduce spreads a NaN to every
+    rank within the step), so a rank_nonfinite finding there, which names the rank that produced
+    the value, wins over them. ``df`` is in w.findings()'s order (first step ascending).
+    """
+    if not len(df) or "rank" not in df.columns:
+        return None
+    ranks = pd.to_numeric(df["rank"], errors="coerce")
+    steps = pd.to_numeric(df["step"], errors="coerce")
+    errors = df[(df["severity"] == "error") & (ranks >= 0) & steps.notna()]
+    if not len(errors):
+        return None
+    first = errors[steps[errors.index] == steps[errors.index].min()]
+    origin = first[first["kind"] == "rank_nonfinite"]
+    row = (origin if len(origin) else first).iloc[0]
+    return {
+        "rank": int(row["rank"]),
+        "step": convert.integer(row["step"]),
+        "kind": convert.text(row["kind"], 64) or "unknown",
+        "layer": convert.text(row["layer"], MAX_SHORT_TEXT),
+    }
+
+
+def ranks(w: Any, packer: Packer, findings_df: pd.DataFrame | None = None) -> dict[str, Any] | None:
+    """The snapshot's rank part (schema: ranks), or None for a source with one rank."""
+    n = world_size(w)
+    if n < 2:
+        return None
+    table = w.ranks()
+    cols, block = _numeric_block_uncached(table, ())
+    return {
+        "world_size": n,
+        "rank": max(0, convert.integer(getattr(w, "rank", 0), 0) or 0),
+        "columns": {c: packer.ref(block[:, j]) for j, c in enumerate(cols)},
+        "first_bad": first_bad_rank(w.findings() if findings_df is None else findings_df),
+    }
+
+
 def snapshot(
     w: Any,
     request_id: str | None = None,
     *,
     layers: pd.DataFrame | None = None,
     findings_part: dict[str, Any] | None = None,
+    findings_df: pd.DataFrame | None = None,
 ) -> Message:
-    """Per-layer statistics, the per-step series and the findings of one watcher.
+    """Per-layer statistics, the per-step series and the findings of one watcher (and, in a
+    torch.distributed job, its rank part).
 
-    `layers` and `findings_part` let a push reuse what it already computed this step.
+    `layers`, `findings_part` and `findings_df` let a push reuse what it already computed.
     """
     packer = Packer()
     layers = w.layers() if layers is None else layers
@@ -194,9 +251,12 @@ def snapshot(
     layer_cols = {c: packer.ref(block[:n, j]) for j, c in enumerate(cols)}
 
     steps = w.steps()
-    idx = _decimate(len(steps), MAX_STEPS)
+    idx = decimate(len(steps), MAX_STEPS)
     cols, block = _numeric_block(steps)
     step_cols = {c: packer.ref(block[idx, j]) for j, c in enumerate(cols)}
+    if findings_part is None:
+        findings_df = w.findings() if findings_df is None else findings_df
+        findings_part = findings(findings_df)
     msg = {
         "v": PROTOCOL_VERSION,
         "kind": "snapshot",
@@ -209,8 +269,11 @@ def snapshot(
         "selected_layer": None,
         "layers": {"names": names, "types": types, "total": len(layers), "columns": layer_cols},
         "steps": {"total": len(steps), "columns": step_cols},
-        "findings": findings(w.findings()) if findings_part is None else findings_part,
+        "findings": findings_part,
     }
+    rank_part = ranks(w, packer, findings_df)
+    if rank_part is not None:
+        msg["ranks"] = rank_part
     return msg, packer.buffers
 
 
