@@ -34,6 +34,22 @@ async function frame(): Promise<void> {
   await new Promise(resolve => requestAnimationFrame(() => resolve(undefined)));
 }
 
+/** A model connected to `kernel` after its first exchange, with a view of it on the page if asked. */
+async function connect<V extends Widget>(
+  kernel: FakeKernel,
+  View?: new (model: GradientsModel) => V
+): Promise<{ model: GradientsModel; view: V }> {
+  const model = new GradientsModel({ clientId: 'test' });
+  const view = View ? new View(model) : (null as unknown as V);
+  if (view) {
+    Widget.attach(view, document.body);
+  }
+  model.setSession(new FakeSession(kernel));
+  await settle();
+  await frame();
+  return { model, view };
+}
+
 describe('compare data', () => {
   const f = fixture('compare');
   const data = compareData(f.message as unknown as Compare, f.buffers);
@@ -83,9 +99,7 @@ describe('GradientsModel compare and ranks', () => {
 
   it('compares the shown source with the one picked, and forgets it when it closes', async () => {
     const kernel = kernelWith(TWO_SOURCES);
-    model = new GradientsModel({ clientId: 'test' });
-    model.setSession(new FakeSession(kernel));
-    await settle();
+    model = (await connect(kernel)).model;
     await model.selectWatcher('MLP');
     await model.compareWith('MLP [yesterday]');
     const req = kernel.requests.filter(r => r.kind === 'get_compare').pop();
@@ -101,9 +115,7 @@ describe('GradientsModel compare and ranks', () => {
 
   it('re-reads the comparison while A trains, at most once a second, and drops stale answers', async () => {
     const kernel = kernelWith(TWO_SOURCES);
-    model = new GradientsModel({ clientId: 'test' });
-    model.setSession(new FakeSession(kernel));
-    await settle();
+    model = (await connect(kernel)).model;
     await model.compareWith('CNN');
     const asked = () => kernel.requests.filter(r => r.kind === 'get_compare').length;
     const before = asked();
@@ -126,9 +138,7 @@ describe('GradientsModel compare and ranks', () => {
 
   it('shows the rank that went wrong first unless the user picks another', async () => {
     const kernel = kernelWith({}, 'snapshot_ranks');
-    model = new GradientsModel({ clientId: 'test' });
-    model.setSession(new FakeSession(kernel));
-    await settle();
+    model = (await connect(kernel)).model;
     expect(model.rank).toBe(1);
     model.selectRank(0);
     expect(model.rank).toBe(0);
@@ -145,12 +155,7 @@ describe('views', () => {
 
   it('CompareView labels both runs, names the layers each lacks and what only B found', async () => {
     const kernel = kernelWith(TWO_SOURCES);
-    const model = new GradientsModel({ clientId: 'test' });
-    const view = new CompareView(model);
-    Widget.attach(view, document.body);
-    model.setSession(new FakeSession(kernel));
-    await settle();
-    await frame();
+    const { model, view } = await connect(kernel, CompareView);
     const select = view.node.querySelector('select') as HTMLSelectElement;
     expect(Array.from(select.options).map(o => o.value)).toEqual(['', 'MLP [yesterday]', 'CNN']);
     select.value = 'MLP [yesterday]';
@@ -159,7 +164,7 @@ describe('views', () => {
     await frame();
     const legend = Array.from(view.node.querySelectorAll('.jp-gradsight-compare-run')).map(e => e.textContent);
     expect(legend).toEqual(['A: MLP · 3 steps', 'B: MLP [yesterday] · 4 steps']);
-    expect(view.node.querySelector('.jp-gradsight-compare-missing')?.textContent).toBe(
+    expect(view.node.querySelector('.jp-gradsight-compare-layers')?.textContent).toBe(
       'Layers differ between the runs: not in A: fc3 · not in B: fc1.5'
     );
     const cols = Array.from(view.node.querySelectorAll('.jp-gradsight-compare-col'));
@@ -178,12 +183,7 @@ describe('views', () => {
 
   it('RanksView marks the rank that went wrong first and shows the selected rank’s times', async () => {
     const kernel = kernelWith({}, 'snapshot_ranks');
-    const model = new GradientsModel({ clientId: 'test' });
-    const view = new RanksView(model);
-    Widget.attach(view, document.body);
-    model.setSession(new FakeSession(kernel));
-    await settle();
-    await frame();
+    const { model, view } = await connect(kernel, RanksView);
     const buttons = Array.from(view.node.querySelectorAll('.jp-gradsight-rank')) as HTMLElement[];
     expect(buttons.map(b => b.dataset.rank)).toEqual(['0', '1']);
     expect(buttons.map(b => !!b.querySelector('.jp-gradsight-rank-bad'))).toEqual([false, true]);
@@ -202,12 +202,7 @@ describe('views', () => {
   });
 
   it('RanksView stays hidden for a single process', async () => {
-    const model = new GradientsModel({ clientId: 'test' });
-    const view = new RanksView(model);
-    Widget.attach(view, document.body);
-    model.setSession(new FakeSession(kernelWith({})));
-    await settle();
-    await frame();
+    const { model, view } = await connect(kernelWith({}), RanksView);
     expect(view.isHidden).toBe(true);
     view.dispose();
     model.dispose();

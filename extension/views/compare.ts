@@ -10,7 +10,7 @@ import { compareRows, findingKey, onlyIn } from '../data';
 import type { GradientsModel } from '../model';
 import type { Finding } from '../protocol';
 import { Chart, theme, withAlpha } from './charts';
-import { empty, fmt, h } from './dom';
+import { empty, fmt, h, replaceChildren } from './dom';
 import { SectionView } from './section';
 import { sourceLabel } from './status';
 
@@ -42,7 +42,9 @@ export class CompareView extends SectionView {
       ),
       this._empty,
       this._legend,
+      (this._lossTitle = h('div', { class: 'jp-gradsight-compare-caption' }, 'Loss')),
       this._lossBox,
+      (this._flowTitle = h('div', { class: 'jp-gradsight-compare-caption' })),
       this._flowBox,
       this._missing,
       this._findings
@@ -93,7 +95,15 @@ export class CompareView extends SectionView {
   }
 
   private _show(on: boolean): void {
-    for (const el of [this._legend, this._lossBox, this._flowBox, this._missing, this._findings]) {
+    for (const el of [
+      this._legend,
+      this._lossTitle,
+      this._lossBox,
+      this._flowTitle,
+      this._flowBox,
+      this._missing,
+      this._findings
+    ]) {
       el.style.display = on ? '' : 'none';
     }
   }
@@ -113,7 +123,8 @@ export class CompareView extends SectionView {
         pointRadius: 0
       };
     });
-    const ys = datasets.flatMap(d => d.data.map(p => p.y)).filter(y => y > 0);
+    const ys: number[] = [];
+    datasets.forEach(d => d.data.forEach(p => p.y > 0 && ys.push(p.y)));
     const log = ys.length > 0 && Math.max(...ys) / Math.min(...ys) > 100;
     this._lossChart?.destroy();
     this._lossChart = new Chart(this._lossCanvas, {
@@ -146,10 +157,11 @@ export class CompareView extends SectionView {
   private _renderFlow(data: ICompareData): void {
     const t = theme();
     const rows = compareRows(data);
+    this._flowTitle.textContent = `Gradient flow: ${data.metric.replace(/_/g, ' ')} per layer, A vs B`;
     const labels = rows.map(row => {
-      const marks = TAGS.filter((_, k) => row.values[k] === undefined).map(tag => `not in ${tag}`);
-      marks.push(...TAGS.filter((_, k) => row.nonfinite[k]).map(tag => `NaN/Inf in ${tag}`));
-      return `${row.name || '(root)'}${marks.length ? ` (${marks.join(', ')})` : ''}`;
+      const marks = TAGS.filter((_, k) => row.values[k] === undefined).map(tag => `no ${tag}`);
+      marks.push(...TAGS.filter((_, k) => row.nonfinite[k]).map(tag => `${tag} NaN`));
+      return `${row.name || '(root)'}${marks.length ? ` [${marks.join(', ')}]` : ''}`;
     });
     const datasets = data.runs.map((r, k) => ({
       label: r.label,
@@ -208,9 +220,19 @@ export class CompareView extends SectionView {
       const names = rows.filter(row => row.values[k] === undefined).map(row => row.name || '(root)');
       return names.length ? `not in ${tag}: ${names.join(', ')}` : '';
     }).filter(Boolean);
-    this._missing.textContent = missing.length
-      ? `Layers differ between the runs: ${missing.join(' · ')}`
-      : `Both runs have the same ${rows.length} layers.`;
+    replaceChildren(
+      this._missing,
+      h(
+        'div',
+        { class: 'jp-gradsight-compare-layers' },
+        missing.length
+          ? `Layers differ between the runs: ${missing.join(' · ')}`
+          : `Both runs have the same ${rows.length} layers.`
+      ),
+      rows.some(row => row.nonfinite.some(Boolean) || row.values.includes(undefined))
+        ? h('div', {}, 'In the chart: [no B] the run has no such layer; [B NaN] NaN/Inf gradients there (no bar).')
+        : null
+    );
   }
 
   private _renderFindings(data: ICompareData): void {
@@ -261,6 +283,8 @@ export class CompareView extends SectionView {
 
   private _select: HTMLSelectElement;
   private _legend: HTMLElement;
+  private _lossTitle!: HTMLElement;
+  private _flowTitle!: HTMLElement;
   private _lossBox: HTMLElement;
   private _lossCanvas: HTMLCanvasElement;
   private _flowBox: HTMLElement;

@@ -53,7 +53,7 @@ export class RanksView extends SectionView {
         },
         bad?.rank === r ? h('span', { class: 'jp-gradsight-rank-bad', 'aria-label': 'went wrong first' }) : null,
         `rank ${r}`,
-        r === ranks.rank ? h('span', { class: 'jp-gradsight-muted' }, ' (this)') : null
+        r === ranks.rank ? h('span', { class: 'jp-gradsight-muted' }, '(this)') : null
       );
       b.onclick = () => this.model.selectRank(r);
       buttons.appendChild(b);
