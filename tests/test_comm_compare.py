@@ -207,3 +207,14 @@ def test_pushes_of_a_rank_carry_the_rank_part_and_a_single_process_has_none():
 def test_first_bad_rank(rows, expected):
     got = payloads.first_bad_rank(pd.DataFrame(rows))
     assert (got["rank"] if got else None) == expected
+
+
+def test_a_rank_table_that_fails_leaves_the_rest_of_the_snapshot():
+    reg, w = _ranked()
+
+    def broken():
+        raise ValueError("rank 1's shard is truncated")
+
+    w.ranks = broken
+    msg, _ = _ask(_session(reg), "get_snapshot", watcher="DDP")
+    assert msg["kind"] == "snapshot" and "ranks" not in msg and msg["findings"]["total"] == 4

@@ -33,6 +33,7 @@ from .limits import (
     MAX_WATCHERS,
 )
 from .schema import PROTOCOL_VERSION, definition
+from .server_log import log
 
 Message = tuple[dict[str, Any], list[memoryview]]
 _COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -215,7 +216,11 @@ def ranks(w: Any, packer: Packer, findings_df: pd.DataFrame | None = None) -> di
     n = world_size(w)
     if n < 2:
         return None
-    table = w.ranks()
+    try:
+        table = w.ranks()
+    except Exception as e:  # e.g. a recording whose rank shards do not open: the rest still shows
+        log.warning("%s: no rank table for the panel: %s: %s", getattr(w, "name", "?"), type(e).__name__, e)
+        return None
     cols, block = _numeric_block_uncached(table, ())
     return {
         "world_size": n,
