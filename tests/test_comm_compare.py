@@ -3,6 +3,7 @@ messages a panel gets, checked against the schema and against naive re-readings 
 
 from __future__ import annotations
 
+import faulty_models as fm
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,19 +88,17 @@ def _train(name: str, widths: tuple[int, ...], nan_at: int | None = None, steps:
     for i, o in zip(widths[:-1], widths[1:], strict=True):
         mods += [nn.Linear(i, o), nn.Tanh()]
     model = nn.Sequential(*mods[:-1])
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    w = gs.watch(model, optimizer=opt, name=name, record=path)
-    gen = torch.Generator().manual_seed(1)
-    for step in range(steps):
+    seen = iter(range(steps))
+
+    def batch(gen):
         x = torch.randn(8, widths[0], generator=gen)
-        if step == nan_at:
+        if next(seen) == nan_at:
             x[0, 0] = float("nan")
-        loss = model(x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        w.step(loss=loss)
-    return w
+        return x, None
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    return fm.train(model, opt, batch, steps, lambda out, _: out.pow(2).mean(),
+                    watch={"name": name, "record": path}).watcher
 
 
 def _naive(run) -> tuple[list[str], dict[str, float]]:

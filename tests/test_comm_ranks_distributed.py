@@ -19,24 +19,25 @@ def _rank(rank: int, world: int, tmp: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
     try:
-        import gradsight as gs
+        import faulty_models as fm
+
         from gradsight.comm import payloads
         from gradsight.comm.schema import validate
 
         torch.manual_seed(0)
         model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        w = gs.watch(model, optimizer=opt, name="ddp")
-        for step in range(10):
+        steps = iter(range(10))
+
+        def batch(_):  # each rank its own data; rank 1's step 7 holds a NaN
+            step = next(steps)
             x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1000 * step + rank))
             if rank == 1 and step == 7:
                 x[0, 0] = float("nan")
-            loss = model(x).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            w.step(loss=loss)
-        msg, _ = payloads.snapshot(w)
+            return x, None
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        run = fm.train(model, opt, batch, 10, lambda out, _: out.pow(2).mean(), watch={"name": "ddp"})
+        msg, _ = payloads.snapshot(run.watcher)
         validate(msg)
         part = msg["ranks"]
         out = {"world_size": part["world_size"], "rank": part["rank"], "first_bad": part["first_bad"],
