@@ -121,8 +121,11 @@ def test_compare_of_a_live_watcher_and_a_recording_matches_the_sources(tmp_path)
         names = [s.name for s in sources.watchers()]
         b_name = next(n for n in names if n.startswith("B ["))
         comm = FakeComm()
-        Session(comm, Hub(sources))
-        msg, buffers = _ask(comm, "get_compare", watcher="A", other=b_name)
+        session = Session(comm, Hub(sources))  # subscribed to the real registry until closed
+        try:
+            msg, buffers = _ask(comm, "get_compare", watcher="A", other=b_name)
+        finally:
+            session.close()
         ra, rb = msg["runs"]
         for run, src in ((ra, a), (rb, rec)):
             leaves, values = _naive(src)

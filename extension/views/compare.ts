@@ -79,6 +79,10 @@ export class CompareView extends SectionView {
     }
     this._empty.replaceChildren();
     this._show(true);
+    if (data === this._drawn) {
+      return; // a push of A re-renders the selector; the comparison itself is re-read apart
+    }
+    this._drawn = data;
     this._legend.replaceChildren(
       ...data.runs.map((r, k) =>
         h(
@@ -292,6 +296,7 @@ export class CompareView extends SectionView {
   private _missing: HTMLElement;
   private _findings: HTMLElement;
   private _empty: HTMLElement;
+  private _drawn: ICompareData | null = null;
   private _lossChart: Chart<'line', { x: number; y: number }[]> | null = null;
   private _flowChart: Chart<'bar', (number | null)[], string> | null = null;
 }
