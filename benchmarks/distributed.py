@@ -91,7 +91,7 @@ def _run(rank: int, world: int, tmp: str, rounds: int, warmup: int) -> None:
         if rank == 0:
             with open(f"{tmp}/out.pkl", "wb") as f:
                 pickle.dump({"a": ta, "b": tb, "exchange": exchange, "gather": gather, "alone": alone, "sent": wa._cross.packet.nbytes_sent,
-                             "layers": len(wa.layer_names), "params": len(wa._cross.param_names),
+                             "layers": len(wa.layer_names), "params": len(wa._cross.layout.param_names),
                              "ranks": wa.ranks()}, f)
     finally:
         dist.barrier()
