@@ -503,3 +503,73 @@ def test_every_rank_recording_into_one_path_opens_as_one_run_with_a_rank_dimensi
     assert ranks["findings"].tolist() == [int((serious["rank"] == r).sum()) for r in range(2)]
     with pytest.raises(ValueError, match="ranks 0..1"):
         rec.history("grad_norm", rank=2)
+
+
+def test_views_work_on_a_ranked_recording_through_the_same_api_as_a_watcher(world2):
+    """What a dashboard with a rank selector reads (ranks(), history(m, rank=r), rank, world_size) is
+    one definition, RunQueries', on a Watcher and a Recording alike; every view opens on a ranked run."""
+    from gradsight import widgets as gw
+    from gradsight.recording.reader import Recording
+    from gradsight.records.queries import RunQueries
+    from gradsight.watcher import Watcher
+
+    assert Watcher.history is RunQueries.history and Recording.history is RunQueries.history
+    for name in ("rank", "world_size", "ranks"):
+        assert hasattr(RunQueries, name) and hasattr(Watcher, name) and hasattr(Recording, name)
+    rec = gs.open(_outs(world2, "ranked_recording")[0]["path"])
+    assert "closed" in rec._repr_html_()
+    dash = rec.dashboard()
+    assert dash is not None
+    for fig in (gw.gradient_flow(rec), gw.heatmap(rec), gw.training_curves(rec)):
+        assert fig.axes
+
+
+def _dying(rank: int, world: int, tmp: str) -> None:
+    """Both ranks train 5 steps recording into one path; then rank 1 is SIGKILLed (after its writer
+    flushed), and rank 0 closes its watcher and leaves without another collective (a barrier with a
+    dead peer would wait forever)."""
+    import os
+    import signal
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, record=gs.RecordTo(f"{tmp}/run", flush_steps=2, flush_seconds=0.05))
+    _train(model, opt, rank, 5)
+    marker = Path(tmp) / "flushed"
+    if rank == 1:
+        time.sleep(0.5)  # the writer thread writes what was queued (steps 0-3; step 4 is held back)
+        marker.write_text("")
+        os.kill(os.getpid(), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    w.close()
+    os._exit(0)
+
+
+def test_a_rank_killed_mid_run_leaves_a_readable_recording_that_names_it(tmp_path):
+    import signal
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_dying, args=(r, 2, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 120
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0, -signal.SIGKILL]
+    with pytest.warns(GradsightWarning, match=r"rank 1's shard .* ended early: its writer .* stopped at step 3"):
+        rec = gs.open(tmp_path / "run")
+    assert not rec.live and rec.world_size == 2
+    assert rec.steps()["step"].tolist() == [0, 1, 2, 3, 4]                    # rank 0 closed its shard
+    dead = rec.history("grad_norm", rank=1)
+    assert dead.index.tolist() == [0, 1, 2, 3] and np.isfinite(dead.to_numpy()).all()  # what rank 1 wrote
+    assert rec.history("step_s", rank=1).index.tolist() == [0, 1, 2, 3]
+    assert len([p for p in rec.problems if "rank 1's shard" in p and "ended early" in p]) == 1
+    assert list(rec.ranks()["rank"]) == [0, 1] and "rank" in rec.findings()
