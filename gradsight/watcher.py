@@ -382,8 +382,12 @@ class Watcher(RunQueries):
             capture.discard_step()
             say_once(self, "dropped", f"step {step} was not recorded: {why} while it was open, so its "
                      "numbers would mix two states. Later steps are recorded as usual.")
-            if self._cross is not None:
-                self._cross.skip()  # the other ranks still exchange this step
+            if self._cross is not None:  # the other ranks exchange this step: join them, with nothing
+                try:
+                    self._cross.dropped(step, time.perf_counter() - capture.step_started)
+                except Exception as exc:  # ours: report, never break training
+                    self._hook_error("<distributed>", exc)
+                self._say_cross_off()
             return None
         if capture.capturing and self._optimizer_ref is None and capture.detail:
             capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
@@ -439,9 +443,12 @@ class Watcher(RunQueries):
         except Exception as exc:  # ours: report, never break training
             self._hook_error("<distributed>", exc)
             return []
-        if cross.disabled:
-            say_once(self, "cross-off", f"rank {cross.rank}: {cross.disabled}")
+        self._say_cross_off()
         return found
+
+    def _say_cross_off(self) -> None:
+        if self._cross is not None and self._cross.disabled:
+            say_once(self, "cross-off", f"rank {self._cross.rank}: {self._cross.disabled}")
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""

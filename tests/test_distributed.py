@@ -284,6 +284,23 @@ def edit_midrun(rank, world):
     return _result(w) | {"layers": w.layer_names}
 
 
+def edit_one_rank(rank, world):
+    """Rank 1 adds a module while its step 2 is open (the step is dropped there, not on rank 0), then
+    watches a model rank 0 does not have: every rank stops the exchange together, nobody hangs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, checksum_every=1000)  # ranks train apart (no gradient sync)
+    for step in range(5):
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        if step == 2 and rank == 1:
+            model.add_module("extra", nn.Identity())
+        opt.step()
+    return {"steps": w.steps()["step"].tolist(), "errors": list(w.errors), "ranks": w.ranks()}
+
+
 def ranked_recording(rank, world):
     """Every rank records into the same path: one run with a rank dimension (rank 1 gets a NaN at step 4)."""
     model = _ddp()
@@ -304,11 +321,11 @@ def gs_rank_metrics():
 
 SCENARIOS = {f.__name__: f for f in (healthy, nan_rank1_step7, skipped_bucket, changed_param, straggler,
                                      fsdp2_norms, opaque_wrapper, different_models, only_rank0_watches,
-                                     edit_midrun, ranked_recording)}
+                                     edit_midrun, edit_one_rank, ranked_recording)}
 
 
 WORLD2 = ["healthy", "skipped_bucket", "changed_param", "straggler", "fsdp2_norms", "opaque_wrapper",
-          "different_models", "only_rank0_watches", "edit_midrun", "ranked_recording"]
+          "different_models", "only_rank0_watches", "edit_midrun", "edit_one_rank", "ranked_recording"]
 
 
 @pytest.fixture(scope="module")
@@ -470,6 +487,16 @@ def test_outside_a_process_group_there_is_no_rank_table():
     finally:
         w.close()
 
+
+
+def test_a_step_dropped_and_a_model_edited_on_one_rank_only_stop_the_exchange_on_every_rank(world2):
+    outs = _outs(world2, "edit_one_rank")
+    assert outs[0]["steps"] == [0, 1, 2, 3, 4] and outs[1]["steps"] == [0, 1, 3, 4]  # rank 1 dropped step 2
+    for out in outs:
+        assert out["errors"] == [], out["errors"]
+        said = [m for m in out["warnings"] if "cross-rank findings are off" in m]
+        assert len(said) == 1 and "changed on rank(s) 1 but not (yet) on rank(s) 0 at step 3" in said[0], said
+        assert (out["ranks"]["steps"] == 2).all()  # steps 0 and 1 judged; 2 dropped by rank 1; then off
 
 
 # --- recordings of a job: one run with a rank dimension ---------------------------------------

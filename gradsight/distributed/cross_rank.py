@@ -77,6 +77,18 @@ class CrossRank:
         if self.timer is not None:
             self.timer.take()
 
+    def dropped(self, step: int, step_s: float) -> None:
+        """A step this rank captured but dropped (the model changed while it was open, ...): the other
+        ranks are in this step's collective, so it joins it with its header only; no rank judges it."""
+        allreduce_s = self.timer.take() if self.timer is not None else math.nan
+        if self.disabled:
+            return
+        vec = self.packet.pack({"step": step, "step_s": step_s, "allreduce_s": allreduce_s, "dropped": 1.0,
+                                "layout": self.layout.crc}, None)
+        g = self.packet.unpack(self.packet.gather(vec))
+        if self._same_layout(g):
+            self._captured += 1  # checksum steps stay the same on every rank
+
     def relayout(self, layout: Layout) -> None:
         """The watcher re-made its capture (the model was edited): announce the new layout in the next
         packet; every rank switches together once all announced the same one (see :meth:`exchange`)."""
@@ -98,6 +110,11 @@ class CrossRank:
         g = self.packet.unpack(self.packet.gather(vec))
         self.gather_s += time.perf_counter() - t1
         if not self._same_layout(g):
+            return []
+        if g.column("dropped").any():  # another rank has nothing for this step: nobody judges it
+            self._captured += 1
+            for arr in (rec.param_sumsq, rec.param_grad_sumsq, rec.param_update_sumsq, rec.param_step_grad_sumsq):
+                arr[self.S_idx] = np.nan  # a shard's part is missing: the full norm is unknown, not this shard's
             return []
         if self.pending is not None:  # every rank announced the same new layout: all switch, and send again
             self.layout, self.pending = self.pending, None
@@ -130,7 +147,7 @@ class CrossRank:
             edited = ", ".join(map(str, np.flatnonzero(relayout)))
             kept = ", ".join(map(str, np.flatnonzero(~relayout)))
             why = (f"the model changed on rank(s) {edited} but not (yet) on rank(s) {kept} at step "
-                   f"{int(g.column('step').max())}")
+                   f"{int(g.column('step')[self.rank])}")
         else:
             why = "the ranks now watch different models" + (" after the change" if relayout.any() else "")
         self.pending = None

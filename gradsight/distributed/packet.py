@@ -6,7 +6,8 @@ Layout (``L`` layers, ``S`` sharded parameters, ``R`` replicated parameters)::
 
 header: step, step_s, forward_s, backward_s, allreduce_s, origin layer, origin phase, has
 checksums, layout (the CRC of the sender's layout signature, see layout.py), relayout (1: this
-packet only announces a new layout, the rest is zeros). ``act_bad``/``grad_bad``: local non-finite counts per layer (outputs, and gradients
+packet only announces a new layout, the rest is zeros), dropped (1: this rank captured the step
+but dropped it, see Watcher._record_step; it joins the collective with its header only). ``act_bad``/``grad_bad``: local non-finite counts per layer (outputs, and gradients
 w.r.t. outputs, both from this rank's batch before any all-reduce). Shard sums of squares: this
 rank's part of each sharded parameter's (weight, gradient, update, step gradient) squares, summed
 across ranks into the full-tensor values. Checksums: (sum, sum of squares) of each replicated
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 HEADER = ("step", "step_s", "forward_s", "backward_s", "allreduce_s", "origin_layer", "origin_phase",
-          "has_checksums", "layout", "relayout")
+          "has_checksums", "layout", "relayout", "dropped")
 H = len(HEADER)
 HI = {name: i for i, name in enumerate(HEADER)}
 
