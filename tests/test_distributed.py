@@ -308,6 +308,7 @@ def ranked_recording(rank, world):
     w = gs.watch(model, optimizer=opt, record=gs.RecordTo(f"{TMP}/ranked", flush_steps=3))
     _train(model, opt, rank, 8, poison=(1, 4))
     w.close()
+    w.save(f"{TMP}/saved")  # w.save in every rank: the same layout, written once
     return _result(w) | {"grad_norm": w.history("grad_norm"), "steps": w.steps(), "path": f"{TMP}/ranked",
                          "rank_metrics": {(m, r): w.history(m, rank=r) for m in gs_rank_metrics()
                                           for r in range(world)}}
@@ -530,6 +531,13 @@ def test_every_rank_recording_into_one_path_opens_as_one_run_with_a_rank_dimensi
     assert ranks["findings"].tolist() == [int((serious["rank"] == r).sum()) for r in range(2)]
     with pytest.raises(ValueError, match="ranks 0..1"):
         rec.history("grad_norm", rank=2)
+    saved = gs.open(Path(outs[0]["path"]).parent / "saved")
+    assert saved.world_size == 2 and saved.problems == []
+    pd.testing.assert_frame_equal(saved.findings(), found)
+    pd.testing.assert_frame_equal(saved.ranks(), ranks)
+    for r in range(2):
+        for m in ("grad_norm", "step_s", "allreduce_s"):
+            pd.testing.assert_frame_equal(saved.history(m, rank=r), rec.history(m, rank=r))
 
 
 def test_views_work_on_a_ranked_recording_through_the_same_api_as_a_watcher(world2):
@@ -600,3 +608,14 @@ def test_a_rank_killed_mid_run_leaves_a_readable_recording_that_names_it(tmp_pat
     assert rec.history("step_s", rank=1).index.tolist() == [0, 1, 2, 3]
     assert len([p for p in rec.problems if "rank 1's shard" in p and "ended early" in p]) == 1
     assert list(rec.ranks()["rank"]) == [0, 1] and "rank" in rec.findings()
+
+
+def test_saving_a_ranked_recording_writes_what_it_shows_as_one_process(world2, tmp_path):
+    import pandas as pd
+
+    rec = gs.open(_outs(world2, "ranked_recording")[0]["path"])
+    rec.save(tmp_path / "copy")
+    copy = gs.open(tmp_path / "copy")
+    assert copy.world_size == 1 and copy.problems == []
+    pd.testing.assert_frame_equal(copy.history("grad_norm"), rec.history("grad_norm"))
+    pd.testing.assert_frame_equal(copy.findings(), rec.findings())

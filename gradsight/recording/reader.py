@@ -255,10 +255,12 @@ class Recording(RunQueries):
         return dash
 
     def save(self, path) -> None:
-        """Copy what this recording holds into a new recording directory."""
+        """Copy what this recording shows into a new recording directory. Of a torch.distributed job's
+        recording that is rank ``rank``'s layers with every rank's findings, saved as a run of one
+        process (copy the directory to keep every rank's shard)."""
         from .save import save
 
-        save(self, path, hist_kinds=tuple(self.manifest["hist_kinds"]))
+        save(self, path, hist_kinds=tuple(self.manifest["hist_kinds"]), rank=0, world_size=1)
 
     def _repr_html_(self) -> str:
         from ..widgets.summary_html import watcher_html  # the watcher's summary: same read API
