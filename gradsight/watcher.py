@@ -113,7 +113,11 @@ class Watcher(RunQueries):
                 self.close()  # a watcher that failed to start leaves no hook behind
                 raise
         if distributed:
-            self._start_cross(checksum_every)
+            try:
+                self._start_cross(checksum_every)
+            except BaseException:  # an interrupt while waiting for the other ranks: leave no hook behind
+                self.close()
+                raise
         self._begin_step()
         bus.add(self)
 
@@ -162,7 +166,7 @@ class Watcher(RunQueries):
             self._tensorboard = TensorBoardStream(self._history, tensorboard)
         self._rank_ctx = detect(model)  # local: no collective (the handshake comes after record= started)
         self._cross: CrossRank | None = None
-        self._cross_capture: Capture | None = None  # the capture whose layout the cross-rank part sends
+        self._cross_capture: weakref.ref | None = None  # the capture whose layout the cross-rank part sends
         self._cross_off = "" if distributed else "gs.watch(..., distributed=False) was given"
         if optimizer is not None:
             self._hook_optimizer(optimizer)
@@ -436,9 +440,9 @@ class Watcher(RunQueries):
         if cross is None:
             return []
         try:
-            if self._cross_capture is not self._capture:  # re-made after a model edit: every rank re-lays out
-                cross.relayout(Layout.of(self._capture, cross.ctx))
-                self._cross_capture = self._capture
+            if self._cross_capture is None or self._cross_capture() is not self._capture:
+                cross.relayout(Layout.of(self._capture, cross.ctx))  # re-made after a model edit: on every rank
+                self._cross_capture = weakref.ref(self._capture)
             found = cross.exchange(rec, time.perf_counter() - self._capture.step_started)
         except Exception as exc:  # ours: report, never break training
             self._hook_error("<distributed>", exc)
@@ -517,7 +521,7 @@ class Watcher(RunQueries):
                      "gs.watch on the same model in every rank, or pass distributed=False to silence this.")
             return
         self._cross = CrossRank(ctx, layout, checksum_every)
-        self._cross_capture = self._capture
+        self._cross_capture = weakref.ref(self._capture)
         if self._cross.setup_error is not None:
             self._hook_error("<distributed: communication hook>", self._cross.setup_error)
 
@@ -666,9 +670,12 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     checksum_every: in a torch.distributed job, compare replicas' parameter checksums every n-th
     captured step (``replica_divergence``; see gradsight/detectors/replica_divergence.py).
     distributed: inside a torch.distributed job, exchange one small packet per captured step with
-    the other ranks (cross-rank findings, ``w.ranks()``). This is a collective: watch on every rank,
-    or pass ``distributed=False`` to watch on some ranks only (a watcher on rank 0 alone would wait
-    for the others forever).
+    the other ranks (cross-rank findings, ``w.ranks()``). This is a collective: watch on every rank.
+    The watchers first meet through the process group's store (at most a few seconds,
+    ``gradsight.distributed.handshake.TIMEOUT``); a rank that does not watch, or watches another
+    model, makes every watcher warn once and run without the cross-rank part, never wait.
+    ``distributed=False`` skips all of it (watch on some ranks only, silently). With ``record=``,
+    each rank writes its own shard of one recording (docs/recording-format.md).
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,
