@@ -21,7 +21,7 @@ from ..distributed.cross_rank import CROSS_KINDS
 from ..records.queries import RunQueries
 from ..records.run_history import STEP_COLUMNS, RunHistory
 from ..warnings import GradsightWarning
-from .format import MANIFEST, RANK_STEP_COLUMNS, RecordingError, RecordingNotFound, shard_root
+from .format import MANIFEST, RANK_STEP_COLUMNS, RecordingError, shard_root
 from .manifest import read_manifest, resolve
 from .shard import Shard
 
@@ -75,7 +75,7 @@ class Recording(RunQueries):
 
     @property
     def _closed(self) -> bool:
-        return all(s.closed for s in self._shards.values()) and len(self._shards) == len(self._expected)
+        return all(s.closed for s in list(self._shards.values())) and len(self._shards) == len(self._expected)
 
     # --- following --------------------------------------------------------------------------
     @property
@@ -84,7 +84,7 @@ class Recording(RunQueries):
         if self.detached:
             return False
         self._look_if_due()
-        return any(s.alive() for s in self._shards.values())
+        return any(s.alive() for s in list(self._shards.values()))
 
     def refresh(self) -> bool:
         """Read what the writers added since the last look; True if anything was new."""
@@ -92,7 +92,7 @@ class Recording(RunQueries):
             self._polled = time.monotonic()
             self._find_shards()
             new = False
-            for shard in self._shards.values():
+            for shard in list(self._shards.values()):
                 new = shard.poll() or new
             if self._world > 1:
                 self._check_shards()
@@ -104,19 +104,18 @@ class Recording(RunQueries):
             if r in self._shards:
                 continue
             root = shard_root(self.root, r)
-            try:
-                manifest = read_manifest(root)
-                self._shards[r] = Shard(root, manifest)
-            except RecordingNotFound:
+            if not (root / MANIFEST).exists():
                 continue  # not started yet, or never: _check_shards says so once the run stopped
+            try:
+                self._shards[r] = Shard(root, read_manifest(root))
             except RecordingError as exc:
                 self._note(("bad", r), f"gradsight.open: rank {r}'s shard {str(root)!r} cannot be read: {exc}")
 
     def _check_shards(self) -> None:
         """Say once, by rank, which shard ended early (its writer gone without closing it) or is missing."""
-        alive = {r: s.alive() for r, s in self._shards.items()}
-        last = max((s.last_step for s in self._shards.values()), default=-1)
-        for r, shard in self._shards.items():
+        alive = {r: s.alive() for r, s in list(self._shards.items())}
+        last = max((s.last_step for s in list(self._shards.values())), default=-1)
+        for r, shard in list(self._shards.items()):
             if not shard.closed and not alive[r]:
                 w = shard.manifest.get("writer") or {}
                 self._note(("early", r), f"gradsight.open: rank {r}'s shard {str(shard.root)!r} ended early: its "
@@ -183,7 +182,7 @@ class Recording(RunQueries):
         if self._world < 2:
             return super().ranks()
         self._look_if_due()
-        held = [s for s in self._shards.values() if s.ranks is not None and len(s.ranks)]
+        held = [s for s in list(self._shards.values()) if s.ranks is not None and len(s.ranks)]
         if not held:
             raise ValueError(f"gradsight: ranks(): {str(self.root)!r} holds no per-rank table: its ranks ran "
                              "without the cross-rank part (distributed=False, or they did not all watch the same "
@@ -227,7 +226,7 @@ class Recording(RunQueries):
         taken from the shard that recorded the most steps), in the watcher's order."""
         from ..detectors.finding import SEVERITY_RANK, FindingLog
 
-        frames = {r: s.findings for r, s in sorted(self._shards.items()) if s.findings is not None}
+        frames = {r: s.findings for r, s in sorted(list(self._shards.items())) if s.findings is not None}
         if not frames:
             return FindingLog().frame()
         if self._world < 2:
