@@ -83,9 +83,17 @@ def _medians(ax, src, world: int, selected: int, bad: dict | None) -> None:
         return
     x = np.arange(world)
     width = 0.8 / len(PARTS)
+    handles, top = [], 0.0
     for k, (col, name, color) in enumerate(PARTS):
         y = source.column(table, col)[:world] * 1000
-        ax.bar(x + (k - 1) * width, np.where(np.isfinite(y), y, 0.0), width, color=color, label=name)
+        ok = np.isfinite(y)  # unmeasured (e.g. no timed DDP comm hook): no bar, said in the legend
+        if ok.any():
+            handles.append(ax.bar((x + (k - 1) * width)[ok], y[ok], width, color=color, label=name))
+            top = max(top, float(y[ok].max()))
+        else:
+            handles.append(ax.plot([], [], color=color, lw=6, label=f"{name} (not measured)")[0])
+    if top > 0:
+        ax.set_ylim(0, top * 1.35)  # room for the legend above the bars
     ax.set_xticks(x)
     ax.set_xticklabels([f"rank {r}" for r in x], fontsize=8)
     for r, lab in zip(x, ax.get_xticklabels(), strict=True):
@@ -94,4 +102,4 @@ def _medians(ax, src, world: int, selected: int, bad: dict | None) -> None:
         if bad is not None and r == bad["rank"]:
             lab.set_color(style.VERMILLION)
     ax.set_ylabel("median (ms)", fontsize=9)
-    ax.legend(fontsize=8, ncol=len(PARTS), loc="upper left", frameon=False)
+    ax.legend(handles=handles, fontsize=8, ncol=len(PARTS), loc="upper left", frameon=False)
