@@ -46,6 +46,7 @@ def test_gan_generator_and_discriminator_are_chosen_by_name():
     dash._repr_mimebundle_()
     assert dash.watcher is wd and dash.source_choice.value == "D"
     assert {"G", "D"} <= set(_keys(dash)) and dash.source_choice.layout.display is None
+    assert dash.choosers in dash.children
     flow_d = dash.images["flow"].value
     assert [v for _, v in dash.layer.options] == wd.layer_names
 
@@ -95,6 +96,7 @@ def test_a_lone_source_hides_the_chooser_and_no_source_is_a_clear_error(monkeypa
     w = gs.watch(nn.Linear(2, 2), name="solo")
     dash = Dashboard(w)
     assert _keys(dash) == ["solo"] and dash.source_choice.layout.display == "none"
+    assert dash.choosers not in dash.children  # nothing to choose: no row in the page
     w.close()
     dash.close()
 
@@ -174,6 +176,7 @@ def test_rank_dropdown_marks_the_rank_that_went_wrong_first():
     dash.show_source(w)  # a single-process source: the Ranks tab and the rank chooser go away
     assert dash.tabs.titles == TABS[:RANKS_TAB] and dash.rank_choice.layout.display == "none"
     assert dash.rank_note.value == ""
+    assert dash.choosers not in dash.children or dash.source_choice.layout.display is None
     dash.close()
     w.close()
 

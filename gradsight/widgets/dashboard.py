@@ -88,7 +88,7 @@ class Dashboard(widgets.VBox):
 
         self.header = widgets.HTML()
         self.source_choice = widgets.Dropdown(description="source", layout=widgets.Layout(width="340px"))
-        self.rank_choice = widgets.Dropdown(description="rank", layout=widgets.Layout(width="240px"))
+        self.rank_choice = widgets.Dropdown(description="rank", layout=widgets.Layout(width="330px", display="none"))
         self.rank_note = widgets.HTML()
         self.findings = widgets.Select(options=[("No findings yet.", -1)], rows=4,
                                        layout=widgets.Layout(width="100%"))
@@ -97,6 +97,7 @@ class Dashboard(widgets.VBox):
         self.layer = widgets.Dropdown(options=[(style.short_name(n, 48), n) for n in names],
                                       value=_default_layer(watcher), description="layer",
                                       layout=widgets.Layout(width="340px"))
+        self.layer.add_class("jp-gradsight-layer")
         self.of = widgets.ToggleButtons(options=[("gradient", "grad"), ("activation", "activation")],
                                         value="grad", style={"button_width": "90px"})
         self.step = widgets.SelectionSlider(options=[("—", -1)], value=-1, description="step",
@@ -121,11 +122,12 @@ class Dashboard(widgets.VBox):
             widgets.VBox([self.images["ranks"], self.ranks_html]),
         ]
         self.tabs = widgets.Tab(children=self._pages[:RANKS_TAB], titles=TABS[:RANKS_TAB])
+        # source and rank choosers: a row in the page only while it has something to choose
+        self.choosers = widgets.HBox([self.source_choice, self.rank_choice, self.rank_note])
         css = widgets.HTML("<style>.jp-gradsight-findings select{font-family:var(--jp-code-font-family,"
                            "monospace);font-size:12px}</style>", layout=widgets.Layout(display="none"))
         super().__init__([css, widgets.HBox([self.header, self.refresh_button],
                                        layout=widgets.Layout(justify_content="space-between")),
-                          widgets.HBox([self.source_choice, self.rank_choice, self.rank_note]),
                           self.findings, self.tabs])
         self.add_class("jp-gradsight-dashboard")
         self._view_count = 0  # the front-end reports how many views exist (ipywidgets)
@@ -192,7 +194,7 @@ class Dashboard(widgets.VBox):
             return super().close()
         for child in (self.header, self.findings, self.layer, self.of, self.step, self.refresh_button,
                       self.check_button, self.gradcheck_html, self.source_choice, self.rank_choice,
-                      self.rank_note, self.ranks_html, *self.images.values(), *self._pages):
+                      self.rank_note, self.ranks_html, self.choosers, *self.images.values(), *self._pages):
             child.close()
         self.tabs.close()
         super().close()
@@ -415,6 +417,7 @@ class Dashboard(widgets.VBox):
             finally:
                 self._updating = False
         self.source_choice.layout.display = None if len(options) > 1 else "none"
+        self._place_choosers()
 
     def _on_source(self, change) -> None:
         if self._updating or change["new"] is None:
@@ -459,6 +462,7 @@ class Dashboard(widgets.VBox):
         if world < 2:
             self.rank_choice.layout.display = "none"
             self.rank_note.value = ""
+            self._place_choosers()
             return
         bad = source.first_bad_rank(self._findings)
         me = int(getattr(self.watcher, "rank", 0) or 0)
@@ -474,9 +478,18 @@ class Dashboard(widgets.VBox):
             finally:
                 self._updating = False
         self.rank_choice.layout.display = None
+        self._place_choosers()
         self.rank_note.value = (f'<span class="jp-gradsight-first-bad" style="color:{style.VERMILLION};'
                                 f'font-weight:bold">{html.escape(first_bad_text(bad))}</span>' if bad else
                                 f'<span style="opacity:0.7">no rank has an error finding ({world} ranks)</span>')
+
+    def _place_choosers(self) -> None:
+        wanted = self.source_choice.layout.display != "none" or self.rank_choice.layout.display != "none"
+        children = list(self.children)
+        if wanted and self.choosers not in children:
+            self.children = [*children[:2], self.choosers, *children[2:]]  # under the header
+        elif not wanted and self.choosers in children:
+            self.children = [c for c in children if c is not self.choosers]
 
     def _on_rank(self, change) -> None:
         if not self._updating and change["new"] is not None:
