@@ -36,7 +36,9 @@ def _rank(rank: int, world: int, tmp: str) -> None:
             return x, None
 
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        run = fm.train(model, opt, batch, 10, lambda out, _: out.pow(2).mean(), watch={"name": "ddp"})
+        run = fm.train(model, opt, batch, 10, lambda out, _: out.pow(2).mean(),
+                       watch={"name": "ddp", "record": f"{tmp}/run"})
+        run.watcher.close()  # the recording is complete
         msg, _ = payloads.snapshot(run.watcher)
         validate(msg)
         part = msg["ranks"]
@@ -50,7 +52,7 @@ def _rank(rank: int, world: int, tmp: str) -> None:
 
 @pytest.mark.slow  # a spawn of two processes (~25 s): make test-slow runs it
 @pytest.mark.filterwarnings("ignore")
-def test_every_rank_s_snapshot_names_rank_1_step_7(tmp_path):
+def test_every_rank_s_snapshot_and_the_job_s_recording_name_rank_1_step_7(tmp_path):
     mp.spawn(_rank, args=(2, str(tmp_path)), nprocs=2, join=True)
     for r in range(2):
         out = json.loads((tmp_path / f"rank{r}.json").read_text())
@@ -58,3 +60,21 @@ def test_every_rank_s_snapshot_names_rank_1_step_7(tmp_path):
         assert out["first_bad"]["rank"] == 1 and out["first_bad"]["step"] == 7, out
         assert {"rank", "step_s", "backward_s", "allreduce_s"} <= set(out["columns"])
         assert 1 in out["finding_ranks"], out
+    # the recording every rank wrote, opened in a notebook's kernel and served as a panel source
+    pytest.importorskip("pyarrow")
+    import gradsight as gs
+    from gradsight import bus
+    from gradsight.comm import payloads
+    from gradsight.comm.recording_source import recording_sources
+    from gradsight.comm.schema import validate
+
+    rec = gs.open(tmp_path / "run")
+    try:
+        source = next(s for s in recording_sources(bus) if s.recording is rec)
+        msg, _ = payloads.snapshot(source)
+        validate(msg)
+        assert msg["ranks"]["world_size"] == 2
+        assert msg["ranks"]["first_bad"]["rank"] == 1 and msg["ranks"]["first_bad"]["step"] == 7, msg["ranks"]
+        assert 1 in [f["rank"] for f in msg["findings"]["rows"]]
+    finally:
+        rec.close()
