@@ -204,11 +204,14 @@ def test_pushes_of_a_rank_carry_the_rank_part_and_a_single_process_has_none():
           dict(_finding(step=4, severity="error", kind="nan_origin"), rank=3),
           dict(_finding(step=6, severity="error", kind="exploding_gradient"), rank=0)], 3),
         ([dict(_finding(step=2, severity="error"), rank=-1)], None),
+        ([dict(_finding(step=3, severity="error", kind="replica_divergence", layer=None), rank=1)], 1),
     ],
 )
 def test_first_bad_rank(rows, expected):
     got = payloads.first_bad_rank(pd.DataFrame(rows))
     assert (got["rank"] if got else None) == expected
+    if got is not None:
+        assert got["layer"] in (None, *(r["layer"] for r in rows))  # never the text "None"
 
 
 def test_a_rank_table_that_fails_leaves_the_rest_of_the_snapshot():

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
+from ..widgets import source as views
 from ..widgets.signed_log import common_axis, regrid
 from . import convert
 from .buffers import Packer
@@ -187,27 +188,19 @@ def world_size(w: Any) -> int:
 
 
 def first_bad_rank(df: pd.DataFrame) -> dict[str, Any] | None:
-    """The rank that went wrong first: the rank of the earliest error finding that names one.
-
-    At that step other ranks often report errors too (DDP's all-reduce spreads a NaN to every
-    rank within the step), so a rank_nonfinite finding there, which names the rank that produced
-    the value, wins over them. ``df`` is in w.findings()'s order (first step ascending).
-    """
-    if not len(df) or "rank" not in df.columns:
+    """The rank that went wrong first, as the dashboard names it (one definition:
+    gradsight.widgets.source.first_bad_rank), bounded for the protocol."""
+    bad = views.first_bad_rank(df)
+    if bad is None:
         return None
-    ranks = pd.to_numeric(df["rank"], errors="coerce")
-    steps = pd.to_numeric(df["step"], errors="coerce")
-    errors = df[(df["severity"] == "error") & (ranks >= 0) & steps.notna()]
-    if not len(errors):
-        return None
-    first = errors[steps[errors.index] == steps[errors.index].min()]
-    origin = first[first["kind"] == "rank_nonfinite"]
-    row = (origin if len(origin) else first).iloc[0]
+    layer = bad.get("layer")
+    if layer in ("None", "nan", "<NA>"):  # the definition str()s a whole-model finding's missing layer
+        layer = None
     return {
-        "rank": int(row["rank"]),
-        "step": convert.integer(row["step"]),
-        "kind": convert.text(row["kind"], 64) or "unknown",
-        "layer": convert.text(row["layer"], MAX_SHORT_TEXT),
+        "rank": int(bad["rank"]),
+        "step": convert.integer(bad["step"]),
+        "kind": convert.text(bad["kind"], 64) or "unknown",
+        "layer": convert.text(layer, MAX_SHORT_TEXT),
     }
 
 
