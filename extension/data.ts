@@ -4,11 +4,13 @@
  */
 import {
   Buffer,
+  Compare,
   Finding,
   GradcheckReport,
   HIST_KINDS,
   HistKind,
   Layer,
+  RankOrigin,
   SEVERITIES,
   Severity,
   Snapshot,
@@ -29,6 +31,42 @@ export interface ISnapshotData {
   };
   readonly steps: { readonly total: number; readonly columns: { readonly [name: string]: Float64Array } };
   readonly findings: { readonly total: number; readonly rows: readonly Finding[] };
+  /** Present when the source is one rank of a torch.distributed job (or a recording of one). */
+  readonly ranks: IRanksData | null;
+}
+
+/** The rank dimension: w.ranks() as columns (one value per rank, in rank order). */
+export interface IRanksData {
+  readonly worldSize: number;
+  /** The rank whose layer statistics the snapshot carries. */
+  readonly rank: number;
+  readonly columns: { readonly [name: string]: Float64Array };
+  readonly firstBad: RankOrigin | null;
+}
+
+/** One run of a comparison, decoded (see protocol compare_run). */
+export interface ICompareRun {
+  readonly label: string;
+  readonly watcher: WatcherSummary;
+  readonly lastStep: number | null;
+  readonly steps: { readonly total: number; readonly columns: { readonly [name: string]: Float64Array } };
+  /** Leaf layer -> [metric at the last step, NaN/Inf gradient values counted]. */
+  readonly flow: ReadonlyMap<string, readonly [number, number]>;
+  readonly findings: { readonly total: number; readonly rows: readonly Finding[] };
+}
+
+export interface ICompareData {
+  readonly metric: string;
+  /** Union of both runs' leaf layers: A's order, then B's others. */
+  readonly layers: readonly string[];
+  readonly runs: readonly [ICompareRun, ICompareRun];
+}
+
+/** A layer of the union as the compare view draws it; undefined: the run has no such layer. */
+export interface ICompareRow {
+  readonly name: string;
+  readonly values: readonly [number | undefined, number | undefined];
+  readonly nonfinite: readonly [boolean, boolean];
 }
 
 export interface IHistogramData {
@@ -65,8 +103,92 @@ export function snapshotData(msg: Snapshot, buffers: readonly Buffer[]): ISnapsh
       columns: decodeColumns(msg.layers.columns, buffers)
     },
     steps: { total: msg.steps.total, columns: decodeColumns(msg.steps.columns, buffers) },
-    findings: msg.findings
+    findings: msg.findings,
+    ranks: msg.ranks
+      ? {
+          worldSize: msg.ranks.world_size,
+          rank: msg.ranks.rank,
+          columns: decodeColumns(msg.ranks.columns, buffers),
+          firstBad: msg.ranks.first_bad
+        }
+      : null
   };
+}
+
+export function compareData(msg: Compare, buffers: readonly Buffer[]): ICompareData {
+  const runs = msg.runs.map(r => {
+    const values = decodeArray(r.flow.values, buffers);
+    const bad = decodeArray(r.flow.nonfinite, buffers);
+    if (values.length !== r.flow.names.length || bad.length !== r.flow.names.length) {
+      throw new Error(`compare: ${r.label} has ${r.flow.names.length} layers but ${values.length} values`);
+    }
+    return {
+      label: r.label,
+      watcher: r.watcher,
+      lastStep: r.last_step,
+      steps: { total: r.steps.total, columns: decodeColumns(r.steps.columns, buffers) },
+      flow: new Map(r.flow.names.map((n, i) => [n, [values[i], bad[i]] as const])),
+      findings: r.findings
+    };
+  });
+  return { metric: msg.metric, layers: msg.layers, runs: [runs[0], runs[1]] };
+}
+
+/** One row per layer of the union, with each run's value or undefined where the run lacks it. */
+export function compareRows(data: ICompareData): ICompareRow[] {
+  const [a, b] = data.runs;
+  return data.layers.map(name => {
+    const va = a.flow.get(name);
+    const vb = b.flow.get(name);
+    return {
+      name,
+      values: [va?.[0], vb?.[0]],
+      nonfinite: [
+        (va?.[1] ?? 0) > 0 || !Number.isFinite(va?.[0] ?? 0),
+        (vb?.[1] ?? 0) > 0 || !Number.isFinite(vb?.[0] ?? 0)
+      ]
+    };
+  });
+}
+
+/** What a finding is about, to match it across runs: its kind and layer (steps differ by run). */
+export function findingKey(f: Finding): string {
+  return `${f.kind}\u0000${f.layer ?? ''}`;
+}
+
+/** Per run, the keys of its findings the other run does not have ("what is in B and not in A"). */
+export function onlyIn(data: ICompareData): [Set<string>, Set<string>] {
+  const keys = data.runs.map(r => new Set(r.findings.rows.map(findingKey)));
+  const only = (mine: Set<string>, other: Set<string>) => new Set([...mine].filter(k => !other.has(k)));
+  return [only(keys[0], keys[1]), only(keys[1], keys[0])];
+}
+
+/** One rank's row of the ranks table: column -> value (NaN where unknown). */
+export function rankRow(ranks: IRanksData, rank: number): { [name: string]: number } {
+  const ranksCol = ranks.columns.rank;
+  const i = ranksCol ? Array.from(ranksCol).indexOf(rank) : rank;
+  const out: { [name: string]: number } = {};
+  for (const [name, values] of Object.entries(ranks.columns)) {
+    out[name] = i >= 0 && i < values.length ? values[i] : NaN;
+  }
+  return out;
+}
+
+/** Median of a column over every rank but `rank` (what "slower than the others" compares to). */
+export function othersMedian(ranks: IRanksData, column: string, rank: number): number {
+  const values = ranks.columns[column];
+  const ids = ranks.columns.rank;
+  if (!values) {
+    return NaN;
+  }
+  const others = Array.from(values)
+    .filter((v, i) => (ids ? ids[i] : i) !== rank && Number.isFinite(v))
+    .sort((x, y) => x - y);
+  if (others.length === 0) {
+    return NaN;
+  }
+  const mid = Math.floor(others.length / 2);
+  return others.length % 2 ? others[mid] : (others[mid - 1] + others[mid]) / 2;
 }
 
 export function layerData(msg: Layer, buffers: readonly Buffer[]): ILayerData {

@@ -1,7 +1,7 @@
 /**
  * The panel's data store: the latest decoded state of the kernel's watchers for the views,
  * announced by the `changed` signal, and the actions that request more (selectWatcher,
- * selectLayer, refresh, runGradcheck, openRecording).
+ * selectLayer, refresh, runGradcheck, openRecording, compareWith, selectRank).
  *
  * Following the notebook's kernel and keeping the comm open is the KernelFollower's job
  * (follower.ts); the store hears of each new connection and of its end. Views never talk
@@ -12,13 +12,17 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import packageInfo from '../package.json';
 import { Connection, IIncoming, ProtocolRequestError } from './connection';
-import { ILayerData, IReportsData, ISnapshotData, layerData, snapshotData } from './data';
+import { ICompareData, ILayerData, IReportsData, ISnapshotData, compareData, layerData, snapshotData } from './data';
 import { ConnectionState, IKernelLike, ISessionLike, KernelFollower } from './follower';
 import { GradcheckReports, Layer, Snapshot, Status, WatcherSummary } from './protocol';
 
 export type { CommTargetCallback, ConnectionState, IKernelLike, ISessionLike } from './follower';
 
-export type Change = 'state' | 'status' | 'snapshot' | 'layer' | 'reports' | 'busy' | 'selection' | 'error';
+export type Change =
+  'state' | 'status' | 'snapshot' | 'layer' | 'reports' | 'busy' | 'selection' | 'error' | 'compare' | 'rank';
+
+/** While training pushes snapshots of A, the comparison is re-read at most this often. */
+export const COMPARE_REFRESH_MS = 1000;
 
 export namespace GradientsModel {
   export interface IOptions {
@@ -100,6 +104,48 @@ export class GradientsModel implements IDisposable {
     return this._follower.active;
   }
 
+  /** The source the shown one is compared with (B), or null. */
+  get compareName(): string | null {
+    return this._compareWith;
+  }
+  /** The comparison of the shown source (A) with `compareName` (B), once the kernel sent it. */
+  get compare(): ICompareData | null {
+    return this._compare;
+  }
+
+  /**
+   * The rank shown in a torch.distributed source: the user's pick, else the rank that went wrong
+   * first, else the rank whose layers the snapshot carries; null for a single process.
+   */
+  get rank(): number | null {
+    const ranks = this._snapshot?.ranks;
+    if (!ranks) {
+      return null;
+    }
+    if (this._rank !== null && this._rank < ranks.worldSize) {
+      return this._rank;
+    }
+    return ranks.firstBad?.rank ?? ranks.rank;
+  }
+
+  /** Show this rank's figures (null: back to the default, see `rank`). */
+  selectRank(rank: number | null): void {
+    if (rank !== this._rank) {
+      this._rank = rank;
+      this._emit('rank');
+    }
+  }
+
+  /** Compare the shown source with `other` (null: stop comparing); fetches the comparison. */
+  async compareWith(other: string | null): Promise<void> {
+    if (other !== this._compareWith) {
+      this._compareWith = other;
+      this._compare = null;
+      this._emit('compare');
+    }
+    await this._fetchCompare();
+  }
+
   /** Visible or hidden: a hidden panel holds no comm (KernelFollower.setActive). */
   setActive(active: boolean): void {
     this._follower.setActive(active);
@@ -116,9 +162,16 @@ export class GradientsModel implements IDisposable {
       this._watcher = name;
       this._layer = null;
       this._layerData = null;
+      this._rank = null;
+      this._compare = null;
+      if (name !== null && name === this._compareWith) {
+        this._compareWith = null; // a run compared with itself says nothing
+      }
       this._emit('selection');
+      this._emit('compare');
     }
     await this._fetchSnapshot();
+    await this._fetchCompare();
   }
 
   /**
@@ -191,6 +244,7 @@ export class GradientsModel implements IDisposable {
       return;
     }
     await this._fetchSnapshot();
+    await this._fetchCompare();
     if (this._status?.features.gradcheck) {
       await this._fetchReports();
     }
@@ -260,6 +314,7 @@ export class GradientsModel implements IDisposable {
   private _clearData(): void {
     this._status = null;
     this._snapshot = null;
+    this._compare = null;
     this._layerData = null;
     this._reports = null;
     this._gradcheckRunning = false;
@@ -298,6 +353,11 @@ export class GradientsModel implements IDisposable {
       this._watcher = null; // closed or replaced: follow the newest again
       this._layer = null;
     }
+    if (this._compareWith !== null && !names.includes(this._compareWith)) {
+      this._compareWith = null; // B was closed
+      this._compare = null;
+      this._emit('compare');
+    }
     if (this._snapshot && !names.includes(this._snapshot.watcher.name)) {
       this._snapshot = null;
       this._layerData = null;
@@ -324,6 +384,49 @@ export class GradientsModel implements IDisposable {
       this._layer = null;
     }
     this._emit('snapshot');
+    if (incoming.message.id === null && this._compareWith !== null) {
+      this._maybeRefreshCompare(); // A trained on: so did its side of the comparison
+    }
+  }
+
+  private _maybeRefreshCompare(): void {
+    const now = Date.now();
+    if (this._comparing || now - this._compareFetched < COMPARE_REFRESH_MS) {
+      return;
+    }
+    void this._fetchCompare();
+  }
+
+  private async _fetchCompare(): Promise<void> {
+    const conn = this._conn;
+    const a = this.watcherName;
+    const b = this._compareWith;
+    if (!conn || a === null || b === null || this._comparing) {
+      return;
+    }
+    this._comparing = true;
+    this._compareFetched = Date.now();
+    try {
+      const reply = await conn.request({ kind: 'get_compare', watcher: a, other: b });
+      const msg = reply.message;
+      // the answer to a question still asked (the user may have picked other runs meanwhile)
+      if (
+        msg.kind === 'compare' &&
+        msg.runs[0].watcher.name === this.watcherName &&
+        msg.runs[1].watcher.name === this._compareWith
+      ) {
+        this._compare = compareData(msg, reply.buffers);
+        this._recovered();
+        this._emit('compare');
+      }
+    } catch (e) {
+      this._fail(e);
+    } finally {
+      this._comparing = false;
+    }
+    if (this._compareWith !== null && (this._compareWith !== b || this.watcherName !== a)) {
+      await this._fetchCompare(); // the user picked other runs while this one was asked
+    }
   }
 
   private _onLayer(msg: Layer, incoming: IIncoming): void {
@@ -433,5 +536,10 @@ export class GradientsModel implements IDisposable {
   private _lastError: string | null = null;
   private _pushes = 0;
   private _fetchingSnapshot = false;
+  private _compareWith: string | null = null;
+  private _compare: ICompareData | null = null;
+  private _comparing = false;
+  private _compareFetched = 0;
+  private _rank: number | null = null;
   private _changed = new Signal<this, Change>(this);
 }

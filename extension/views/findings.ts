@@ -10,7 +10,7 @@ import { SectionView } from './section';
 
 export class FindingsView extends SectionView {
   constructor(model: GradientsModel) {
-    super(model, 'Findings', 'jp-gradsight-findings', ['snapshot', 'selection']);
+    super(model, 'Findings', 'jp-gradsight-findings', ['snapshot', 'selection', 'rank']);
   }
 
   protected render(): void {
@@ -67,6 +67,13 @@ export class FindingsView extends SectionView {
           )
         : null,
       h('span', { class: 'jp-gradsight-finding-kind' }, f.kind),
+      f.rank !== null && f.rank !== undefined
+        ? h(
+            'span',
+            { class: 'jp-gradsight-pill jp-gradsight-pill-rank', 'data-rank': String(f.rank) },
+            `rank ${f.rank}`
+          )
+        : null,
       layerLink,
       h('span', { class: 'jp-gradsight-muted' }, `${steps}${f.count && f.count > 1 ? ` ×${f.count}` : ''}`)
     );
@@ -74,7 +81,13 @@ export class FindingsView extends SectionView {
     const hasThreshold = f.threshold !== null && f.threshold !== undefined;
     return h(
       'div',
-      { class: `jp-gradsight-finding jp-gradsight-sev-${f.severity}`, role: 'listitem', 'data-kind': f.kind },
+      {
+        class: `jp-gradsight-finding jp-gradsight-sev-${f.severity}${
+          f.rank !== null && f.rank !== undefined && f.rank === this.model.rank ? ' jp-gradsight-finding-of-rank' : ''
+        }`,
+        role: 'listitem',
+        'data-kind': f.kind
+      },
       head,
       f.message ? h('div', { class: 'jp-gradsight-finding-message' }, f.message) : null,
       f.affected && f.affected.length > 1

@@ -7,11 +7,13 @@ import { Message } from '@lumino/messaging';
 import { Panel, Widget } from '@lumino/widgets';
 
 import type { GradientsModel } from '../model';
+import { CompareView } from './compare';
 import { FindingsView } from './findings';
 import { FlowView } from './flow';
 import { GradcheckView } from './gradcheck';
 import { h } from './dom';
 import { LayerView } from './layer';
+import { RanksView } from './ranks';
 import { StatusView } from './status';
 
 export class GradientsPanel extends Panel {
@@ -30,8 +32,10 @@ export class GradientsPanel extends Panel {
     body.addClass('jp-gradsight-body');
     for (const view of [
       new StatusView(model),
+      new RanksView(model),
       new FindingsView(model),
       new FlowView(model),
+      new CompareView(model),
       new LayerView(model),
       new GradcheckView(model)
     ]) {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import payloads, recording_source
+from . import comparison, payloads, recording_source
 from .errors import ProtocolError
 from .limits import MAX_HIST_STEPS
 
@@ -59,6 +59,13 @@ def get_layer(context: Context, req: dict[str, Any]) -> payloads.Message:
     return msg
 
 
+def get_compare(context: Context, req: dict[str, Any]) -> payloads.Message:
+    """Two sources side by side; reads only, so the pushes keep following what they followed."""
+    a = context.sources.find(req["watcher"])
+    b = context.sources.find(req["other"])
+    return comparison.compare(a, b, req.get("metric", comparison.DEFAULT_METRIC), req["id"])
+
+
 def get_gradcheck_reports(context: Context, req: dict[str, Any]) -> payloads.Message:
     reports = context.sources.gradcheck_reports()
     if reports is None:
@@ -94,4 +101,5 @@ HANDLERS: dict[str, Handler] = {
     "get_gradcheck_reports": get_gradcheck_reports,
     "run_gradcheck": run_gradcheck,
     "open_recording": open_recording,
+    "get_compare": get_compare,
 }

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
+from ..widgets import source as views
 from ..widgets.signed_log import common_axis, regrid
 from . import convert
 from .buffers import Packer
@@ -33,6 +34,7 @@ from .limits import (
     MAX_WATCHERS,
 )
 from .schema import PROTOCOL_VERSION, definition
+from .server_log import log
 
 Message = tuple[dict[str, Any], list[memoryview]]
 _COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -120,7 +122,7 @@ def _numeric_block_uncached(df: pd.DataFrame, skip: tuple[str, ...]) -> tuple[li
     return cols, df[cols].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _decimate(n: int, limit: int) -> np.ndarray:
+def decimate(n: int, limit: int) -> np.ndarray:
     """Evenly spaced row indices, first and last kept: a long run still shows its whole curve."""
     if n <= limit:
         return np.arange(n)
@@ -145,7 +147,14 @@ def finding_row(row: dict[str, Any]) -> dict[str, Any]:
         "threshold": convert.number(row.get("threshold")),
         "status": status if (status := str(row.get("status") or "confirmed")) in _STATUSES else "confirmed",
         "affected": [convert.text(a, MAX_SHORT_TEXT) for a in _as_list(row.get("affected"))[:MAX_AFFECTED]],
+        "rank": _rank(row.get("rank")),
     }
+
+
+def _rank(x: Any) -> int | None:
+    """A finding's rank column: -1 (unknown) and missing values travel as null."""
+    r = convert.integer(x)
+    return r if r is not None and r >= 0 else None
 
 
 _STATUSES = tuple(definition("finding")["properties"]["status"]["enum"])
@@ -170,16 +179,62 @@ def findings(df: pd.DataFrame) -> dict[str, Any]:
     return {"total": total, "rows": [finding_row(r) for r in picked.to_dict("records")]}
 
 
+def world_size(w: Any) -> int:
+    """Ranks of the torch.distributed job a source belongs to (1 outside one, or unknown)."""
+    try:
+        return max(1, int(getattr(w, "world_size", 1) or 1))
+    except Exception:
+        return 1
+
+
+def first_bad_rank(df: pd.DataFrame) -> dict[str, Any] | None:
+    """The rank that went wrong first, as the dashboard names it (one definition:
+    gradsight.widgets.source.first_bad_rank), bounded for the protocol."""
+    bad = views.first_bad_rank(df)
+    if bad is None:
+        return None
+    layer = bad.get("layer")
+    if layer in ("None", "nan", "<NA>"):  # the definition str()s a whole-model finding's missing layer
+        layer = None
+    return {
+        "rank": int(bad["rank"]),
+        "step": convert.integer(bad["step"]),
+        "kind": convert.text(bad["kind"], 64) or "unknown",
+        "layer": convert.text(layer, MAX_SHORT_TEXT),
+    }
+
+
+def ranks(w: Any, packer: Packer, findings_df: pd.DataFrame | None = None) -> dict[str, Any] | None:
+    """The snapshot's rank part (schema: ranks), or None for a source with one rank."""
+    n = world_size(w)
+    if n < 2:
+        return None
+    try:
+        table = w.ranks()
+    except Exception as e:  # e.g. a recording whose rank shards do not open: the rest still shows
+        log.warning("%s: no rank table for the panel: %s: %s", getattr(w, "name", "?"), type(e).__name__, e)
+        return None
+    cols, block = _numeric_block_uncached(table, ())
+    return {
+        "world_size": n,
+        "rank": max(0, convert.integer(getattr(w, "rank", 0), 0) or 0),
+        "columns": {c: packer.ref(block[:, j]) for j, c in enumerate(cols)},
+        "first_bad": first_bad_rank(w.findings() if findings_df is None else findings_df),
+    }
+
+
 def snapshot(
     w: Any,
     request_id: str | None = None,
     *,
     layers: pd.DataFrame | None = None,
     findings_part: dict[str, Any] | None = None,
+    findings_df: pd.DataFrame | None = None,
 ) -> Message:
-    """Per-layer statistics, the per-step series and the findings of one watcher.
+    """Per-layer statistics, the per-step series and the findings of one watcher (and, in a
+    torch.distributed job, its rank part).
 
-    `layers` and `findings_part` let a push reuse what it already computed this step.
+    `layers`, `findings_part` and `findings_df` let a push reuse what it already computed.
     """
     packer = Packer()
     layers = w.layers() if layers is None else layers
@@ -194,9 +249,12 @@ def snapshot(
     layer_cols = {c: packer.ref(block[:n, j]) for j, c in enumerate(cols)}
 
     steps = w.steps()
-    idx = _decimate(len(steps), MAX_STEPS)
+    idx = decimate(len(steps), MAX_STEPS)
     cols, block = _numeric_block(steps)
     step_cols = {c: packer.ref(block[idx, j]) for j, c in enumerate(cols)}
+    if findings_part is None:
+        findings_df = w.findings() if findings_df is None else findings_df
+        findings_part = findings(findings_df)
     msg = {
         "v": PROTOCOL_VERSION,
         "kind": "snapshot",
@@ -209,8 +267,11 @@ def snapshot(
         "selected_layer": None,
         "layers": {"names": names, "types": types, "total": len(layers), "columns": layer_cols},
         "steps": {"total": len(steps), "columns": step_cols},
-        "findings": findings(w.findings()) if findings_part is None else findings_part,
+        "findings": findings_part,
     }
+    rank_part = ranks(w, packer, findings_df)
+    if rank_part is not None:
+        msg["ranks"] = rank_part
     return msg, packer.buffers
 
 

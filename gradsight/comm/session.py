@@ -45,8 +45,8 @@ class Session:
         self._layer: str | None = None  # followed layer; None: first flagged, else first
         self._push_failures: set[str] = set()
         self._hists = HistogramCache()
-        # (weak watcher, time, payload): a panel must not keep a closed watcher alive
-        self._findings: tuple[weakref.ref, float, dict[str, Any]] | None = None
+        # (weak watcher, time, payload, frame): a panel must not keep a closed watcher alive
+        self._findings: tuple[weakref.ref, float, dict[str, Any], Any] | None = None
         self.last_heard = time.monotonic()  # last request from the panel (or the open)
         self._send_failures = 0
         self._refusals = RateLimited()  # log lines for refused and failed requests (a flood stays short)
@@ -178,9 +178,11 @@ class Session:
                 now = time.monotonic()
                 cached = self._findings
                 if fresh or cached is None or cached[0]() is not w or now - cached[1] >= FINDINGS_EVERY_S:
-                    cached = (weakref.ref(w), now, payloads.findings(w.findings()))
+                    frame = w.findings()
+                    cached = (weakref.ref(w), now, payloads.findings(frame), frame)
                     self._findings = cached
-                msg, buffers = payloads.snapshot(w, None, layers=layers, findings_part=cached[2])
+                msg, buffers = payloads.snapshot(w, None, layers=layers, findings_part=cached[2],
+                                                 findings_df=cached[3])
                 base = shared[("snapshot", id(w))] = (msg, buffers, layers)
             msg, buffers, layers = base
             msg = dict(msg)  # the selected layer is this panel's own

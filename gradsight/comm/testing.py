@@ -149,6 +149,42 @@ class FakeWatcher:
         return self.gradcheck_result
 
 
+class FakeRankedWatcher(FakeWatcher):
+    """One rank's watcher in a torch.distributed job: the Watcher's rank API (``rank``,
+    ``world_size``, ``ranks()``, ``history(metric, rank=)``) with findings carrying a ``rank``
+    column, as gradsight.Watcher has them there."""
+
+    RANK_COLUMNS = ("step_s", "forward_s", "backward_s", "allreduce_s", "busy_s")
+
+    def __init__(self, name: str = "DDP", world_size: int = 2, rank: int = 0, **kw: Any):
+        super().__init__(name, **kw)
+        self.world_size = world_size
+        self.rank = rank
+        self.step_seconds = [0.01 * (1 + r) for r in range(world_size)]  # rank r takes (1+r)x as long
+
+    def add_finding(self, rank: int = -1, **row: Any) -> None:
+        super().add_finding(**row)
+        self._findings[-1]["rank"] = rank
+
+    def findings(self) -> pd.DataFrame:
+        return pd.DataFrame(self._findings, columns=[*FINDING_COLUMNS, "rank"])
+
+    def ranks(self) -> pd.DataFrame:
+        df = pd.DataFrame({"rank": np.arange(self.world_size), "steps": self.step_count})
+        for k, col in enumerate(self.RANK_COLUMNS):
+            df[col] = np.array(self.step_seconds) / (1 + k)
+        found = self.findings()
+        df["findings"] = [int((found["rank"] == r).sum()) for r in range(self.world_size)]
+        df["self"] = df["rank"] == self.rank
+        return df
+
+    def history(self, metric: str, rank: int | None = None) -> pd.DataFrame:
+        if metric not in self.RANK_COLUMNS or rank is None:
+            raise ValueError(f"gradsight: history({metric!r}, rank={rank!r}): not a per-rank metric")
+        return pd.DataFrame({metric: np.full(self.step_count, self.step_seconds[rank])},
+                            index=pd.Index(np.arange(self.step_count), name="step"))
+
+
 class FakeRegistry:
     """The registry API (active_watchers/subscribe) with an explicit publish()."""
 

@@ -18,8 +18,8 @@ from gradsight.comm import Hub, Session
 from gradsight.comm.sources import KernelSources
 from gradsight.comm.testing import FakeComm
 
-KINDS = ["hello", "get_snapshot", "get_layer", "get_gradcheck_reports", "run_gradcheck", "status", "snapshot",
-         "error", "nope", "", "HELLO"]
+KINDS = ["hello", "get_snapshot", "get_layer", "get_gradcheck_reports", "run_gradcheck", "get_compare", "status",
+         "snapshot", "compare", "error", "nope", "", "HELLO"]
 JUNK = [None, True, 0, -1, 1.5, 5.0, 25, 10**30, float("nan"), float("inf"), "", "x" * 70, "../etc", "__class__",
         "0", "1", [], [1, 2], {}, {"a": {"b": [None]}}, "é☃", "a b", "-", "fc1", 3 + 0j]
 
@@ -36,13 +36,17 @@ def message(rng: random.Random, names: list[str], layers: list[str]):
         msg["max_steps"] = rng.choice([1, 5, 5.0, 24, 0, 25, -3, 2.5, "5", None])
     if kind == "get_layer" and rng.random() < 0.3:
         msg["follow"] = rng.choice([True, False, 0, "yes"])
+    if kind == "get_compare":
+        msg["watcher"], msg["other"] = (rng.choice([*names, None, "missing"]) for _ in range(2))
+        if rng.random() < 0.5:
+            msg["metric"] = rng.choice(["grad_norm", "act_mean", "update_ratio", "loss", "", None])
     if kind == "run_gradcheck":
         msg["mode"] = rng.choice(["full", "fast", "bogus", "", "FULL", 3])
     for _ in range(rng.choice([0, 0, 0, 1, 2])):  # break it
         if not isinstance(msg, dict):
             break
         action = rng.random()
-        key = rng.choice(["v", "kind", "id", "watcher", "layer", "max_steps", "extra", "client", "mode"])
+        key = rng.choice(["v", "kind", "id", "watcher", "layer", "max_steps", "extra", "client", "mode", "other"])
         if action < 0.4:
             msg[key] = rng.choice(JUNK)
         elif action < 0.7:
