@@ -141,7 +141,7 @@ def test_files_are_plain_parquet_and_json(tmp_path):
     w.close()
     root = tmp_path / "run"
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["format"] == "gradsight-recording" and manifest["format_version"] == "1.0"
+    assert manifest["format"] == "gradsight-recording" and manifest["format_version"] == "1.1"
     assert [entry["name"] for entry in manifest["layers"]] == w.layer_names
     layers = pd.read_parquet(root / "layers")  # the whole table, without gradsight
     assert list(layers.columns) == ["step", "layer", *LAYER_METRICS]

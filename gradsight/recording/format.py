@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 FORMAT_NAME = "gradsight-recording"
-FORMAT_VERSION = (1, 0)  # (major, minor): a reader opens any minor of its major
+FORMAT_VERSION = (1, 1)  # (major, minor): a reader opens any minor of its major
 # The first gradsight version that reads each major (named in the error for newer files).
 READ_BY = {1: "0.1.0"}
 MANIFEST = "manifest.json"
