@@ -48,6 +48,9 @@ def octave_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
     counts = np.zeros(FINE_SLOTS, dtype=np.int64) if on_cpu else \
         torch.zeros(FINE_SLOTS, dtype=torch.int64, device=device)
     for t in tensors:
+        if on_cpu:
+            _count_on_host(t, counts)
+            continue
         flat = t.detach().reshape(-1)
         n = flat.numel()
         if n == 0:
@@ -58,26 +61,40 @@ def octave_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
         if flat.dtype != torch.float32:
             flat = flat.float()  # exact for half types; float64 rounds to the nearest float32
         idx = (flat.view(torch.int32) >> SHIFT) + (FINE_BINS // 2)  # arithmetic shift: sign -> low half
-        if on_cpu:  # numpy's bincount is ~4x faster than torch's on CPU (measured)
-            fine = np.bincount(idx.numpy(), minlength=FINE_BINS)
-            if stride > 1:
-                m = flat.numel()
-                counts[:FINE_BINS] += _scaled(fine, n, m)
-                counts[_ZERO_SLOT] += round(int((flat == 0).sum()) * n / m)
-                counts[_SAMPLED_SLOT] += n
-            else:
-                counts[:FINE_BINS] += fine
-        else:  # torch.bincount sizes its output from max(idx): a device sync. index_add_ does not.
-            ones = torch.ones((), dtype=torch.int64, device=device).expand(idx.numel())
-            if stride > 1:
-                m = flat.numel()
-                fine = torch.zeros(FINE_BINS, dtype=torch.int64, device=device).index_add_(0, idx, ones)
-                counts[:FINE_BINS] += torch.round(fine.double() * (n / m)).long()
-                counts[_ZERO_SLOT] += torch.round((flat == 0).sum().double() * (n / m)).long()
-                counts[_SAMPLED_SLOT] += n
-            else:
-                counts[:FINE_BINS].index_add_(0, idx, ones)
+        # torch.bincount sizes its output from max(idx): a device sync. index_add_ does not.
+        ones = torch.ones((), dtype=torch.int64, device=device).expand(idx.numel())
+        if stride > 1:
+            m = flat.numel()
+            fine = torch.zeros(FINE_BINS, dtype=torch.int64, device=device).index_add_(0, idx, ones)
+            counts[:FINE_BINS] += torch.round(fine.double() * (n / m)).long()
+            counts[_ZERO_SLOT] += torch.round((flat == 0).sum().double() * (n / m)).long()
+            counts[_SAMPLED_SLOT] += n
+        else:
+            counts[:FINE_BINS].index_add_(0, idx, ones)
     return torch.from_numpy(counts) if on_cpu else counts
+
+
+def _count_on_host(t: torch.Tensor, counts: np.ndarray) -> None:
+    """The CPU path, in numpy: a strided view and ``bincount`` (~4x faster than torch's on
+    CPU, measured) with no tensor dispatch per step."""
+    flat = t.detach().reshape(-1)  # a view when contiguous
+    n = flat.numel()
+    if n == 0:
+        return
+    stride = sample_stride(n)
+    if stride > 1:
+        flat = flat[::stride]
+    if flat.dtype != torch.float32:
+        flat = flat.float()  # only the sample; exact for half types, float64 rounds to float32
+    sample = flat.numpy()
+    fine = np.bincount((sample.view(np.int32) >> SHIFT) + (FINE_BINS // 2), minlength=FINE_BINS)
+    if stride > 1:
+        m = sample.size
+        counts[:FINE_BINS] += _scaled(fine, n, m)
+        counts[_ZERO_SLOT] += round(int(np.count_nonzero(sample == 0)) * n / m)
+        counts[_SAMPLED_SLOT] += n
+    else:
+        counts[:FINE_BINS] += fine
 
 
 def _scaled(fine: np.ndarray, n: int, m: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..records.fields import FIELDS
@@ -27,7 +28,6 @@ from ..records.fields import FIELDS
 _IS_MIN = torch.tensor([name == "min" for name in FIELDS])
 _IS_MAX = torch.tensor([name == "max" for name in FIELDS])
 _HALF = (torch.float16, torch.bfloat16)
-_CPU_ZERO = torch.zeros(())
 _F32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -38,19 +38,22 @@ def summarize(x: torch.Tensor) -> torch.Tensor:
         return torch.tensor([0.0, 0.0, float("inf"), float("-inf"), 0, 0, 0, 0], device=x.device)
     total = flat.sum()
     sumsq = sum_of_squares(flat)
+    if flat.device.type == "cpu":  # numpy's min, max and count_nonzero are single passes, ~3x torch's here
+        a = flat.numpy()
+        sq = float(sumsq)  # free on CPU: no device to wait for
+        if math.isfinite(sq):
+            return torch.from_numpy(np.array([float(total), sq, a.min(), a.max(), np.count_nonzero(a), 0, 0, 0],
+                                             dtype=np.float32))
+        nan, posinf, neginf = _nonfinite_counts(flat)
+        lo, hi = torch.aminmax(flat)  # NaN-propagating, as on the device
+        nonzero = torch.tensor(float(np.count_nonzero(a)) - float(nan))  # NaN != 0 counts: taken out again
+        return torch.stack([total, sumsq, lo, hi, nonzero, nan, posinf, neginf])
     lo, hi = torch.aminmax(flat)
     sign = torch.sign(flat)
     nonzero = torch.linalg.vector_norm(sign, ord=1)  # |sign| is 1 for every non-zero
-    if flat.device.type == "cpu":
-        if math.isfinite(float(sumsq)):  # free on CPU: no device to wait for
-            nan = posinf = neginf = _CPU_ZERO
-        else:
-            nan, posinf, neginf = _nonfinite_counts(flat)
-            nonzero = (flat != 0).sum().float() - nan  # sign(NaN) is NaN: count exactly instead
-    else:
-        nan, posinf, neginf = _nonfinite_counts(flat)
-        exact = (flat != 0).sum().float() - nan  # sign(NaN) is NaN; decided on the device
-        nonzero = torch.where(torch.isnan(nonzero), exact, nonzero)
+    nan, posinf, neginf = _nonfinite_counts(flat)
+    exact = (flat != 0).sum().float() - nan  # sign(NaN) is NaN; decided on the device
+    nonzero = torch.where(torch.isnan(nonzero), exact, nonzero)
     return torch.stack([total, sumsq, lo, hi, nonzero, nan, posinf, neginf])
 
 
