@@ -23,9 +23,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from . import bus
 from .detectors import DetectorEngine
 from .detectors.finding import SEVERITY_RANK
-from .distributed import RANK_METRICS as _RANK_METRICS
 from .distributed import CrossRank, detect
 from .distributed.context import warn_opaque
+from .distributed.handshake import agree
+from .distributed.layout import Layout
 from .kernel_hooks.capture import Capture
 from .kernel_hooks.filters import select_modules
 from .nonfinite import check_mode, copy_inputs, error_for, first_nonfinite, grads_finite
@@ -111,6 +112,12 @@ class Watcher(RunQueries):
             except BaseException:
                 self.close()  # a watcher that failed to start leaves no hook behind
                 raise
+        if distributed:
+            try:
+                self._start_cross(checksum_every)
+            except BaseException:  # an interrupt while waiting for the other ranks: leave no hook behind
+                self.close()
+                raise
         self._begin_step()
         bus.add(self)
 
@@ -157,9 +164,10 @@ class Watcher(RunQueries):
             from .records.tensorboard_export import TensorBoardStream
 
             self._tensorboard = TensorBoardStream(self._history, tensorboard)
-        self._cross = _cross_rank(model, self._capture, self.name, checksum_every) if distributed else None
-        if self._cross is not None and self._cross.setup_error is not None:
-            self._hook_error("<distributed: communication hook>", self._cross.setup_error)
+        self._rank_ctx = detect(model)  # local: no collective (the handshake comes after record= started)
+        self._cross: CrossRank | None = None
+        self._cross_capture: weakref.ref | None = None  # the capture whose layout the cross-rank part sends
+        self._cross_off = "" if distributed else "gs.watch(..., distributed=False) was given"
         if optimizer is not None:
             self._hook_optimizer(optimizer)
         # every optimizer's step, for O(1) checks (a new optimizer, a forgotten w.step()); the
@@ -378,8 +386,12 @@ class Watcher(RunQueries):
             capture.discard_step()
             say_once(self, "dropped", f"step {step} was not recorded: {why} while it was open, so its "
                      "numbers would mix two states. Later steps are recorded as usual.")
-            if self._cross is not None:
-                self._cross.skip()  # the other ranks still exchange this step
+            if self._cross is not None:  # the other ranks exchange this step: join them, with nothing
+                try:
+                    self._cross.dropped(step, time.perf_counter() - capture.step_started)
+                except Exception as exc:  # ours: report, never break training
+                    self._hook_error("<distributed>", exc)
+                self._say_cross_off()
             return None
         if capture.capturing and self._optimizer_ref is None and capture.detail:
             capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
@@ -424,13 +436,23 @@ class Watcher(RunQueries):
 
     def _exchange(self, rec: StepRecord) -> list:
         """In a torch.distributed job: the step's one cross-rank collective (see distributed/)."""
-        if self._cross is None:
+        cross = self._cross
+        if cross is None:
             return []
         try:
-            return self._cross.exchange(rec, time.perf_counter() - self._capture.step_started)
+            if self._cross_capture is None or self._cross_capture() is not self._capture:
+                cross.relayout(Layout.of(self._capture, cross.ctx))  # re-made after a model edit: on every rank
+                self._cross_capture = weakref.ref(self._capture)
+            found = cross.exchange(rec, time.perf_counter() - self._capture.step_started)
         except Exception as exc:  # ours: report, never break training
             self._hook_error("<distributed>", exc)
             return []
+        self._say_cross_off()
+        return found
+
+    def _say_cross_off(self) -> None:
+        if self._cross is not None and self._cross.disabled:
+            say_once(self, "cross-off", f"rank {self._cross.rank}: {self._cross.disabled}")
 
     def _check_empty(self, rec: StepRecord) -> None:
         """Never silently empty tables: say once why nothing per-layer was seen."""
@@ -459,8 +481,9 @@ class Watcher(RunQueries):
         """The one order of findings, everywhere they are shown: by first step, then severity
         (error, warning, info), then layer in model order (whole-model findings first)."""
         df = self._detectors.frame(all=all)
-        if self._cross is not None:  # a rank column: the rank each finding comes from or names
-            df["rank"] = np.full(len(df), self._cross.rank, dtype=np.int64)
+        if self.world_size > 1:  # a rank column: the rank each finding comes from or names
+            df["rank"] = np.full(len(df), self.rank, dtype=np.int64)
+        if self._cross is not None:
             cross = self._cross.frame(all=all)
             df = pd.concat([df, cross], ignore_index=True) if len(cross) else df
         if len(df) < 2:
@@ -472,32 +495,57 @@ class Watcher(RunQueries):
     @property
     def rank(self) -> int:
         """This process's rank in its torch.distributed job (0 outside one)."""
-        return self._cross.rank if self._cross is not None else 0
+        return self._rank_ctx.rank if self._rank_ctx is not None else 0
 
     @property
     def world_size(self) -> int:
-        return self._cross.ctx.world_size if self._cross is not None else 1
+        return self._rank_ctx.world_size if self._rank_ctx is not None else 1
+
+    def _start_cross(self, checksum_every: int) -> None:
+        """In a job: agree with the other ranks' watchers (c10d store, bounded wait), then exchange one
+        packet per captured step. Disagreement or absence: one warning, and no collective ever."""
+        ctx = self._rank_ctx
+        if ctx is None:
+            return
+        warn_opaque(ctx, self.name)
+        try:
+            layout = Layout.of(self._capture, ctx)
+            why = agree(ctx.rank, ctx.world_size, layout.signature)
+        except Exception as exc:  # a store that cannot be reached: no collective is safer than a hang
+            why = f"the handshake through the process group's store failed ({type(exc).__name__}: {exc})"
+        if why:
+            self._cross_off = why
+            say_once(self, "cross-off", f"rank {ctx.rank}/{ctx.world_size}: {why}. This watcher runs without "
+                     "the cross-rank part (no w.ranks(), no rank_nonfinite / replica_divergence / straggler), so "
+                     "it never waits for the other ranks; its own statistics are captured as usual. Call "
+                     "gs.watch on the same model in every rank, or pass distributed=False to silence this.")
+            return
+        self._cross = CrossRank(ctx, layout, checksum_every)
+        self._cross_capture = weakref.ref(self._capture)
+        if self._cross.setup_error is not None:
+            self._hook_error("<distributed: communication hook>", self._cross.setup_error)
 
     def ranks(self) -> pd.DataFrame:
         """One row per rank of the torch.distributed job: median step, forward, backward, all-reduce
         and busy times, non-finite steps, and the findings naming that rank (every rank holds all)."""
         if self._cross is None:
-            raise ValueError("gradsight: w.ranks() needs a torch.distributed job with world size > 1; this "
-                             "watcher was created outside one. Call gs.watch(model) after "
-                             "torch.distributed.init_process_group(), inside each process.")
+            raise ValueError(self._no_cross("w.ranks()"))
         return self._cross.ranks(self.findings())
 
-    def history(self, metric: str = "grad_norm", rank: int | None = None) -> pd.DataFrame:
-        """One row per recorded step, one column per layer (or per step metric). ``rank=r``: the
-        per-rank step times every rank holds for every rank (``gradsight.distributed.RANK_METRICS``);
-        a rank's layer metrics are in that rank's own watcher."""
-        if rank is None or (self._cross is not None and rank == self.rank and metric not in _RANK_METRICS):
-            return super().history(metric)
+    def _no_cross(self, what: str) -> str:
+        if self._rank_ctx is None:
+            return (f"gradsight: {what} needs a torch.distributed job with world size > 1; this watcher was "
+                    "created outside one. Call gs.watch(model) after torch.distributed.init_process_group(), "
+                    "inside each process.")
+        return f"gradsight: {what}: this watcher has no cross-rank part: {self._cross_off}."
+
+    def _rank_scalars(self, step: int) -> np.ndarray | None:
+        """This rank's RANK_METRICS at ``step`` if it was just exchanged (O(1): the recorder's per-step read)."""
+        return self._cross.latest(step) if self._cross is not None else None
+
+    def _rank_history(self, metric: str, rank: int) -> pd.DataFrame:
         if self._cross is None:
-            if rank == 0:
-                return super().history(metric)
-            raise ValueError(f"gradsight: history(rank={rank!r}): this watcher is not in a torch.distributed "
-                             "job, so it has rank 0 only.")
+            raise ValueError(self._no_cross(f"history({metric!r}, rank={rank})"))
         return self._cross.history(metric, rank)
 
     def last_record(self) -> StepRecord | None:
@@ -562,17 +610,6 @@ class Watcher(RunQueries):
         return watcher_html(self)
 
 
-def _cross_rank(model: nn.Module, capture: Capture, name: str, checksum_every: int) -> CrossRank | None:
-    """The cross-rank part, inside a torch.distributed job of world size > 1 (None otherwise)."""
-    ctx = detect(model)
-    if ctx is None:
-        return None
-    warn_opaque(ctx, name)
-    refs = capture._params
-    return CrossRank(ctx, tuple(capture.names), tuple(capture.param_names), capture.param_layer,
-                     lambda: [r() for r in refs], checksum_every)
-
-
 def _identities(tensors) -> dict[int, weakref.ref]:
     """id -> weak reference: membership that an id reused by a new tensor cannot fool."""
     return {id(t): weakref.ref(t) for t in tensors}
@@ -633,9 +670,12 @@ def watch(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, e
     checksum_every: in a torch.distributed job, compare replicas' parameter checksums every n-th
     captured step (``replica_divergence``; see gradsight/detectors/replica_divergence.py).
     distributed: inside a torch.distributed job, exchange one small packet per captured step with
-    the other ranks (cross-rank findings, ``w.ranks()``). This is a collective: watch on every rank,
-    or pass ``distributed=False`` to watch on some ranks only (a watcher on rank 0 alone would wait
-    for the others forever).
+    the other ranks (cross-rank findings, ``w.ranks()``). This is a collective: watch on every rank.
+    The watchers first meet through the process group's store (at most a few seconds,
+    ``gradsight.distributed.handshake.TIMEOUT``); a rank that does not watch, or watches another
+    model, makes every watcher warn once and run without the cross-rank part, never wait.
+    ``distributed=False`` skips all of it (watch on some ranks only, silently). With ``record=``,
+    each rank writes its own shard of one recording (docs/recording-format.md).
     """
     return Watcher(model, optimizer=optimizer, every=every, histogram_every=histogram_every, bins=bins,
                    activations=activations, thresholds=thresholds, name=name, scaler=scaler,

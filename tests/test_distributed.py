@@ -22,12 +22,16 @@ import gradsight as gs
 from gradsight.distributed.comm_timer import average
 from gradsight.warnings import GradsightWarning
 
-
 # --- harness -------------------------------------------------------------------------------
+TMP = ""  # the job's shared directory (set in each process)
+
+
 def _entry(rank: int, world: int, tmp: str, scenarios: list[str]) -> None:
     """One process of the job: every scenario in turn (one spawn per world size keeps the file fast:
     starting the processes costs more than the scenarios), each one's outcome or traceback saved."""
     torch.set_num_threads(1)
+    global TMP
+    TMP = tmp
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
     results = {}
     try:
@@ -231,12 +235,98 @@ def different_models(rank, world):
     return out
 
 
+def only_rank0_watches(rank, world):
+    """gs.watch on rank 0 only, with the default distributed=True: the handshake finds rank 1 missing."""
+    from gradsight.distributed import handshake
+
+    handshake.TIMEOUT = 1.0  # the default 5 s, shortened to keep the test fast
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt) if rank == 0 else None
+    _train(model, opt, rank, 4)
+    if w is None:
+        return {}
+    out = {"steps": w.steps()["step"].tolist(), "errors": list(w.errors), "rank": w.rank, "world": w.world_size}
+    with pytest.raises(ValueError, match="did not call gs.watch") as exc:
+        w.ranks()
+    out["ranks_error"] = str(exc.value)
+    return out
+
+
+def _all_reduce_grads(model) -> None:
+    """DDP's averaging by hand (a DDP wrapper cannot follow a layer added mid-run)."""
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def edit_midrun(rank, world):
+    """Every rank adds a layer after step 2: the cross-rank part re-lays out its packet on every rank
+    together; the new layer's parameters are checksummed (rank 1 then nudges one: replica_divergence)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    w = gs.watch(model, checksum_every=1)
+    for step in range(7):
+        if step == 3:
+            torch.manual_seed(1)
+            model.append(nn.Linear(4, 4))  # on every rank, the same weights
+        if step == 5 and rank == 1:
+            with torch.no_grad():
+                model[3].bias[0] += 1e-3
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        _all_reduce_grads(model)
+        opt.step()
+        w.step()
+    return _result(w) | {"layers": w.layer_names}
+
+
+def edit_one_rank(rank, world):
+    """Rank 1 adds a module while its step 2 is open (the step is dropped there, not on rank 0), then
+    watches a model rank 0 does not have: every rank stops the exchange together, nobody hangs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, checksum_every=1000)  # ranks train apart (no gradient sync)
+    for step in range(5):
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        if step == 2 and rank == 1:
+            model.add_module("extra", nn.Identity())
+        opt.step()
+    return {"steps": w.steps()["step"].tolist(), "errors": list(w.errors), "ranks": w.ranks()}
+
+
+def ranked_recording(rank, world):
+    """Every rank records into the same path: one run with a rank dimension (rank 1 gets a NaN at step 4)."""
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, record=gs.RecordTo(f"{TMP}/ranked", flush_steps=3))
+    _train(model, opt, rank, 8, poison=(1, 4))
+    w.close()
+    w.save(f"{TMP}/saved")  # w.save in every rank: the same layout, written once
+    return _result(w) | {"grad_norm": w.history("grad_norm"), "steps": w.steps(), "path": f"{TMP}/ranked",
+                         "rank_metrics": {(m, r): w.history(m, rank=r) for m in gs_rank_metrics()
+                                          for r in range(world)}}
+
+
+def gs_rank_metrics():
+    from gradsight.records.queries import RANK_METRICS
+
+    return RANK_METRICS
+
+
 SCENARIOS = {f.__name__: f for f in (healthy, nan_rank1_step7, skipped_bucket, changed_param, straggler,
-                                     fsdp2_norms, opaque_wrapper, different_models)}
+                                     fsdp2_norms, opaque_wrapper, different_models, only_rank0_watches,
+                                     edit_midrun, edit_one_rank, ranked_recording)}
 
 
 WORLD2 = ["healthy", "skipped_bucket", "changed_param", "straggler", "fsdp2_norms", "opaque_wrapper",
-          "different_models"]
+          "different_models", "only_rank0_watches", "edit_midrun", "edit_one_rank", "ranked_recording"]
 
 
 @pytest.fixture(scope="module")
@@ -358,13 +448,33 @@ def test_wrapper_gradsight_cannot_see_through_gets_one_honest_warning(world2):
         assert out["errors"] == []
 
 
-def test_ranks_watching_different_models_stop_the_exchange_together(world2):
+def test_ranks_watching_different_models_warn_once_at_watch_and_never_exchange(world2):
+    """The handshake at watch start (not the first exchange, as before issue 14's follow-up) finds the
+    models differ: one warning per rank, no internal error, training and local capture go on."""
     outs = _outs(world2, "different_models")
     for out in outs:
         assert out["steps"] == [0, 1, 2]  # training and local capture went on
-        assert len(out["errors"]) == 1 and "watch different models" in out["errors"][0][1]
-        assert "rank 0: 4 layers, rank 1: 6 layers" in out["errors"][0][1]
+        assert out["errors"] == []
+        said = [m for m in out["warnings"] if "watch different models" in m]
+        assert len(said) == 1 and "rank 0: 4 layers" in said[0] and "rank 1: 6 layers" in said[0], out["warnings"]
     assert outs[0]["solo_steps"] == [0, 1, 2] and outs[1]["solo_steps"] is None
+
+
+def test_a_watcher_on_rank_0_only_warns_and_never_waits(world2):
+    out = _outs(world2, "only_rank0_watches")[0]
+    assert out["steps"] == [0, 1, 2, 3] and out["errors"] == [] and (out["rank"], out["world"]) == (0, 2)
+    said = [m for m in out["warnings"] if "did not call gs.watch" in m]
+    assert len(said) == 1 and "rank(s) 1" in said[0] and "distributed=False" in said[0], out["warnings"]
+    assert "did not call gs.watch" in out["ranks_error"]
+
+
+def test_a_layer_added_on_every_rank_mid_run_keeps_the_cross_rank_part_working(world2):
+    for out in _outs(world2, "edit_midrun"):
+        assert out["layers"][-1] == "3" and out["errors"] == [], (out["layers"], out["errors"])
+        assert not [m for m in out["warnings"] if "cross-rank findings are off" in m], out["warnings"]
+        assert (out["ranks"]["steps"] == 7).all() and list(out["step_s"].index) == list(range(7))
+        row = _only(out["findings"], "replica_divergence")  # the added layer's parameter is checksummed
+        assert (row["layer"], row["rank"], row["step"]) == ("3", 1, 5) and "'3.bias'" in row["message"]
 
 
 def test_outside_a_process_group_there_is_no_rank_table():
@@ -378,3 +488,134 @@ def test_outside_a_process_group_there_is_no_rank_table():
     finally:
         w.close()
 
+
+
+def test_a_step_dropped_and_a_model_edited_on_one_rank_only_stop_the_exchange_on_every_rank(world2):
+    outs = _outs(world2, "edit_one_rank")
+    assert outs[0]["steps"] == [0, 1, 2, 3, 4] and outs[1]["steps"] == [0, 1, 3, 4]  # rank 1 dropped step 2
+    for out in outs:
+        assert out["errors"] == [], out["errors"]
+        said = [m for m in out["warnings"] if "cross-rank findings are off" in m]
+        assert len(said) == 1 and "changed on rank(s) 1 but not (yet) on rank(s) 0 at step 3" in said[0], said
+        assert (out["ranks"]["steps"] == 2).all()  # steps 0 and 1 judged; 2 dropped by rank 1; then off
+
+
+# --- recordings of a job: one run with a rank dimension ---------------------------------------
+def test_every_rank_recording_into_one_path_opens_as_one_run_with_a_rank_dimension(world2):
+    import pandas as pd
+
+    outs = _outs(world2, "ranked_recording")
+    rec = gs.open(outs[0]["path"])
+    assert (rec.rank, rec.world_size) == (0, 2) and rec.problems == [] and not rec.live
+    assert rec.manifest["format_version"] == "1.1" and rec.manifest["world_size"] == 2
+    pd.testing.assert_frame_equal(rec.steps(), outs[0]["steps"])
+    for r, out in enumerate(outs):
+        pd.testing.assert_frame_equal(rec.history("grad_norm", rank=r), out["grad_norm"])
+        for m in gs_rank_metrics():  # every rank's watcher holds every rank's step times; the recording too
+            pd.testing.assert_frame_equal(rec.history(m, rank=r), outs[0]["rank_metrics"][m, r])
+    found = rec.findings()
+    origin = _only(found, "rank_nonfinite")
+    assert (origin["rank"], origin["step"], origin["layer"]) == (1, 4, "module.fc1")
+    for r, out in enumerate(outs):  # each rank's own findings, as its watcher had them, under its rank
+        mine = out["findings"][out["findings"]["rank"] == r]
+        got = found[found["rank"] == r]
+        assert sorted(zip(mine["kind"], mine["layer"], mine["step"], strict=True)) == \
+            sorted(zip(got["kind"], got["layer"], got["step"], strict=True)), (mine, got)
+    assert len(found) == len(outs[0]["findings"][outs[0]["findings"]["rank"] == 0]) + len(
+        outs[1]["findings"])  # rank 1's view holds the cross-rank findings once, like the recording
+    ranks, live = rec.ranks(), outs[0]["ranks"]
+    same = ["rank", "steps", "step_s", "forward_s", "backward_s", "allreduce_s", "busy_s", "nonfinite_steps",
+            "first_nonfinite_step", "self"]
+    pd.testing.assert_frame_equal(ranks[same], live[same])
+    serious = found[found["severity"].isin(["error", "warning"])]
+    assert ranks["findings"].tolist() == [int((serious["rank"] == r).sum()) for r in range(2)]
+    with pytest.raises(ValueError, match="ranks 0..1"):
+        rec.history("grad_norm", rank=2)
+    saved = gs.open(Path(outs[0]["path"]).parent / "saved")
+    assert saved.world_size == 2 and saved.problems == []
+    pd.testing.assert_frame_equal(saved.findings(), found)
+    pd.testing.assert_frame_equal(saved.ranks(), ranks)
+    for r in range(2):
+        for m in ("grad_norm", "step_s", "allreduce_s"):
+            pd.testing.assert_frame_equal(saved.history(m, rank=r), rec.history(m, rank=r))
+
+
+def test_views_work_on_a_ranked_recording_through_the_same_api_as_a_watcher(world2):
+    """What a dashboard with a rank selector reads (ranks(), history(m, rank=r), rank, world_size) is
+    one definition, RunQueries', on a Watcher and a Recording alike; every view opens on a ranked run."""
+    from gradsight import widgets as gw
+    from gradsight.recording.reader import Recording
+    from gradsight.records.queries import RunQueries
+    from gradsight.watcher import Watcher
+
+    assert Watcher.history is RunQueries.history and Recording.history is RunQueries.history
+    for name in ("rank", "world_size", "ranks"):
+        assert hasattr(RunQueries, name) and hasattr(Watcher, name) and hasattr(Recording, name)
+    rec = gs.open(_outs(world2, "ranked_recording")[0]["path"])
+    assert "closed" in rec._repr_html_()
+    dash = rec.dashboard()
+    assert dash is not None
+    for fig in (gw.gradient_flow(rec), gw.heatmap(rec), gw.training_curves(rec)):
+        assert fig.axes
+
+
+def _dying(rank: int, world: int, tmp: str) -> None:
+    """Both ranks train 5 steps recording into one path; then rank 1 is SIGKILLed (after its writer
+    flushed), and rank 0 closes its watcher and leaves without another collective (a barrier with a
+    dead peer would wait forever)."""
+    import os
+    import signal
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, record=gs.RecordTo(f"{tmp}/run", flush_steps=2, flush_seconds=0.05))
+    _train(model, opt, rank, 5)
+    marker = Path(tmp) / "flushed"
+    if rank == 1:
+        time.sleep(0.5)  # the writer thread writes what was queued (steps 0-3; step 4 is held back)
+        marker.write_text("")
+        os.kill(os.getpid(), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    w.close()
+    os._exit(0)
+
+
+def test_a_rank_killed_mid_run_leaves_a_readable_recording_that_names_it(tmp_path):
+    import signal
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_dying, args=(r, 2, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 120
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0, -signal.SIGKILL]
+    with pytest.warns(GradsightWarning, match=r"rank 1's shard .* ended early: its writer .* stopped at step 3"):
+        rec = gs.open(tmp_path / "run")
+    assert not rec.live and rec.world_size == 2
+    assert rec.steps()["step"].tolist() == [0, 1, 2, 3, 4]                    # rank 0 closed its shard
+    dead = rec.history("grad_norm", rank=1)
+    assert dead.index.tolist() == [0, 1, 2, 3] and np.isfinite(dead.to_numpy()).all()  # what rank 1 wrote
+    assert rec.history("step_s", rank=1).index.tolist() == [0, 1, 2, 3]
+    assert len([p for p in rec.problems if "rank 1's shard" in p and "ended early" in p]) == 1
+    assert list(rec.ranks()["rank"]) == [0, 1] and "rank" in rec.findings()
+
+
+def test_saving_a_ranked_recording_writes_what_it_shows_as_one_process(world2, tmp_path):
+    import pandas as pd
+
+    rec = gs.open(_outs(world2, "ranked_recording")[0]["path"])
+    rec.save(tmp_path / "copy")
+    copy = gs.open(tmp_path / "copy")
+    assert copy.world_size == 1 and copy.problems == []
+    pd.testing.assert_frame_equal(copy.history("grad_norm"), rec.history("grad_norm"))
+    pd.testing.assert_frame_equal(copy.findings(), rec.findings())

@@ -431,3 +431,23 @@ def test_a_follower_stays_consistent_while_old_chunks_are_merged_and_thinned(tmp
     assert merged  # the follower really read through merges
     fresh = gs.open(root)
     assert fresh.last_step == 1499 and len(fresh.steps()) < len(follower[0].steps())  # old steps thinned on disk
+
+
+def test_a_format_1_0_recording_without_ranks_still_opens(tmp_path):
+    """Format 1.1 added rank/world_size to the manifest (and, in jobs, ranks/ shards, ranks.parquet and
+    three step columns): a 1.0 recording has none of them and opens as a run of one process."""
+    w = _train(_mlp(), 5, tmp_path / "run")
+    w.close()
+    file = tmp_path / "run" / "manifest.json"
+    manifest = json.loads(file.read_text())
+    for key in ("rank", "world_size"):
+        del manifest[key]
+    manifest["format_version"] = "1.0"
+    file.write_text(json.dumps(manifest))
+    rec = gs.open(tmp_path / "run")
+    assert (rec.rank, rec.world_size) == (0, 1) and rec.problems == []
+    pd.testing.assert_frame_equal(rec.history("grad_norm", rank=0), w.history("grad_norm"))
+    with pytest.raises(ValueError, match="ran in one process"):
+        rec.ranks()
+    with pytest.raises(ValueError, match="rank 0 only"):
+        rec.history("grad_norm", rank=1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,33 +20,24 @@ from ..detectors.rank_nonfinite import RankNonfinite
 from ..detectors.replica_divergence import ReplicaDivergence
 from ..detectors.straggler import Straggler
 from ..records.fields import F
+from ..records.queries import RANK_METRICS
 from ..records.step_record import StepRecord
 from .comm_timer import CommTimer, install
-from .context import RankContext, is_sharded
-from .packet import Gathered, Packet, all_gather_vector
+from .context import RankContext
+from .layout import Layout
+from .packet import Gathered
 
-RANK_METRICS = ("step_s", "forward_s", "backward_s", "allreduce_s", "busy_s")
-"""Per-rank step scalars every rank holds for every rank (``w.history(metric, rank=r)``)."""
+CROSS_KINDS = RankNonfinite.kinds + ReplicaDivergence.kinds + Straggler.kinds
+"""Finding kinds only several ranks can give: every rank holds the same ones."""
 HISTORY_ROWS = 8192  # captured steps of per-rank scalars kept (a ring: W x 5 x 8 bytes a row)
 
 
 class CrossRank:
-    def __init__(self, ctx: RankContext, layers: tuple[str, ...], param_names: tuple[str, ...],
-                 param_layer: np.ndarray, params: Callable[[], list], checksum_every: int):
+    def __init__(self, ctx: RankContext, layout: Layout, checksum_every: int):
         self.ctx = ctx
-        self.layers = layers
-        self.param_names = param_names
-        self.param_layer = param_layer
-        self._params = params
+        self.layout = layout
+        self.pending: Layout | None = None  # the re-made capture's layout, sent at the next exchange
         self.checksum_every = checksum_every
-        live = params()
-        self.sharded = np.array([p is not None and is_sharded(p) for p in live], dtype=bool)
-        self.S_idx = np.flatnonzero(self.sharded)
-        self.R_idx = np.flatnonzero(~self.sharded) if ctx.replicated else np.zeros(0, dtype=np.int64)
-        self.numel = np.array([p.numel() if p is not None else 0 for p in live], dtype=np.float64)[self.R_idx]
-        backend = ctx.backend.lower()
-        device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
-        self.packet = Packet(len(layers), len(self.S_idx), len(self.R_idx), ctx.world_size, device)
         self.timer: CommTimer | None = None
         self.setup_error: BaseException | None = None
         if ctx.ddp is not None:
@@ -71,6 +61,12 @@ class CrossRank:
         self.exchange_s = 0.0  # time spent in pack + collective + judging, for the benchmark
         self.gather_s = 0.0    # of which in the collective (waiting for the last rank to arrive included)
 
+    # the layout's parts, by their old names (the benchmark reads them)
+    layers = property(lambda self: self.layout.layers)
+    packet = property(lambda self: self.layout.packet)
+    S_idx = property(lambda self: self.layout.S_idx)
+    R_idx = property(lambda self: self.layout.R_idx)
+
     @property
     def rank(self) -> int:
         return self.ctx.rank
@@ -81,14 +77,55 @@ class CrossRank:
         if self.timer is not None:
             self.timer.take()
 
+    def dropped(self, step: int, step_s: float) -> None:
+        """A step this rank captured but dropped (the model changed while it was open, ...): the other
+        ranks are in this step's collective, so it joins it with its header only; no rank judges it."""
+        allreduce_s = self.timer.take() if self.timer is not None else math.nan
+        if self.disabled:
+            return
+        vec = self.packet.pack({"step": step, "step_s": step_s, "allreduce_s": allreduce_s, "dropped": 1.0,
+                                "layout": self.layout.crc}, None)
+        g = self.packet.unpack(self.packet.gather(vec))
+        if self._same_layout(g):
+            self._captured += 1  # checksum steps stay the same on every rank
+
+    def relayout(self, layout: Layout) -> None:
+        """The watcher re-made its capture (the model was edited): announce the new layout in the next
+        packet; every rank switches together once all announced the same one (see :meth:`exchange`)."""
+        self.pending = layout
+
     def exchange(self, rec: StepRecord, step_s: float) -> list[Finding]:
         """The step's one collective; completes ``rec``'s sharded norms in place; returns new findings."""
         t0 = time.perf_counter()
         allreduce_s = self.timer.take() if self.timer is not None else math.nan
         if self.disabled:
             return []
-        if self._captured == 0:
-            self._agree()
+        header = {"step": rec.step, "step_s": step_s, "forward_s": rec.forward_s, "backward_s": rec.backward_s,
+                  "allreduce_s": allreduce_s}
+        if self.pending is not None:  # in the old layout: only the header, announcing the new one
+            vec = self.packet.pack(header | {"layout": self.pending.crc, "relayout": 1.0}, None)
+        else:
+            vec = self._packet(rec, header)
+        t1 = time.perf_counter()
+        g = self.packet.unpack(self.packet.gather(vec))
+        self.gather_s += time.perf_counter() - t1
+        if not self._same_layout(g):
+            return []
+        if g.column("dropped").any():  # another rank has nothing for this step: nobody judges it
+            self._captured += 1
+            for arr in (rec.param_sumsq, rec.param_grad_sumsq, rec.param_update_sumsq, rec.param_step_grad_sumsq):
+                arr[self.S_idx] = np.nan  # a shard's part is missing: the full norm is unknown, not this shard's
+            return []
+        if self.pending is not None:  # every rank announced the same new layout: all switch, and send again
+            self.layout, self.pending = self.pending, None
+            g = self.packet.unpack(self.packet.gather(self._packet(rec, header)))
+        self._captured += 1
+        self._complete_sharded(rec, g)
+        new = self._judge(rec.step, g)
+        self.exchange_s += time.perf_counter() - t0
+        return self.log.live_warnings(new)
+
+    def _packet(self, rec: StepRecord, header: dict) -> np.ndarray:
         act_bad = nonfinite_counts(rec.act) + (~np.isfinite(rec.act[:, F["sumsq"]]) & ~np.isnan(rec.act[:, F["sumsq"]]))
         grad_bad = nonfinite_counts(rec.grad) + (~np.isfinite(rec.grad[:, F["sumsq"]])
                                                   & ~np.isnan(rec.grad[:, F["sumsq"]]))
@@ -96,32 +133,29 @@ class CrossRank:
         shard = np.stack([rec.param_sumsq, rec.param_grad_sumsq, rec.param_update_sumsq,
                           rec.param_step_grad_sumsq], axis=1)[self.S_idx]
         checks = self._checksums() if self._captured % self.checksum_every == 0 and len(self.R_idx) else None
-        header = {"step": rec.step, "step_s": step_s, "forward_s": rec.forward_s, "backward_s": rec.backward_s,
-                  "allreduce_s": allreduce_s, "origin_layer": layer, "origin_phase": phase}
-        vec = self.packet.pack(header, act_bad, grad_bad, shard, checks)
-        t1 = time.perf_counter()
-        g = self.packet.unpack(self.packet.gather(vec))
-        self.gather_s += time.perf_counter() - t1
-        self._captured += 1
-        self._complete_sharded(rec, g)
-        new = self._judge(rec.step, g)
-        self.exchange_s += time.perf_counter() - t0
-        return self.log.live_warnings(new)
+        header = header | {"origin_layer": layer, "origin_phase": phase, "layout": self.layout.crc}
+        return self.packet.pack(header, (act_bad, grad_bad, shard, checks))
 
-    def _agree(self) -> None:
-        """Once, before the first packet: every rank's packet layout must match (the same model on
-        every rank). Pipeline stages or different models: every rank sees it and all stop together."""
-        mine = np.array([self.packet.size, len(self.layers), len(self.param_names)], dtype=np.float64)
-        out = [torch.zeros(3, dtype=torch.float64, device=self.packet.device) for _ in range(self.ctx.world_size)]
-        sizes = all_gather_vector(mine, out)
-        if not (sizes == sizes[0]).all():
-            layers = ", ".join(f"rank {r}: {int(s[1])} layers" for r, s in enumerate(sizes))
-            self.disabled = (f"the ranks watch different models ({layers}), e.g. pipeline stages: cross-rank "
-                             "findings are off; each rank's own statistics are still captured.")
-            raise RuntimeError(self.disabled)
+    def _same_layout(self, g: Gathered) -> bool:
+        """Every rank sends the same layout, or every rank announces the same new one; otherwise all
+        ranks (they all see the same packets) stop the exchange together, with the reason."""
+        relayout = g.column("relayout") > 0
+        sent = g.column("layout")
+        if (relayout.all() or not relayout.any()) and (sent == sent[0]).all():
+            return True
+        if relayout.any() and not relayout.all():
+            edited = ", ".join(map(str, np.flatnonzero(relayout)))
+            kept = ", ".join(map(str, np.flatnonzero(~relayout)))
+            why = (f"the model changed on rank(s) {edited} but not (yet) on rank(s) {kept} at step "
+                   f"{int(g.column('step')[self.rank])}")
+        else:
+            why = "the ranks now watch different models" + (" after the change" if relayout.any() else "")
+        self.pending = None
+        self.disabled = f"{why}: cross-rank findings are off from here; each rank's own statistics are still captured."
+        return False
 
     def _checksums(self) -> np.ndarray:
-        live = self._params()
+        live = self.layout.params()
         out = []
         with torch.no_grad():
             for j in self.R_idx:
@@ -159,9 +193,10 @@ class CrossRank:
         if g.checks is None:
             log.hold(self.divergence.kinds[0])  # not a checksum step: open episodes stay open
         else:
-            owners = tuple(self.layers[int(self.param_layer[j])] for j in self.R_idx)
-            names = tuple(self.param_names[j] for j in self.R_idx)
-            found += self.divergence.update(step, g.checks, self.numel, names, owners)
+            lay = self.layout
+            owners = tuple(lay.layers[int(lay.param_layer[j])] for j in lay.R_idx)
+            names = tuple(lay.param_names[j] for j in lay.R_idx)
+            found += self.divergence.update(step, g.checks, lay.numel, names, owners)
         found += self.straggler.update(step, busy)
         for finding, rank in found:
             self._rank_of[id(log.add(finding))] = rank
@@ -177,20 +212,18 @@ class CrossRank:
         return df[FINDING_COLUMNS + ["rank"]]
 
     def history(self, metric: str, rank: int) -> pd.DataFrame:
-        if metric not in RANK_METRICS:
-            raise ValueError(f"gradsight: history({metric!r}, rank={rank}): every rank holds only these "
-                             f"metrics of the other ranks: {', '.join(RANK_METRICS)}. Layer metrics of rank "
-                             f"{rank} are in that rank's own watcher (w.history({metric!r}) there).")
-        self._check_rank(rank)
+        """``metric`` (one of RANK_METRICS) of ``rank`` over the kept steps."""
         n = min(self._rows, HISTORY_ROWS)
         order = np.arange(self._rows - n, self._rows) % HISTORY_ROWS
         return pd.DataFrame({metric: self._scalars[order, rank, RANK_METRICS.index(metric)]},
                             index=pd.Index(self._steps[order], name="step"))
 
-    def _check_rank(self, rank) -> None:
-        W = self.ctx.world_size
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < W:
-            raise ValueError(f"gradsight: rank={rank!r}; this job has ranks 0..{W - 1} (world size {W}).")
+    def latest(self, step: int) -> np.ndarray | None:
+        """This rank's RANK_METRICS at ``step``, if that was the last step exchanged."""
+        if not self._rows:
+            return None
+        row = (self._rows - 1) % HISTORY_ROWS
+        return self._scalars[row, self.rank].copy() if self._steps[row] == step else None
 
     def ranks(self, findings: pd.DataFrame) -> pd.DataFrame:
         """One row per rank: median times over the kept steps, non-finite steps, findings naming it."""

@@ -5,7 +5,9 @@ Layout (``L`` layers, ``S`` sharded parameters, ``R`` replicated parameters)::
     [header (H) | act_bad (L) | grad_bad (L) | shard sums of squares (4 x S) | checksums (2 x R)]
 
 header: step, step_s, forward_s, backward_s, allreduce_s, origin layer, origin phase, has
-checksums. ``act_bad``/``grad_bad``: local non-finite counts per layer (outputs, and gradients
+checksums, layout (the CRC of the sender's layout signature, see layout.py), relayout (1: this
+packet only announces a new layout, the rest is zeros), dropped (1: this rank captured the step
+but dropped it, see Watcher._record_step; it joins the collective with its header only). ``act_bad``/``grad_bad``: local non-finite counts per layer (outputs, and gradients
 w.r.t. outputs, both from this rank's batch before any all-reduce). Shard sums of squares: this
 rank's part of each sharded parameter's (weight, gradient, update, step gradient) squares, summed
 across ranks into the full-tensor values. Checksums: (sum, sum of squares) of each replicated
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 HEADER = ("step", "step_s", "forward_s", "backward_s", "allreduce_s", "origin_layer", "origin_phase",
-          "has_checksums")
+          "has_checksums", "layout", "relayout", "dropped")
 H = len(HEADER)
 HI = {name: i for i, name in enumerate(HEADER)}
 
@@ -60,11 +62,14 @@ class Packet:
     def nbytes_sent(self) -> int:
         return 8 * self.size
 
-    def pack(self, header: dict, act_bad: np.ndarray, grad_bad: np.ndarray, shard: np.ndarray,
-             checks: np.ndarray | None) -> np.ndarray:
+    def pack(self, header: dict, parts: tuple | None) -> np.ndarray:
+        """``parts``: (act_bad, grad_bad, shard, checks or None), or None for a header-only packet."""
         v = np.zeros(self.size)
         for k, x in header.items():
             v[HI[k]] = x
+        if parts is None:
+            return v
+        act_bad, grad_bad, shard, checks = parts
         o = H
         v[o:o + self.L] = act_bad
         o += self.L

@@ -9,6 +9,9 @@ A recording is a directory::
     units/L00-<first>-<last>.parquet     one row per (step, layer): per-unit max output
     latest.parquet           the newest step's per-layer values, full precision, with dtypes
     findings.parquet         what the detectors found (rewritten whole as it changes)
+    ranks.parquet            (torch.distributed jobs) the per-rank table ``w.ranks()``
+    ranks/<r>/               (torch.distributed jobs) rank r's shard, r >= 1: a recording of its own;
+                             rank 0's shard is the directory itself, so a 1.0 reader opens it
 
 Every file is written to a dot-name first and moved into place with ``os.replace``; a
 ``steps`` chunk is written after the ``layers`` chunk of the same name, so a steps file is
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 FORMAT_NAME = "gradsight-recording"
 FORMAT_VERSION = (1, 1)  # (major, minor): a reader opens any minor of its major
@@ -28,6 +32,9 @@ READ_BY = {1: "0.1.0"}
 MANIFEST = "manifest.json"
 LATEST = "latest.parquet"
 FINDINGS = "findings.parquet"
+RANKS = "ranks.parquet"
+SHARDS = "ranks"  # the directory of the shards of ranks 1.. of a torch.distributed job
+RANK_STEP_COLUMNS = ("step_s", "allreduce_s", "busy_s")  # steps/ columns of a job's shards (1.1)
 STEPS, LAYERS, HISTOGRAMS, UNITS = "steps", "layers", "histograms", "units"
 TABLES = (STEPS, LAYERS, HISTOGRAMS, UNITS)
 
@@ -74,6 +81,11 @@ class ChunkName:
         inside = self.first <= other.first and other.last <= self.last
         return inside and (self.level > other.level or (self.level == other.level and self.last - self.first
                                                          > other.last - other.first))
+
+
+def shard_root(root: Path, rank: int) -> Path:
+    """Where rank ``rank`` of a job writes: rank 0 in ``root`` itself, rank r in ``root/ranks/<r>``."""
+    return root if rank == 0 else root / SHARDS / str(rank)
 
 
 def temp_name(final: str, token: str) -> str:

@@ -21,7 +21,7 @@ from ..records.metrics import LAYER_METRICS
 from ..records.run_history import STEP_COLUMNS
 from ..warnings import GradsightWarning
 from . import chunks
-from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, STEPS, UNITS, ChunkName
+from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, RANK_STEP_COLUMNS, RANKS, STEPS, UNITS, ChunkName
 
 RETRIES = 5
 
@@ -36,12 +36,14 @@ class Update:
     layer_values: np.ndarray | None = None        # [n, len(LAYER_METRICS), L] float32
     hist: list[tuple[int, int, str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     units: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    rank_scalars: np.ndarray = field(default_factory=lambda: np.zeros((0, len(RANK_STEP_COLUMNS))))
     latest: pd.DataFrame | None = None
     findings: pd.DataFrame | None = None
+    ranks: pd.DataFrame | None = None
 
     def __bool__(self) -> bool:
         return bool(len(self.steps) or len(self.layer_steps) or self.hist or self.units
-                    or self.latest is not None or self.findings is not None)
+                    or self.latest is not None or self.findings is not None or self.ranks is not None)
 
 
 class Loader:
@@ -68,7 +70,7 @@ class Loader:
         hwm = dict(self.hwm)
         committed = [c for c in chunks.current(chunks.listing(self.root / STEPS)) if c.last > min(hwm[STEPS],
                                                                                                    hwm[LAYERS])]
-        steps, scalars, lsteps, lvalues = [], [], [], []
+        steps, scalars, rank_scalars, lsteps, lvalues = [], [], [], [], []
         horizon = max(hwm[STEPS], hwm[LAYERS])
         for c in committed:
             try:
@@ -83,6 +85,8 @@ class Loader:
             if keep.any():
                 steps.append(s[keep])
                 scalars.append(np.column_stack([st[f].to_numpy(zero_copy_only=False) for f in STEP_COLUMNS])[keep])
+                rank_scalars.append(np.column_stack([st[f].to_numpy(zero_copy_only=False) if f in st.column_names
+                                                     else np.full(len(s), np.nan) for f in RANK_STEP_COLUMNS])[keep])
                 hwm[STEPS] = int(s[keep].max())
             if ly is not None and ly.num_rows:
                 ls, lv = self._layer_rows(ly, hwm[LAYERS])
@@ -92,6 +96,7 @@ class Loader:
                     hwm[LAYERS] = int(ls.max())
         if steps:
             up.steps, up.scalars = np.concatenate(steps), np.concatenate(scalars).astype(np.float64)
+            up.rank_scalars = np.concatenate(rank_scalars).astype(np.float64)
         if lsteps:
             up.layer_steps, up.layer_values = np.concatenate(lsteps), np.concatenate(lvalues)
         limit = np.iinfo(np.int64).max if closed else horizon
@@ -99,6 +104,7 @@ class Loader:
         up.units, hwm[UNITS] = self._side(UNITS, hwm[UNITS], limit, self._unit_rows)
         up.latest = self._snapshot(LATEST, None if closed else max(hwm[STEPS], hwm[LAYERS]))
         up.findings = self._snapshot(FINDINGS)
+        up.ranks = self._snapshot(RANKS)
         self.hwm = hwm
         return up
 

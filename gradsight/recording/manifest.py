@@ -38,7 +38,8 @@ def gradsight_version() -> str:
 
 def new_manifest(*, name: str, layers: list[dict], bins: int, every: int, histogram_every: int,
                  hist_kinds: tuple[str, ...], layer_metrics: tuple[str, ...], step_columns: tuple[str, ...],
-                 source: str, flush_steps: int, flush_seconds: float, units_window: int) -> dict[str, Any]:
+                 source: str, flush_steps: int, flush_seconds: float, units_window: int, rank: int = 0,
+                 world_size: int = 1) -> dict[str, Any]:
     major, minor = FORMAT_VERSION
     return {
         "format": FORMAT_NAME, "format_version": f"{major}.{minor}", "read_by": READ_BY[major],
@@ -48,7 +49,7 @@ def new_manifest(*, name: str, layers: list[dict], bins: int, every: int, histog
         "layers": layers, "bins": bins, "every": every, "histogram_every": histogram_every,
         "hist_kinds": list(hist_kinds), "layer_metrics": list(layer_metrics), "step_columns": list(step_columns),
         "chunks": {"steps": flush_steps, "seconds": flush_seconds}, "units_window": units_window,
-        "thinned": {"stride": 1, "dropped_steps": 0},
+        "thinned": {"stride": 1, "dropped_steps": 0}, "rank": rank, "world_size": world_size,
     }
 
 

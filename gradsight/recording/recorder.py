@@ -17,23 +17,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..records.metrics import LAYER_METRICS
+from ..records.queries import RANK_METRICS
 from ..records.run_history import STEP_COLUMNS
 from ..records.unit_history import WINDOW
 from ..warnings import GradsightWarning
-from .format import FINDINGS, LATEST, MANIFEST, TABLES, RecordingError, temp_name
+from .format import (
+    FINDINGS,
+    LATEST,
+    MANIFEST,
+    RANK_STEP_COLUMNS,
+    RANKS,
+    SHARDS,
+    TABLES,
+    RecordingError,
+    shard_root,
+    temp_name,
+)
 from .manifest import HOST, new_manifest, read_manifest
 from .writer import FLUSH_SECONDS, FLUSH_STEPS, QUEUE_STEPS, RecordingWriter
 
 _WRITING: dict[Path, str] = {}  # directories this process is streaming into -> watcher name
 
 
-def prepare_directory(path: Any, where: str) -> Path:
-    """A directory to write a new recording into: created, empty, or an earlier recording of
-    this same process (a re-run notebook cell), which is replaced."""
+def prepare_directory(path: Any, where: str, rank: int = 0, world_size: int = 1) -> Path:
+    """A directory to write a new recording into (rank ``rank``'s shard of a torch.distributed job):
+    created, empty, or an earlier recording of this same process (a re-run notebook cell), which
+    is replaced. Rank 0 of a job leaves ``ranks/`` (the other ranks' shards) to their writers."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{where}: the recording path must be a str or Path; got {type(path).__name__}.")
-    root = Path(path).expanduser()
+    root = shard_root(Path(path).expanduser(), rank)
+    others = {SHARDS} if rank == 0 and world_size > 1 else set()
     if root.resolve() in _WRITING:
         raise RecordingError(f"{where}: {str(root)!r} is being recorded right now by watcher "
                              f"{_WRITING[root.resolve()]!r} in this process. Pass another path, or close that "
@@ -41,7 +57,7 @@ def prepare_directory(path: Any, where: str) -> Path:
     if root.exists() and not root.is_dir():
         raise RecordingError(f"{where}: {str(root)!r} is a file; a recording is a directory. Pass a new "
                              "directory path, e.g. 'runs/exp1'.")
-    if root.is_dir() and any(not e.startswith(".") for e in os.listdir(root)):
+    if root.is_dir() and any(not e.startswith(".") and e not in others for e in os.listdir(root)):
         try:
             old = read_manifest(root, where)
         except RecordingError:
@@ -54,7 +70,7 @@ def prepare_directory(path: Any, where: str) -> Path:
                                  f"(shutil.rmtree).")
         for t in TABLES:  # this process wrote it: a re-run cell records afresh
             shutil.rmtree(root / t, ignore_errors=True)
-        for f in (LATEST, FINDINGS, MANIFEST):
+        for f in (LATEST, FINDINGS, RANKS, MANIFEST):
             (root / f).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     probe = root / temp_name("probe", str(os.getpid()))
@@ -67,9 +83,9 @@ def prepare_directory(path: Any, where: str) -> Path:
 
 
 def manifest_for(q: Any, source: str, flush_steps: int, flush_seconds: float, units_window: int,
-                 hist_kinds: tuple[str, ...]) -> dict[str, Any]:
+                 hist_kinds: tuple[str, ...], rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     layers = q.layers()
-    return new_manifest(
+    return new_manifest(rank=rank, world_size=world_size,
         name=str(q.name), layers=[{"name": str(n), "type": str(t), "params": int(p)}
                                   for n, t, p in zip(layers["layer"], layers["type"], layers["params"], strict=True)],
         bins=int(q.bins), every=int(q.every), histogram_every=int(q.histogram_every), hist_kinds=hist_kinds,
@@ -105,10 +121,12 @@ class StreamRecorder:
                  flush_steps: int = FLUSH_STEPS, flush_seconds: float = FLUSH_SECONDS,
                  queue_steps: int = QUEUE_STEPS):
         _check_flush(flush_steps, flush_seconds)
-        self.root = prepare_directory(path, "gs.watch(record=...)")
+        self.rank, self.world_size = int(watcher.rank), int(watcher.world_size)
+        self.root = prepare_directory(path, "gs.watch(record=...)", self.rank, self.world_size)
         _WRITING[self.root.resolve()] = str(watcher.name)
         self._watcher = watcher
-        manifest = manifest_for(watcher, "stream", flush_steps, flush_seconds, units_window, hist_kinds)
+        manifest = manifest_for(watcher, "stream", flush_steps, flush_seconds, units_window, hist_kinds,
+                                self.rank, self.world_size)
         self.writer = RecordingWriter(self.root, manifest, names=watcher.layer_names, hist_kinds=hist_kinds,
                                       bins=watcher.bins, flush_steps=flush_steps, flush_seconds=flush_seconds,
                                       queue_steps=queue_steps, units_window=units_window)
@@ -122,13 +140,27 @@ class StreamRecorder:
         atexit.register(self.close)
 
     def on_step(self, rec: Any, metrics: dict) -> None:
-        prev, self._pending = self._pending, (rec, metrics)
+        prev, self._pending = self._pending, (rec, metrics, self._rank_row(rec.step))
         if prev is not None:
             self._enqueue(prev)
         now = time.monotonic()
         if now >= self._next_snapshot:
             self._next_snapshot = now + self.flush_seconds
-            self.writer.set_findings(self._watcher.findings())
+            self._snapshot()
+
+    def _rank_row(self, step: int) -> np.ndarray | None:
+        """This rank's RANK_STEP_COLUMNS at ``step`` (exchanged just before), in a job with a cross-rank part."""
+        row = self._watcher._rank_scalars(step) if self.world_size > 1 else None
+        return None if row is None else np.array([row[RANK_METRICS.index(m)] for m in RANK_STEP_COLUMNS])
+
+    def _snapshot(self) -> None:
+        ranks = None
+        if self.world_size > 1:
+            try:
+                ranks = self._watcher.ranks()
+            except ValueError:
+                ranks = None
+        self.writer.set_findings(self._watcher.findings(), ranks)
 
     def _enqueue(self, item: tuple) -> None:
         self._seen += 1
@@ -156,7 +188,7 @@ class StreamRecorder:
             if self._pending is not None:
                 self._enqueue(self._pending)
                 self._pending = None
-            self.writer.set_findings(self._watcher.findings())
+            self._snapshot()
         finally:
             self.writer.close(thinned={"stride": self.stride, "dropped_steps": self.dropped})
 

@@ -6,6 +6,7 @@ Recording too), and the saved recording answers them the same way.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,31 @@ from ..records.metrics import LAYER_METRICS
 from ..records.run_history import STEP_COLUMNS
 from ..records.unit_history import WINDOW
 from . import chunks
-from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, STEPS, TABLES, UNITS, ChunkName
+from .format import (
+    FINDINGS,
+    HISTOGRAMS,
+    LATEST,
+    LAYERS,
+    RANK_STEP_COLUMNS,
+    RANKS,
+    STEPS,
+    TABLES,
+    UNITS,
+    ChunkName,
+)
 from .manifest import write_manifest
 from .recorder import manifest_for, prepare_directory
 from .tables import frame_table, histograms_table, latest_table, layers_table, steps_table, units_table
 
 
-def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = WINDOW) -> Path:
-    root = prepare_directory(path, "save")
-    manifest = manifest_for(q, "save", 0, 0.0, units_window, hist_kinds)
+def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = WINDOW, rank: int | None = None,
+         world_size: int | None = None) -> Path:
+    """Rank r of a torch.distributed job (``rank``/``world_size``, default ``q``'s) writes its shard of
+    ``path`` (see ``format.shard_root``), as ``record=`` does."""
+    rank = int(q.rank) if rank is None else rank
+    world_size = int(q.world_size) if world_size is None else world_size
+    root = prepare_directory(path, "save", rank, world_size)
+    manifest = manifest_for(q, "save", 0, 0.0, units_window, hist_kinds, rank, world_size)
     manifest["chunks"] = None
     names = list(q.layer_names)
     for t in TABLES:
@@ -42,7 +59,8 @@ def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = 
         name = ChunkName(int(all_steps.min()), int(all_steps.max()), 0)
         size += chunks.write_table(root / LAYERS / name.file, layers_table(layer_steps, values, names))
         size += chunks.write_table(root / STEPS / name.file,
-                                   steps_table(st["step"].to_numpy(), st[list(STEP_COLUMNS)].to_numpy(), None))
+                                   steps_table(st["step"].to_numpy(), st[list(STEP_COLUMNS)].to_numpy(), None,
+                                               _rank_scalars(q, rank, world_size, st["step"])))
 
     rows = []
     for i, layer in enumerate(names):
@@ -71,6 +89,20 @@ def save(q: Any, path: Any, *, hist_kinds: tuple[str, ...], units_window: int = 
                                                            latest["dtype"].tolist(),
                                                            {m: latest[m].to_numpy() for m in LAYER_METRICS}))
     size += chunks.write_table(root / FINDINGS, frame_table(q.findings()))
+    if world_size > 1:
+        with contextlib.suppress(ValueError):  # no cross-rank part
+            size += chunks.write_table(root / RANKS, frame_table(q.ranks()))
     manifest.update(state="closed", closed=time.time(), bytes=size)
     write_manifest(root, manifest)  # last: a reader never sees a half-saved recording
     return root
+
+
+def _rank_scalars(q: Any, rank: int, world_size: int, steps) -> np.ndarray | None:
+    """This rank's RANK_STEP_COLUMNS at ``steps`` (NaN where not kept), in a job with a cross-rank part."""
+    if world_size < 2:
+        return None
+    try:
+        series = [q.history(m, rank=rank)[m] for m in RANK_STEP_COLUMNS]
+    except ValueError:
+        return None
+    return np.column_stack([s[~s.index.duplicated()].reindex(steps).to_numpy(dtype=np.float64) for s in series])

@@ -17,6 +17,7 @@ from ..records.histogram import EXTRA_COUNTS
 from ..records.metrics import LAYER_METRICS
 from ..records.run_history import STEP_COLUMNS, merge_latest, step_scalars
 from ..records.step_record import StepRecord
+from .format import RANK_STEP_COLUMNS
 
 
 def _pa():
@@ -38,13 +39,18 @@ def _lists(values: list[np.ndarray], dtype) -> Any:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(dtype, copy=False)))
 
 
-def steps_table(steps: np.ndarray, scalars: np.ndarray, detail: np.ndarray | None):
-    """``scalars``: [n, len(STEP_COLUMNS)] float64; ``detail``: bool per step or None (unknown)."""
+def steps_table(steps: np.ndarray, scalars: np.ndarray, detail: np.ndarray | None,
+                rank_scalars: np.ndarray | None = None):
+    """``scalars``: [n, len(STEP_COLUMNS)] float64; ``detail``: bool per step or None (unknown);
+    ``rank_scalars``: [n, len(RANK_STEP_COLUMNS)] in a torch.distributed job's shard, else None."""
     pa = _pa()
     cols = {"step": pa.array(np.asarray(steps, dtype=np.int64))}
     for k, f in enumerate(STEP_COLUMNS):
         cols[f] = pa.array(np.asarray(scalars[:, k], dtype=np.float64))
     cols["detail"] = pa.array(detail, pa.bool_()) if detail is not None else pa.nulls(len(steps), pa.bool_())
+    if rank_scalars is not None:
+        for k, f in enumerate(RANK_STEP_COLUMNS):
+            cols[f] = pa.array(np.asarray(rank_scalars[:, k], dtype=np.float64))
     return pa.table(cols)
 
 
@@ -107,9 +113,12 @@ class RecordBatch:
         self.names = tuple(names)
         self.kinds = tuple(hist_kinds)
         self.items: list[tuple[StepRecord, dict]] = []
+        self.rank_rows: list[np.ndarray | None] = []
 
-    def add(self, rec: StepRecord, metrics: dict) -> None:
+    def add(self, rec: StepRecord, metrics: dict, rank_row: np.ndarray | None = None) -> None:
+        """``rank_row``: this rank's RANK_STEP_COLUMNS at this step (a torch.distributed job), else None."""
         self.items.append((rec, metrics))
+        self.rank_rows.append(rank_row)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,7 +137,11 @@ class RecordBatch:
         scalars = np.array([step_scalars(r) for r, _ in items], dtype=np.float64).reshape(-1, len(STEP_COLUMNS))
         detail = np.array([bool(r.detail) for r, _ in items])
         values = np.stack([np.stack([m[k] for k in LAYER_METRICS]) for _, m in items])
-        out = {"steps": steps_table(steps, scalars, detail), "layers": layers_table(steps, values, names)}
+        ranked = None
+        if any(r is not None for r in self.rank_rows):
+            nan = np.full(len(RANK_STEP_COLUMNS), np.nan)
+            ranked = np.array([r if r is not None else nan for r in self.rank_rows], dtype=np.float64)
+        out = {"steps": steps_table(steps, scalars, detail, ranked), "layers": layers_table(steps, values, names)}
         hist = [(r.step, i, of, h) for r, _ in items
                 for (i, of), h in sorted(r.hist.items(), key=lambda kv: (kv[0][0], self.kinds.index(kv[0][1])))]
         if hist:

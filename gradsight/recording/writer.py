@@ -20,7 +20,7 @@ from ..records.metrics import LAYER_METRICS
 from ..records.unit_history import WINDOW
 from ..warnings import GradsightWarning
 from . import chunks
-from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, STEPS, TABLES, UNITS, ChunkName
+from .format import FINDINGS, HISTOGRAMS, LATEST, LAYERS, RANKS, STEPS, TABLES, UNITS, ChunkName
 from .manifest import touch, write_manifest
 from .tables import RecordBatch, frame_table, latest_table
 
@@ -124,6 +124,7 @@ class RecordingWriter:
         self._batch = RecordBatch(self.names, hist_kinds)
         self._new_batch = lambda: RecordBatch(self.names, hist_kinds)
         self._findings: Any = None
+        self._ranks: Any = None
         self._findings_written: Any = None
         self._latest: dict | None = None
         self._lock = threading.Lock()
@@ -150,9 +151,12 @@ class RecordingWriter:
         if len(self._batch) >= self.flush_steps:
             self.flush()
 
-    def set_findings(self, findings) -> None:
+    def set_findings(self, findings, ranks=None) -> None:
+        """The newest ``findings()`` (and, in a torch.distributed job, ``ranks()``) tables."""
         with self._lock:
             self._findings = findings
+            if ranks is not None:
+                self._ranks = ranks
 
     def close(self, *, timeout: float = 30.0, **manifest_updates: Any) -> None:
         """Write everything queued, mark the manifest closed, stop the thread."""
@@ -216,6 +220,7 @@ class RecordingWriter:
         batch, self._batch = self._batch, self._new_batch()
         with self._lock:
             findings, self._findings = self._findings, None
+            ranks, self._ranks = self._ranks, None
         if len(batch):
             parts = batch.tables()
             steps = [r.step for r, _ in batch.items]
@@ -233,4 +238,6 @@ class RecordingWriter:
         if findings is not None and not (self._findings_written is not None and findings.equals(self._findings_written)):
             self.bytes_written += chunks.write_table(self.root / FINDINGS, frame_table(findings))
             self._findings_written = findings
+        if ranks is not None:
+            self.bytes_written += chunks.write_table(self.root / RANKS, frame_table(ranks))
         touch(self.root)

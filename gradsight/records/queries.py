@@ -16,6 +16,11 @@ from .histogram import EXTRA_COUNTS, HIST_KINDS, Histogram
 from .metrics import LAYER_METRICS
 from .run_history import STEP_COLUMNS, RunHistory
 
+RANK_METRICS = ("step_s", "forward_s", "backward_s", "allreduce_s", "busy_s")
+"""Per-rank step scalars of a torch.distributed job, for every rank (``history(metric, rank=r)``):
+wall time of the step, its forward and backward, the all-reduce span, and the step less the
+all-reduce (``busy_s``, what the straggler check compares)."""
+
 
 class RunQueries:
     """Mixin: ``layers()``, ``history()``, ``steps()``, histograms, unit activity, findings."""
@@ -58,23 +63,56 @@ class RunQueries:
         columns["step"] = np.full(L, h.latest_step if h.latest_step is not None else -1)
         return pd.DataFrame(columns)  # built in one go: the panel reads it on every push
 
-    def history(self, metric: str = "grad_norm") -> pd.DataFrame:
+    # --- ranks of a torch.distributed job (world size 1 outside one) -------------------------
+    @property
+    def rank(self) -> int:
+        """The rank whose layers the queries without ``rank=`` show (0 outside a distributed job)."""
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    def ranks(self) -> pd.DataFrame:
+        """One row per rank: median step, forward, backward, all-reduce and busy times, non-finite
+        steps, the findings naming that rank; ``self`` marks :attr:`rank`."""
+        raise ValueError(f"gradsight: ranks() needs a run of a torch.distributed job with world size > 1; "
+                         f"{self._history.name!r} ran in one process.")
+
+    def _rank_history(self, metric: str, rank: int) -> pd.DataFrame:
+        """A :data:`RANK_METRICS` series of ``rank`` (subclasses in a job hold them)."""
+        raise ValueError(f"gradsight: history({metric!r}, rank={rank}): no per-rank step times in this run.")
+
+    def _history_of(self, rank: int) -> RunHistory:
+        """The layer metrics of ``rank``: a watcher holds its own rank's only; a recording, every rank's."""
+        if rank == self.rank:
+            return self._history
+        raise ValueError(f"gradsight: history(rank={rank}): this watcher is rank {self.rank}; rank {rank}'s layer "
+                         f"metrics are in that rank's own watcher, or in a recording of the job (gs.watch(..., "
+                         f"record=path) in every rank, then gs.open(path).history(metric, rank={rank})). Every rank "
+                         f"holds every rank's {', '.join(RANK_METRICS)}.")
+
+    def _check_rank(self, rank) -> None:
+        W = self.world_size
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < W:
+            if W == 1:
+                raise ValueError(f"gradsight: rank={rank!r}: {self._history.name!r} is not part of a torch.distributed "
+                                 "job, so it has rank 0 only.")
+            raise ValueError(f"gradsight: rank={rank!r}; this job has ranks 0..{W - 1} (world size {W}).")
+
+    def history(self, metric: str = "grad_norm", rank: int | None = None) -> pd.DataFrame:
         """One row per recorded step, one column per layer (or one column for step metrics).
 
         A name that is both (``saved_bytes``) is the per-layer history here; its step total
-        is the ``steps()`` column of the same name."""
-        h = self._history
-        if metric in STEP_COLUMNS and metric not in LAYER_METRICS:
-            steps, data = h.scalars.valid()
-            return pd.DataFrame({metric: data[:, STEP_COLUMNS.index(metric)]},
-                                index=pd.Index(steps, name="step"))
-        if metric not in LAYER_METRICS:
-            raise ValueError(f"gradsight: history({metric!r}): unknown metric. Layer metrics: "
-                             f"{', '.join(LAYER_METRICS)}; step metrics: {', '.join(STEP_COLUMNS)}.")
-        steps, data = h.layer_metrics.valid()
-        k = LAYER_METRICS.index(metric)
-        return pd.DataFrame(data[:, k, :].astype(np.float64), index=pd.Index(steps, name="step"),
-                            columns=list(h.names))
+        is the ``steps()`` column of the same name. ``rank=r`` (a torch.distributed job): rank r's
+        series; the :data:`RANK_METRICS` are kept for every rank, layer metrics by each rank's
+        own watcher and in a recording of the job."""
+        if rank is None:
+            return _history_frame(self._history, metric)
+        self._check_rank(rank)
+        if metric in RANK_METRICS and self.world_size > 1:
+            return self._rank_history(metric, int(rank))
+        return _history_frame(self._history_of(int(rank)), metric)
 
     def steps(self) -> pd.DataFrame:
         """Per-step scalars: loss, learning rate (first group), wall times, total gradient norm."""
@@ -138,6 +176,19 @@ class RunQueries:
         that were dismissed because they stopped holding."""
         # all=True only when asked: a reader that keeps no dismissed suspicions need not take it
         return self._findings_frame(all=True) if all else self._findings_frame()
+
+
+def _history_frame(h: RunHistory, metric: str) -> pd.DataFrame:
+    if metric in STEP_COLUMNS and metric not in LAYER_METRICS:
+        steps, data = h.scalars.valid()
+        return pd.DataFrame({metric: data[:, STEP_COLUMNS.index(metric)]}, index=pd.Index(steps, name="step"))
+    if metric not in LAYER_METRICS:
+        raise ValueError(f"gradsight: history({metric!r}): unknown metric. Layer metrics: "
+                         f"{', '.join(LAYER_METRICS)}; step metrics: {', '.join(STEP_COLUMNS)}"
+                         f"; per rank (rank=): {', '.join(RANK_METRICS)}.")
+    steps, data = h.layer_metrics.valid()
+    k = LAYER_METRICS.index(metric)
+    return pd.DataFrame(data[:, k, :].astype(np.float64), index=pd.Index(steps, name="step"), columns=list(h.names))
 
 
 def _of_index(of: str) -> int:

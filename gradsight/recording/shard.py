@@ -1,0 +1,76 @@
+"""One rank's part of a recording: its manifest and files, replayed into the history a watcher keeps.
+
+A run of one process is one shard. A torch.distributed job writes one shard per rank (rank 0 in
+the recording's directory, rank r in ``ranks/<r>/``): each rank's writer appends on its own, so
+ranks never wait for each other and a rank that dies takes only its own last chunk with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..records.history import DecimatingStore
+from ..records.run_history import RunHistory
+from .format import RANK_STEP_COLUMNS
+from .ingest import ingest
+from .loader import Loader
+from .manifest import read_manifest, writer_alive
+
+
+def _tuples(df: pd.DataFrame) -> pd.DataFrame:
+    """List columns (``affected``) come back from Parquet as arrays; findings hold tuples."""
+    for c in df.columns:
+        if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], np.ndarray):
+            df[c] = df[c].map(tuple)
+    return df
+
+
+class Shard:
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+        self.rank = int(manifest.get("rank", 0))
+        self.name = str(manifest.get("name", root.name))
+        self.bins = int(manifest["bins"])
+        self.histogram_every = int(manifest.get("histogram_every", 10))
+        layers = manifest["layers"]
+        names = [str(entry["name"]) for entry in layers]
+        self.run = RunHistory(names, [str(entry["type"]) for entry in layers], self.bins,
+                              param_counts=[int(entry.get("params", 0)) for entry in layers], name=self.name,
+                              histogram_every=self.histogram_every)
+        self.loader = Loader(root, names)
+        # this rank's step_s, allreduce_s, busy_s: thinned exactly as run.scalars (same appends)
+        self.rank_scalars = DecimatingStore(self.run.scalars.capacity, (len(RANK_STEP_COLUMNS),), dtype=np.float64)
+        self.findings: pd.DataFrame | None = None
+        self.ranks: pd.DataFrame | None = None
+        chunks = manifest.get("chunks") or {}
+        self.stale_after = max(10.0, 20 * float(chunks.get("seconds") or 0.5))
+        self.closed = manifest.get("state") == "closed"
+
+    def poll(self) -> bool:
+        """Read what this shard's writer added since the last look; True if anything was new."""
+        if not self.closed:
+            self.manifest = read_manifest(self.root)
+            self.closed = self.manifest.get("state") == "closed"
+        up = self.loader.poll(closed=self.closed)
+        if up.findings is not None:
+            self.findings = _tuples(up.findings)
+        if up.ranks is not None:
+            self.ranks = up.ranks
+        ingest(self.run, up)
+        for s, row in zip(up.steps, up.rank_scalars, strict=True):
+            self.rank_scalars.append(int(s), row)
+        return bool(up)
+
+    def alive(self) -> bool:
+        """The writer still appends (see manifest.writer_alive)."""
+        return not self.closed and writer_alive(self.manifest, self.root, self.stale_after)
+
+    @property
+    def last_step(self) -> int:
+        steps, _ = self.run.scalars.valid()
+        return int(steps[-1]) if len(steps) else -1
