@@ -16,7 +16,7 @@ from .records.histogram import Histogram
 from .warnings import GradsightWarning
 from .watcher import Watcher, watch
 
-__all__ = ["watch", "Watcher", "timed", "open", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding",
+__all__ = ["watch", "Watcher", "timed", "open", "dashboard", "Recording", "RecordTo", "Histogram", "Thresholds", "Finding",
            "gradcheck", "GradcheckReport", "GradsightWarning", "NonFiniteError", "load_ipython_extension"]
 
 
@@ -26,6 +26,14 @@ def open(path):  # noqa: A001 - gs.open(path) is the contract
     from .recording.reader import open_recording
 
     return open_recording(path)
+
+
+def dashboard(source=None):
+    """The live ipywidgets dashboard of ``source`` (a Watcher or a Recording; default: the newest
+    watcher of this kernel), with a dropdown that switches between the watchers alive in this kernel."""
+    from .widgets.dashboard import Dashboard
+
+    return Dashboard(source)
 
 
 def __getattr__(name):

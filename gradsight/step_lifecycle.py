@@ -10,10 +10,13 @@ torch's hooks, version counters); the full structure comparison runs on detail s
 
 from __future__ import annotations
 
+import sys
 import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from . import bus
 from .detectors import DetectorEngine
@@ -37,7 +40,7 @@ def check_forward_start(w: Any) -> None:
     # 1. the previous attempt did not finish: drop its partial capture
     if c.interrupted_backward:
         _abandon(w, "a backward pass was interrupted (an exception or KeyboardInterrupt)")
-    elif c._root_open:
+    elif c._root_open and not _root_reentered(model):
         _abandon(w, "a forward pass raised before it returned")
     # 2. the last step was never closed (no optimizer=, w.step() never called)
     if w._optimizer_ref is None and not w._user_stepped and c.began:
@@ -56,6 +59,24 @@ def check_forward_start(w: Any) -> None:
         if c.touched or c.began:
             _abandon(w, changes.reason)
         reindex(w, changes.reason)
+
+
+_CALL = torch.nn.Module._call_impl.__code__
+
+
+def _root_reentered(model: Any) -> bool:
+    """The root's forward is still running and calls the root again: a nested call, not an attempt
+    that raised. Lightning's DDP strategy does this every step (DDP calls the LightningModule, whose
+    forward is redirected to ``training_step``, which calls ``self(x)``). Walks the stack only in
+    this rare state (the root open at a new root forward)."""
+    frame, calls = sys._getframe(1), 0
+    while frame is not None:
+        if frame.f_code is _CALL and frame.f_locals.get("self") is model:
+            calls += 1
+            if calls > 1:
+                return True
+        frame = frame.f_back
+    return False
 
 
 def _abandon(w: Any, why: str) -> None:

@@ -354,7 +354,10 @@ class Watcher(RunQueries):
             return
         if step_is_empty(self):
             return
-        self._close_step(loss=_to_float(loss) if loss is not None else None, optimizer_stepped=None)
+        # with optimizer= its post-hook closes a step that stepped: one still open after a backward
+        # was not stepped (a GradScaler skip, or an optimizer step left out)
+        stepped = False if self._optimizer_ref is not None and self._capture.backward_passes else None
+        self._close_step(loss=_to_float(loss) if loss is not None else None, optimizer_stepped=stepped)
 
     def _close_step(self, loss: float | None, optimizer_stepped: bool | None, check: bool = True) -> None:
         """Turn the open step into a record and open the next; never raises (it runs inside

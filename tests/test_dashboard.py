@@ -18,7 +18,7 @@ from gradsight import bus as registry
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
-from gradsight.widgets.dashboard import TABS, Dashboard  # noqa: E402
+from gradsight.widgets.dashboard import RANKS_TAB, TABS, Dashboard  # noqa: E402
 
 
 def make_run(steps=0):
@@ -101,7 +101,9 @@ def test_every_tab_renders_and_controls_work():
     _, w, train = make_run(12)
     dash = w.dashboard()
     show(dash)
-    for i in range(len(TABS)):
+    assert dash.tabs.titles == TABS[:RANKS_TAB]  # one process: no Ranks tab, no rank or source chooser
+    assert dash.rank_choice.layout.display == "none"
+    for i in range(len(dash.tabs.children)):
         dash.tabs.selected_index = i
     for key in ("flow", "hist", "dist", "heat", "curves", "dead", "gradcheck"):
         assert dash.images[key].value[:4] == b"\x89PNG" and len(dash.images[key].value) > 2000, key

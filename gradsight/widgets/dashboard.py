@@ -4,6 +4,15 @@ Findings on top (choosing one selects its layer and step), then tabs: gradient f
 histograms (layer, gradient/activation, step slider), layer × step heatmap, training
 curves, dead units and gradcheck. Works in any front-end with ipywidgets 8.
 
+Several models in one kernel (a GAN's generator and discriminator, a teacher and a student):
+each is its own named watcher, and a *source* dropdown (shown when there is more than one)
+lists the live watchers and the recordings open in this kernel by name (the names the
+JupyterLab panel uses); choosing one redraws every view from it. ``gs.dashboard()`` opens on
+the newest watcher. A source of a torch.distributed job (``world_size > 1``) adds a *rank*
+dropdown, a line naming the rank that went wrong first, and a "Ranks" tab with per-rank step
+times (:mod:`.rank_times`); layer views show the source's own layer statistics (a live watcher
+holds only its own rank's, every rank's step times and findings).
+
 Live: while displayed, the dashboard subscribes to the watcher's steps
 (:func:`gradsight.bus.subscribe`) and redraws the visible tab from
 inside ``step()`` — at most every ``min_interval`` seconds (0.5 s: about 2 redraws a
@@ -36,9 +45,11 @@ from .gradcheck_plot import gradcheck_figure
 from .gradient_flow import gradient_flow
 from .heatmap import heatmap
 from .histogram import histogram
+from .rank_times import first_bad_text, rank_times
 from .training_curves import training_curves
 
-TABS = ("Gradient flow", "Histograms", "Heatmap", "Training", "Dead units", "Gradcheck")
+TABS = ("Gradient flow", "Histograms", "Heatmap", "Training", "Dead units", "Gradcheck", "Ranks")
+RANKS_TAB = TABS.index("Ranks")  # present only for a source with world_size > 1
 MIN_INTERVAL = 0.5      # seconds between live redraws (≤ ~2 per second)
 MAX_INTERVAL = 3.0       # ... but never further apart than this
 MAX_RENDER_SHARE = 0.25  # slow redraws are spaced so that drawing stays under this share of the time
@@ -48,13 +59,16 @@ _IMG = {"width": "100%", "max_width": "1100px", "height": "auto"}
 
 
 class Dashboard(widgets.VBox):
-    """Live view of one :class:`~gradsight.Watcher`. Display it; train; watch it update."""
+    """Live view of a :class:`~gradsight.Watcher` (or a Recording). Display it; train; watch it
+    update. ``watcher=None``: the newest watcher of this kernel; the source dropdown switches."""
 
-    def __init__(self, watcher, *, min_interval: float = MIN_INTERVAL, window: int = 50):
+    def __init__(self, watcher=None, *, min_interval: float = MIN_INTERVAL, window: int = 50):
+        if watcher is None:
+            watcher = _newest_source()
         if not source.is_watcher(watcher):
             raise TypeError(f"gradsight: Dashboard(watcher) expects a Watcher from gs.watch(model); "
                             f"got {type(watcher).__name__}.")
-        self.watcher = watcher
+        self.watcher = watcher  # the source shown now (the source dropdown changes it)
         self.min_interval = float(min_interval)
         self.window = int(window)  # steps of unit activity the dead-units tab shows
         self.redraws = 0           # number of live (throttled) redraws, for tests and curiosity
@@ -69,8 +83,13 @@ class Dashboard(widgets.VBox):
         self._updating = False
         self._report = None
         self._findings = source.findings_frame(None)
+        self._sources: dict[str, weakref.ref] = {}  # dropdown key -> source, never kept alive here
+        self._displayed = False
 
         self.header = widgets.HTML()
+        self.source_choice = widgets.Dropdown(description="source", layout=widgets.Layout(width="340px"))
+        self.rank_choice = widgets.Dropdown(description="rank", layout=widgets.Layout(width="330px", display="none"))
+        self.rank_note = widgets.HTML()
         self.findings = widgets.Select(options=[("No findings yet.", -1)], rows=4,
                                        layout=widgets.Layout(width="100%"))
         self.findings.add_class("jp-gradsight-findings")
@@ -78,6 +97,7 @@ class Dashboard(widgets.VBox):
         self.layer = widgets.Dropdown(options=[(style.short_name(n, 48), n) for n in names],
                                       value=_default_layer(watcher), description="layer",
                                       layout=widgets.Layout(width="340px"))
+        self.layer.add_class("jp-gradsight-layer")
         self.of = widgets.ToggleButtons(options=[("gradient", "grad"), ("activation", "activation")],
                                         value="grad", style={"button_width": "90px"})
         self.step = widgets.SelectionSlider(options=[("—", -1)], value=-1, description="step",
@@ -88,8 +108,9 @@ class Dashboard(widgets.VBox):
                                            button_style="primary", layout=widgets.Layout(width="160px"))
         self.gradcheck_html = widgets.HTML()
         self.images = {name: widgets.Image(value=_BLANK, format="png", layout=widgets.Layout(**_IMG))
-                       for name in ("flow", "hist", "dist", "heat", "curves", "dead", "gradcheck")}
-        self.tabs = widgets.Tab(children=[
+                       for name in ("flow", "hist", "dist", "heat", "curves", "dead", "gradcheck", "ranks")}
+        self.ranks_html = widgets.HTML()
+        self._pages = [
             self.images["flow"],
             widgets.VBox([widgets.HBox([self.layer, self.of]), self.step, self.images["hist"],
                           self.images["dist"]]),
@@ -98,7 +119,11 @@ class Dashboard(widgets.VBox):
             widgets.VBox([self.layer, self.images["dead"]]),
             widgets.VBox([widgets.HBox([self.layer, self.check_button]), self.gradcheck_html,
                           self.images["gradcheck"]]),
-        ], titles=TABS)
+            widgets.VBox([self.images["ranks"], self.ranks_html]),
+        ]
+        self.tabs = widgets.Tab(children=self._pages[:RANKS_TAB], titles=TABS[:RANKS_TAB])
+        # source and rank choosers: a row in the page only while it has something to choose
+        self.choosers = widgets.HBox([self.source_choice, self.rank_choice, self.rank_note])
         css = widgets.HTML("<style>.jp-gradsight-findings select{font-family:var(--jp-code-font-family,"
                            "monospace);font-size:12px}</style>", layout=widgets.Layout(display="none"))
         super().__init__([css, widgets.HBox([self.header, self.refresh_button],
@@ -114,9 +139,13 @@ class Dashboard(widgets.VBox):
         self.tabs.observe(self._on_tab, "selected_index")
         self.refresh_button.on_click(lambda _: self.refresh())
         self.check_button.on_click(lambda _: self.run_gradcheck())
+        self.source_choice.observe(self._on_source, "value")
+        self.rank_choice.observe(self._on_rank, "value")
         self.observe(self._on_views, "_view_count")
-        self._update_header()
+        self._update_sources()
         self._update_findings()
+        self._update_ranks()
+        self._update_header()
         self._update_steps()
 
     # --- life cycle ------------------------------------------------------------------------
@@ -127,6 +156,7 @@ class Dashboard(widgets.VBox):
 
     def attach(self) -> None:
         """Start live updates (called when the dashboard is displayed)."""
+        self._displayed = True
         if self._unsubscribe is not None or getattr(self.watcher, "closed", False):
             return
         me = weakref.ref(self)
@@ -163,7 +193,8 @@ class Dashboard(widgets.VBox):
         if not hasattr(self, "images"):  # failed in __init__
             return super().close()
         for child in (self.header, self.findings, self.layer, self.of, self.step, self.refresh_button,
-                      self.check_button, self.gradcheck_html, *self.images.values()):
+                      self.check_button, self.gradcheck_html, self.source_choice, self.rank_choice,
+                      self.rank_note, self.ranks_html, self.choosers, *self.images.values(), *self._pages):
             child.close()
         self.tabs.close()
         super().close()
@@ -182,6 +213,9 @@ class Dashboard(widgets.VBox):
 
     # --- live updates ----------------------------------------------------------------------
     def _on_event(self, event: str, watcher) -> None:
+        if event in ("watch", "open", "close") and watcher is not self.watcher:
+            self._update_sources()  # a watcher or recording came or went: the source list follows
+            return
         if watcher is not self.watcher:
             return
         if event == "close":
@@ -206,8 +240,10 @@ class Dashboard(widgets.VBox):
         t0 = time.perf_counter()
         try:
             self._stale = set(range(len(TABS)))
-            self._update_header()
+            self._update_sources()
             self._update_findings()
+            self._update_ranks()
+            self._update_header()
             self._update_steps()
             self._render(self.tabs.selected_index or 0)
         finally:
@@ -238,6 +274,9 @@ class Dashboard(widgets.VBox):
                 self._show("dead", dead_units(w, layer, window=self.window))
             elif tab == 5:
                 self._show("gradcheck", gradcheck_figure(self._report))
+            elif tab == RANKS_TAB and self.world_size > 1:
+                self._show("ranks", rank_times(w, selected=self.rank_choice.value, findings=found))
+                self.ranks_html.value = _ranks_table(w, self.rank_choice.value)
         except Exception as exc:  # a view must never break the training step
             self.header.value += (f'<div style="color:{style.VERMILLION}">could not draw {TABS[tab]}: '
                                   f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</div>")
@@ -256,7 +295,10 @@ class Dashboard(widgets.VBox):
         counts = found["severity"].astype(str).value_counts() if len(found) else {}
         badge = " ".join(f'<span style="color:{style.SEVERITY_COLOR[s]};font-weight:bold">{int(counts[s])} {s}</span>'
                          for s in ("error", "warning", "info") if s in counts) or "no findings"
-        self.header.value = (f"<b>gradsight</b> · <code>{html.escape(w.name)}</code> — step "
+        where = ""
+        if self.world_size > 1:
+            where = f" · rank {int(getattr(w, 'rank', 0) or 0)} of {self.world_size}"
+        self.header.value = (f"<b>gradsight</b> · <code>{html.escape(w.name)}</code>{where} — step "
                              f"<span class='jp-gradsight-dashboard-step'>{w.step_count}</span>{last} · {badge} · "
                              f"<span style='opacity:0.7'>{status}</span>")
 
@@ -270,11 +312,13 @@ class Dashboard(widgets.VBox):
             options = [("No findings yet.", -1)]
         else:
             options = []
+            ranked = self.world_size > 1 and "rank" in found.columns
             for i, r in enumerate(found.to_dict("records")):
                 sev = str(r.get("severity", "")).upper()
                 layer = style.short_name(str(r.get("layer", "")), 28)
-                options.append((f"{sev:<7} {r.get('kind', '')!s:<18} {layer:<28} step {r.get('step', '')!s:<6} "
-                                f"{r.get('message', '')}", i))
+                rank = f"rank {r['rank']!s:<3} " if ranked else ""
+                options.append((f"{sev:<7} {rank}{r.get('kind', '')!s:<18} {layer:<28} step "
+                                f"{r.get('step', '')!s:<6} {r.get('message', '')}", i))
         if [o[0] for o in options] != [o[0] for o in self.findings.options]:
             self._updating = True
             try:
@@ -324,6 +368,8 @@ class Dashboard(widgets.VBox):
             self._render(self.tabs.selected_index or 0)
 
     def _on_layer(self, change) -> None:
+        if self._updating:
+            return
         self._update_steps()
         self._stale = set(range(len(TABS)))
         self._render(self.tabs.selected_index or 0)
@@ -341,6 +387,114 @@ class Dashboard(widgets.VBox):
         if tab in self._stale:
             self._render(tab)
 
+    # --- sources and ranks -----------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return source.world_size(self.watcher)
+
+    def _update_sources(self) -> None:
+        """The source dropdown: live watchers and open recordings of this kernel, and the source
+        shown now (even when closed); hidden while there is only one."""
+        listed = [*bus.active_watchers(), *bus.open_recordings()]
+        if not any(s is self.watcher for s in listed):
+            listed.append(self.watcher)
+        keys: dict[str, object] = {}
+        for src in listed:
+            key = source.label(src)
+            k = 2
+            while key in keys and keys[key] is not src:
+                key, k = f"{source.label(src)}#{k}", k + 1
+            keys[key] = src
+        current = next(k for k, s in keys.items() if s is self.watcher)
+        options = [(key + (" (closed)" if getattr(s, "closed", False) and not hasattr(s, "root") else ""), key)
+                   for key, s in keys.items()]
+        self._sources = {key: weakref.ref(s) for key, s in keys.items()}
+        if options != list(self.source_choice.options) or self.source_choice.value != current:
+            self._updating = True
+            try:
+                self.source_choice.options = options
+                self.source_choice.value = current
+            finally:
+                self._updating = False
+        self.source_choice.layout.display = None if len(options) > 1 else "none"
+        self._place_choosers()
+
+    def _on_source(self, change) -> None:
+        if self._updating or change["new"] is None:
+            return
+        ref = self._sources.get(change["new"])
+        src = ref() if ref is not None else None
+        if src is not None and src is not self.watcher:
+            self.show_source(src)
+
+    def show_source(self, src) -> None:
+        """Show ``src`` (a Watcher or a Recording): every view is redrawn from it."""
+        if not source.is_watcher(src):
+            raise TypeError(f"gradsight: show_source(src) expects a Watcher or a Recording; got {type(src).__name__}.")
+        self.throttle.forget()
+        self.watcher = src
+        self._report = None
+        self.gradcheck_html.value = ""
+        self.check_button.disabled = not hasattr(src, "gradcheck")
+        names = src.layer_names
+        self._updating = True
+        try:
+            self.layer.options = [(style.short_name(n, 48), n) for n in names]
+            self.layer.value = _default_layer(src) if names else None
+            self.step.options = [("—", -1)]
+            self.step.value = -1
+            self.rank_choice.options = []
+        finally:
+            self._updating = False
+        if self._displayed and not getattr(src, "closed", False):
+            self.attach()  # live again (a closed source had detached the dashboard)
+        self.refresh()
+
+    def _update_ranks(self) -> None:
+        """Rank dropdown, the rank-that-went-wrong-first line, and the Ranks tab (world_size > 1)."""
+        world = self.world_size
+        children = self._pages if world > 1 else self._pages[:RANKS_TAB]
+        if len(self.tabs.children) != len(children):
+            if (self.tabs.selected_index or 0) >= len(children):
+                self.tabs.selected_index = 0
+            self.tabs.children = children
+            self.tabs.titles = TABS[:len(children)]
+        if world < 2:
+            self.rank_choice.layout.display = "none"
+            self.rank_note.value = ""
+            self._place_choosers()
+            return
+        bad = source.first_bad_rank(self._findings)
+        me = int(getattr(self.watcher, "rank", 0) or 0)
+        options = [(f"rank {r}" + (" ● went wrong first" if bad and bad["rank"] == r else "")
+                    + (" (this process)" if r == me and not hasattr(self.watcher, "root") else ""), r)
+                   for r in range(world)]
+        if options != list(self.rank_choice.options):
+            keep = self.rank_choice.value
+            self._updating = True
+            try:
+                self.rank_choice.options = options
+                self.rank_choice.value = keep if keep in range(world) else (bad["rank"] if bad else me)
+            finally:
+                self._updating = False
+        self.rank_choice.layout.display = None
+        self._place_choosers()
+        self.rank_note.value = (f'<span class="jp-gradsight-first-bad" style="color:{style.VERMILLION};'
+                                f'font-weight:bold">{html.escape(first_bad_text(bad))}</span>' if bad else
+                                f'<span style="opacity:0.7">no rank has an error finding ({world} ranks)</span>')
+
+    def _place_choosers(self) -> None:
+        wanted = self.source_choice.layout.display != "none" or self.rank_choice.layout.display != "none"
+        children = list(self.children)
+        if wanted and self.choosers not in children:
+            self.children = [*children[:2], self.choosers, *children[2:]]  # under the header
+        elif not wanted and self.choosers in children:
+            self.children = [c for c in children if c is not self.choosers]
+
+    def _on_rank(self, change) -> None:
+        if not self._updating and change["new"] is not None:
+            self._render(RANKS_TAB)
+
     def run_gradcheck(self) -> None:
         """Check the selected layer's backward on the inputs it saw in the last step."""
         layer = self.layer.value
@@ -353,6 +507,41 @@ class Dashboard(widgets.VBox):
             self.gradcheck_html.value = (f'<span style="color:{style.VERMILLION}">{html.escape(type(exc).__name__)}: '
                                          f"{html.escape(str(exc))}</span>")
         self._render(5)
+
+
+def _newest_source():
+    """``gs.dashboard()`` with no source: the newest live watcher, else the newest open recording."""
+    for found in (bus.active_watchers(), bus.open_recordings()):
+        if found:
+            return found[-1]
+    raise ValueError("gradsight: no model is watched in this kernel and no recording is open. Run "
+                     "w = gs.watch(model) (or rec = gs.open(path)) first, then gs.dashboard().")
+
+
+def _ranks_table(src, selected: int) -> str:
+    """``ranks()`` as an HTML table, the selected rank's row highlighted."""
+    try:
+        table = src.ranks()
+    except Exception as exc:
+        return f"<i>no rank table: {html.escape(str(exc))}</i>"
+    ms = [c for c in table.columns if str(c).endswith("_s")]
+    shown = table.copy()
+    shown[ms] = shown[ms] * 1000
+    shown = shown.rename(columns={c: f"{str(c)[:-2]} (ms)" for c in ms})
+    rows = []
+    for _, row in shown.iterrows():
+        style_ = ' style="font-weight:bold;background:rgba(0,114,178,0.12)"' if int(row["rank"]) == selected else ""
+        cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row.to_numpy())
+        rows.append(f"<tr{style_}>{cells}</tr>")
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    return (f'<table class="jp-gradsight-ranks" style="font-size:12px"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "—" if not np.isfinite(v) else f"{v:.3g}"
+    return str(v)
 
 
 def _default_layer(w) -> str:

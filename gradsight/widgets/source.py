@@ -13,6 +13,7 @@ a source returns (``layers()``, ``history(metric)``, ``findings()``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,3 +86,41 @@ def nonfinite_counts(df: pd.DataFrame, prefix: str) -> np.ndarray:
         v = column(df, f"{prefix}_{k}")
         total += np.where(np.isfinite(v), v, 0.0)
     return total
+
+
+def world_size(src) -> int:
+    """Ranks of the torch.distributed job a source belongs to (1 outside one, or unknown)."""
+    try:
+        return max(1, int(getattr(src, "world_size", 1) or 1))
+    except Exception:
+        return 1
+
+
+def label(src) -> str:
+    """How a chooser names a source: its run name; a recording adds its directory (a recording of
+    the model watched in this kernel has the same run name)."""
+    root = getattr(src, "root", None)
+    name = str(getattr(src, "name", type(src).__name__))
+    return f"{name} [{Path(str(root)).name}]" if root is not None else name
+
+
+def first_bad_rank(findings: pd.DataFrame) -> dict | None:
+    """The rank that went wrong first: the rank of the earliest error finding that names one.
+
+    DDP's all-reduce spreads one rank's NaN to every rank within the step, so other ranks often
+    report errors at that step too; a ``rank_nonfinite`` finding there names the rank that
+    produced the value and wins. ``findings`` is in ``w.findings()`` order. Returns
+    ``{"rank", "step", "kind", "layer"}`` or None.
+    """
+    if not len(findings) or "rank" not in findings.columns:
+        return None
+    ranks = pd.to_numeric(findings["rank"], errors="coerce")
+    steps = pd.to_numeric(findings["step"], errors="coerce")
+    errors = findings[(findings["severity"].astype(str) == "error") & (ranks >= 0) & steps.notna()]
+    if not len(errors):
+        return None
+    first = errors[steps[errors.index] == steps[errors.index].min()]
+    origin = first[first["kind"] == "rank_nonfinite"]
+    row = (origin if len(origin) else first).iloc[0]
+    return {"rank": int(row["rank"]), "step": int(row["step"]), "kind": str(row["kind"]),
+            "layer": str(row["layer"])}

@@ -1,0 +1,195 @@
+"""The dashboard's source and rank choosers: several named watchers in one kernel (a GAN), and a
+source from a torch.distributed job (the rank dropdown, the rank that went wrong first, per-rank
+step times). A real DDP watcher's dashboard is built in tests/test_integrations_lightning_ddp.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import gradsight as gs
+from gradsight.detectors.finding import FINDING_COLUMNS
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("matplotlib")
+from gradsight.widgets import source  # noqa: E402
+from gradsight.widgets.dashboard import RANKS_TAB, TABS, Dashboard  # noqa: E402
+
+
+def _gan():
+    torch.manual_seed(0)
+    G = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+    D = nn.Sequential(nn.Linear(8, 12), nn.LeakyReLU(0.2), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 1))
+    og, od = torch.optim.SGD(G.parameters(), lr=0.01), torch.optim.SGD(D.parameters(), lr=0.01)
+    wg, wd = gs.watch(G, optimizer=og, name="G"), gs.watch(D, optimizer=od, name="D")
+    z = torch.randn(32, 4)
+    for _ in range(3):
+        od.zero_grad()
+        nn.functional.softplus(D(G(z).detach())).mean().backward()
+        od.step()
+        og.zero_grad()
+        nn.functional.softplus(-D(G(z))).mean().backward()
+        og.step()
+    return (G, D), wg, wd
+
+
+def _keys(dash):
+    return [v for _, v in dash.source_choice.options]
+
+
+def test_gan_generator_and_discriminator_are_chosen_by_name():
+    models, wg, wd = _gan()
+    dash = gs.dashboard()  # the newest watcher: D
+    dash._repr_mimebundle_()
+    assert dash.watcher is wd and dash.source_choice.value == "D"
+    assert {"G", "D"} <= set(_keys(dash)) and dash.source_choice.layout.display is None
+    assert dash.choosers in dash.children
+    flow_d = dash.images["flow"].value
+    assert [v for _, v in dash.layer.options] == wd.layer_names
+
+    dash.source_choice.value = "G"  # the user picks the generator: every view follows
+    assert dash.watcher is wg
+    assert [v for _, v in dash.layer.options] == wg.layer_names and dash.layer.value in wg.layer_names
+    assert "<code>G</code>" in dash.header.value
+    assert dash.images["flow"].value[:4] == b"\x89PNG" and dash.images["flow"].value != flow_d
+    dash.tabs.selected_index = 1
+    assert [v for _, v in dash.step.options] == wg.histogram_steps(dash.layer.value, "grad")
+
+    late = gs.watch(nn.Linear(3, 3), name="critic")  # created later: listed at once (the dashboard is live)
+    assert "critic" in _keys(dash)
+    wd.close()  # closed: leaves the list
+    assert "D" not in _keys(dash) and dash.watcher is wg and dash.live
+    late.close()
+    dash.close()
+    wg.close()
+
+
+def test_w_dashboard_keeps_its_signature_and_offers_the_other_watchers():
+    _, wg, wd = _gan()
+    dash = wg.dashboard()
+    assert dash.watcher is wg and {"G", "D"} <= set(_keys(dash))
+    wg.close()
+    wd.close()
+    dash.close()
+
+
+def test_closing_the_shown_watcher_keeps_it_listed_and_a_choice_goes_live_again():
+    _, wg, wd = _gan()
+    dash = Dashboard(wg)
+    dash._repr_mimebundle_()
+    wg.close()
+    assert not dash.live and ("G (closed)", "G") in dash.source_choice.options
+    dash.source_choice.value = "D"
+    assert dash.watcher is wd and dash.live
+    wd.close()
+    dash.close()
+
+
+def test_a_lone_source_hides_the_chooser_and_no_source_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(gs.bus, "active_watchers", lambda: [])
+    monkeypatch.setattr(gs.bus, "open_recordings", lambda: [])
+    with pytest.raises(ValueError, match=r"no model is watched.*gs\.watch"):
+        gs.dashboard()
+    w = gs.watch(nn.Linear(2, 2), name="solo")
+    dash = Dashboard(w)
+    assert _keys(dash) == ["solo"] and dash.source_choice.layout.display == "none"
+    assert dash.choosers not in dash.children  # nothing to choose: no row in the page
+    w.close()
+    dash.close()
+
+
+# --- ranks --------------------------------------------------------------------------------------
+
+def _finding(step, kind, severity, layer, rank):
+    row = dict.fromkeys(FINDING_COLUMNS, "")
+    row.update(step=step, last_step=step, count=1, kind=kind, severity=severity, layer=layer, value=0.0,
+               threshold=0.0, rank=rank)
+    return row
+
+
+class RankedSource:
+    """A live watcher's rank API as rank 0 of a world-2 job sees it (ranks(), history(rank=), a rank
+    column in findings), over a real single-process watcher for the layer views. Rank 1 made the
+    NaN at step 7; rank 0 reports the spread NaN at the same step (an earlier layer, so it sorts
+    first) — the origin must still be rank 1."""
+
+    world_size, rank = 2, 0
+
+    def __init__(self, w):
+        self._w = w
+
+    def __getattr__(self, name):
+        return getattr(self._w, name)
+
+    def findings(self, all=False):  # noqa: A002
+        return pd.DataFrame([_finding(3, "dead_units", "warning", "0", 0),
+                             _finding(7, "nan_origin", "error", "0", 0),
+                             _finding(7, "rank_nonfinite", "error", "2", 1)])
+
+    def history(self, metric="grad_norm", rank=None):
+        if rank is None or metric not in ("step_s", "backward_s"):
+            return self._w.history(metric)
+        steps = np.arange(10)
+        return pd.DataFrame({metric: 0.010 + 0.02 * rank + 0.001 * steps}, index=pd.Index(steps, name="step"))
+
+    def ranks(self):
+        return pd.DataFrame({"rank": [0, 1], "steps": [10, 10], "step_s": [0.015, 0.035],
+                             "forward_s": [0.004, 0.012], "backward_s": [0.008, 0.02],
+                             "allreduce_s": [0.002, 0.002], "busy_s": [0.012, 0.032],
+                             "nonfinite_steps": [3, 4], "first_nonfinite_step": [7, 7], "findings": [2, 1],
+                             "self": [True, False]})
+
+
+def test_rank_dropdown_marks_the_rank_that_went_wrong_first():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, name="ddp-rank0")
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+    src = RankedSource(w)
+    dash = Dashboard(src)
+    dash._repr_mimebundle_()
+    assert dash.tabs.titles == TABS and dash.rank_choice.layout.display is None
+    labels = dict((v, lab) for lab, v in dash.rank_choice.options)
+    assert list(labels) == [0, 1] and "went wrong first" in labels[1] and "went wrong first" not in labels[0]
+    assert "this process" in labels[0]
+    assert "rank 1 went wrong first, step 7 (rank_nonfinite at &#x27;2&#x27;)" in dash.rank_note.value
+    assert "rank 0 of 2" in dash.header.value
+    assert dash.findings.options[0][0].split()[1:3] == ["rank", "0"]  # the rank column is shown
+
+    dash.tabs.selected_index = RANKS_TAB
+    first = dash.images["ranks"].value
+    assert first[:4] == b"\x89PNG" and len(first) > 5000
+    assert dash.ranks_html.value.count("<tr") == 3 and "font-weight:bold" in dash.ranks_html.value
+    assert dash.rank_choice.value == 1  # it opens on the rank that went wrong first
+    dash.rank_choice.value = 0  # choosing a rank redraws the chart and the highlighted row
+    assert bytes(dash.images["ranks"].value) != bytes(first)
+    rows = dash.ranks_html.value.split("<tr")[2:]  # after the header: rank 0, rank 1
+    assert "font-weight:bold" in rows[0] and "font-weight:bold" not in rows[1] and "15" in rows[0]
+
+    dash.show_source(w)  # a single-process source: the Ranks tab and the rank chooser go away
+    assert dash.tabs.titles == TABS[:RANKS_TAB] and dash.rank_choice.layout.display == "none"
+    assert dash.rank_note.value == ""
+    assert dash.choosers not in dash.children or dash.source_choice.layout.display is None
+    dash.close()
+    w.close()
+
+
+def test_first_bad_rank_against_a_naive_reading():
+    rows = [_finding(3, "exploding", "error", "a", 0), _finding(7, "rank_nonfinite", "error", "b", 1)]
+    assert source.first_bad_rank(pd.DataFrame(rows))["rank"] == 0  # the earliest error, whatever its kind
+    rows = [_finding(7, "nan_origin", "error", "a", 0), _finding(7, "rank_nonfinite", "error", "b", 1),
+            _finding(2, "dead_units", "warning", "a", 1)]
+    assert source.first_bad_rank(pd.DataFrame(rows)) == {"rank": 1, "step": 7, "kind": "rank_nonfinite",
+                                                         "layer": "b"}
+    assert source.first_bad_rank(pd.DataFrame(rows[2:])) is None  # warnings never name an origin
+    no_rank = pd.DataFrame(rows).drop(columns="rank")
+    assert source.first_bad_rank(no_rank) is None
+    rows = [_finding(5, "replica_divergence", "error", "w", -1)]  # names no single rank
+    assert source.first_bad_rank(pd.DataFrame(rows)) is None
