@@ -1,21 +1,42 @@
-"""Overhead of watching a training step: plain vs watched, A/B interleaved.
+"""Overhead of watching a training step, with the floor and the peers in the same run.
 
     python benchmarks/overhead.py [--steps 30] [--warmup 5] [--models mlp,cnn,transformer]
+                                  [--arms floor,naive,anomaly,default,hist1,nan_trace,record]
+                                  [--no-panel] [--no-memory] [--threads 2]
 
-Each round runs one plain step and one watched step of the same model (the order
-alternates every round, so drift hits both arms alike); the table reports the median
-step time of each arm, the median of the per-round ratios and its spread (IQR).
-Settings: torch.set_num_threads(2); arms: default gs.watch(), histograms and full
-statistics every step (histogram_every=1), and capture every 4th step (every=4).
+Every arm trains its own deep copy of the same model on the same batch. Each round runs
+one step of every arm; the order reverses every round, so drift and contention hit all
+arms alike. Reported: the median step time of each arm and the median (and IQR) of the
+per-round ratios to the plain step of the same round. Arms:
+
+- ``floor``: a no-op forward hook and a no-op tensor hook on the output of every module
+  (the hooks gradsight places, doing nothing): what any hook-based tool pays.
+- ``naive``: mean/std/norm of every output and output gradient kept as tensors, one
+  transfer to the host per step (what a hand-written stats hook does).
+- ``anomaly``: ``torch.autograd.detect_anomaly()`` around forward and backward.
+- ``default``: ``gs.watch(model)``; ``hist1``: ``gs.watch(model, histogram_every=1)``
+  (every statistic and histogram every step); ``nan_trace``: ``gs.watch(model,
+  nan_trace="op")``; ``record``: ``gs.watch(model, record=<tmpdir>)``.
+
+The panel runs in a second phase (the comm hub is process-wide, so a panel attached in the
+first phase would also follow the other watchers): plain vs default vs default with a
+panel session attached and receiving pushes; "panel on top" is the ratio of the last two.
+Peak memory: one fresh process per arm runs the same steps and reports its peak RSS
+(``ru_maxrss``); the table gives watched vs plain.
+Writes benchmarks/results/overhead.md (with the machine load at the start and the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,66 +49,145 @@ import gradsight as gs  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 
-MODELS = {"mlp": ("MLP 784-1024x3-10, batch 128", lambda: _one_input(models.mlp())),
-          "cnn": ("CNN 3 conv (32/64/128) + BN + ReLU, 32x32, batch 64", lambda: _one_input(models.cnn())),
-          "transformer": ("Transformer encoder 4 layers, d=256, 4 heads, seq 128, batch 16",
-                          lambda: _one_input(models.transformer()))}
+MODELS = {"mlp": ("MLP 784-1024x3-10, batch 128", models.mlp),
+          "cnn": ("CNN 3 conv (32/64/128) + BN + ReLU, 32x32, batch 64", models.cnn),
+          "transformer": ("Transformer encoder 4 layers, d=256, 4 heads, seq 128, batch 16", models.transformer)}
+ARMS = ("floor", "naive", "anomaly", "default", "hist1", "nan_trace", "record")
+LABELS = {"floor": "no-op forward + tensor hooks on every module (the floor)",
+          "naive": "naive mean/std/norm of every output and output-gradient, one transfer per step",
+          "anomaly": "`torch.autograd.detect_anomaly()`",
+          "default": "`gs.watch(model)`",
+          "hist1": "`gs.watch(model, histogram_every=1)`",
+          "nan_trace": '`gs.watch(model, nan_trace="op")`',
+          "record": "`gs.watch(model, record=dir)`",
+          "panel": "`gs.watch(model)` + JupyterLab panel receiving pushes"}
 
 
-def _one_input(built):
-    model, x, y = built
-    return model, (x,), y
+class HookTool:
+    """The floor and the naive peer: forward hooks + tensor hooks on outputs of every module."""
+
+    def __init__(self, model: nn.Module, naive: bool):
+        self.naive = naive
+        self.stats: list[torch.Tensor] = []
+        self.handles = [m.register_forward_hook(self._forward) for m in model.modules()]
+
+    def _summary(self, t: torch.Tensor) -> None:
+        if self.naive:
+            t = t.detach().float()
+            self.stats.append(torch.stack([t.mean(), t.std(), torch.linalg.vector_norm(t)]))
+
+    def _forward(self, module, args, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            self._summary(output)
+            if output.requires_grad:
+                output.register_hook(self._grad)
+
+    def _grad(self, g):
+        self._summary(g)
+
+    def step(self) -> None:
+        if self.stats:
+            torch.stack(self.stats).cpu()  # one transfer per step
+            self.stats = []
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
-def make_step(model, inputs, target, watcher=None):
+def make_arm(arm: str, model: nn.Module, x, y, tmp: str):
+    """A closure running one timed training step of ``arm`` and the object to close."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    tool = watcher = None
+    if arm in ("floor", "naive"):
+        tool = HookTool(model, naive=arm == "naive")
+    elif arm in ("default", "panel"):
+        watcher = gs.watch(model, name=f"bench-{arm}")
+    elif arm == "hist1":
+        watcher = gs.watch(model, histogram_every=1, name="bench-hist1")
+    elif arm == "nan_trace":
+        watcher = gs.watch(model, nan_trace="op", name="bench-nan-trace")
+    elif arm == "record":
+        watcher = gs.watch(model, record=os.path.join(tmp, "run"), name="bench-record")
+    anomaly = arm == "anomaly"
 
     def step() -> float:
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(*inputs), target)
-        loss.backward()
+        with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
         opt.step()
         if watcher is not None:
             watcher.step(loss)
+        if tool is not None:
+            tool.step()
         return time.perf_counter() - t0
 
-    return step
+    return step, (watcher or tool)
 
 
-def measure(key: str, steps: int, warmup: int) -> dict:
+def interleave(key: str, arms: list[str], steps: int, warmup: int, between=None,
+               after_build=None) -> dict[str, list[float]]:
     torch.manual_seed(0)
-    base, inputs, target = MODELS[key][1]()
-    arms = {}
-    for arm in ("plain", "watched", "watched_hist1", "watched_every4"):
-        model = copy.deepcopy(base)
-        w = None
-        if arm == "watched":
-            w = gs.watch(model, name=f"{key}-default")
-        elif arm == "watched_hist1":
-            w = gs.watch(model, histogram_every=1, name=f"{key}-hist1")
-        elif arm == "watched_every4":
-            w = gs.watch(model, every=4, name=f"{key}-every4")
-        arms[arm] = (make_step(model, inputs, target, w), w)
-    times = {a: [] for a in arms}
-    order = list(arms)
-    for r in range(warmup + steps):
-        seq = order if r % 2 == 0 else order[::-1]
-        for a in seq:
-            dt = arms[a][0]()
-            if r >= warmup:
-                times[a].append(dt)
-    for _, w in arms.values():
-        if w is not None:
-            w.close()
-    out = {"model": MODELS[key][0]}
-    plain = times["plain"]
-    for a in ("watched", "watched_hist1", "watched_every4"):
-        ratios = sorted(t / p for t, p in zip(times[a], plain, strict=True))
-        q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-        out[a] = (statistics.median(times[a]), statistics.median(ratios), q1, q3)
-    out["plain"] = statistics.median(plain)
-    return out
+    base, x, y = MODELS[key][1]()
+    names = ["plain", *arms]
+    with tempfile.TemporaryDirectory() as tmp:
+        built = {a: make_arm(a, copy.deepcopy(base), x, y, tmp) for a in names}
+        if after_build is not None:
+            after_build()
+        times: dict[str, list[float]] = {a: [] for a in names}
+        for r in range(warmup + steps):
+            for a in (names if r % 2 == 0 else names[::-1]):
+                dt = built[a][0]()
+                if between is not None:
+                    between()
+                if r >= warmup:
+                    times[a].append(dt)
+        for _, closer in built.values():
+            if closer is not None:
+                closer.close()
+    return times
+
+
+def ratios(arm: list[float], plain: list[float]) -> tuple[float, float, float, float]:
+    """(median step, median ratio, q1, q3) of per-round ratios."""
+    r = sorted(a / p for a, p in zip(arm, plain, strict=True))
+    return statistics.median(arm), statistics.median(r), r[len(r) // 4], r[(3 * len(r)) // 4]
+
+
+def panel_phase(key: str, steps: int, warmup: int) -> dict[str, list[float]]:
+    """plain vs default vs default+panel: one panel session attached to the process hub,
+    following the panel arm's watcher (the default arm's steps reach the hub too, as any
+    watcher's do while a panel is open, and are not pushed)."""
+    from gradsight import comm as gcomm
+    from gradsight.comm.session import Session
+    from gradsight.comm.testing import FakeComm
+
+    fake = FakeComm()
+    Session(fake, gcomm.hub())
+    fake.deliver({"v": 1, "kind": "hello", "id": "bench"})
+
+    def follow() -> None:
+        fake.deliver({"v": 1, "kind": "get_snapshot", "id": "follow", "watcher": "bench-panel"})
+        assert fake.last("snapshot")[0]["watcher"]["name"] == "bench-panel", "the panel follows the panel arm"
+
+    times = interleave(key, ["default", "panel"], steps, warmup, between=fake.sent.clear, after_build=follow)
+    fake.close_from_frontend()
+    return times
+
+
+def peak_rss(key: str, arm: str, steps: int) -> float:
+    """Peak RSS (MiB) of a fresh process training ``arm`` for ``steps`` steps: VmHWM, the
+    high-water mark of this process's own memory (``ru_maxrss`` keeps the parent's across exec)."""
+    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import overhead as o, re, torch, tempfile; torch.set_num_threads(1); torch.manual_seed(0); "
+            f"m, x, y = o.MODELS[{key!r}][1](); t = tempfile.mkdtemp(); "
+            f"s, c = o.make_arm({arm!r}, m, x, y, t)\n"
+            f"for _ in range({steps}): s()\n"
+            f"print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
 
 
 def main() -> None:
@@ -95,23 +195,63 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--models", default="mlp,cnn,transformer")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-panel", action="store_true")
+    ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.md"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    rows = ["| model | plain step (ms) | default watch (ms) | ratio (IQR) | histogram_every=1 (ms) | ratio (IQR) "
-            "| every=4 (ms) | ratio (IQR) |",
-            "|---|---|---|---|---|---|---|---|"]
-    for key in args.models.split(","):
-        r = measure(key, args.steps, args.warmup)
-        cells = [f"{r[a][0] * 1e3:.1f} | {r[a][1]:.3f}x ({r[a][2]:.3f}-{r[a][3]:.3f})"
-                 for a in ("watched", "watched_hist1", "watched_every4")]
-        rows.append(f"| {r['model']} | {r['plain'] * 1e3:.1f} | " + " | ".join(cells) + " |")
-        print(rows[-1], flush=True)
-    table = "\n".join(rows)
-    load = os.getloadavg()[0]
-    header = (f"Overhead of gs.watch(model) per training step, {args.steps} A/B-interleaved rounds after "
-              f"{args.warmup} warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, "
-              f"{os.cpu_count()} cores, load average {load:.1f} at the end.\n\n")
+    torch.set_num_threads(args.threads)
+    keys = args.models.split(",")
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
+    load0, started = os.getloadavg()[0], time.perf_counter()
+    results: dict[str, dict] = {}
+    for key in keys:
+        t = interleave(key, arms, args.steps, args.warmup)
+        results[key] = {"plain": statistics.median(t["plain"]), **{a: ratios(t[a], t["plain"]) for a in arms}}
+        if not args.no_panel:
+            p = panel_phase(key, args.steps, args.warmup)
+            results[key]["panel_default"] = (ratios(p["default"], p["plain"]), ratios(p["panel"], p["plain"]))
+        print(key, json.dumps(results[key]), flush=True)
+    memory: dict[str, dict] = {}
+    if not args.no_memory:
+        for key in keys:
+            n = 12 if key != "transformer" else 6
+            memory[key] = {a: peak_rss(key, a, n) for a in ("plain", "default", "hist1")}
+            print(key, "peak RSS MiB", memory[key], flush=True)
+    load1 = os.getloadavg()[0]
+
+    head = "| instrumentation | " + " | ".join(MODELS[k][0].split(",")[0] for k in keys) + " |"
+    lines = [head, "|---|" + "---:|" * len(keys)]
+    lines.append("| plain step (ms) | " + " | ".join(f"{results[k]['plain'] * 1e3:.1f}" for k in keys) + " |")
+
+    def cell(v):
+        return f"{v[1]:.2f}x ({v[2]:.2f}-{v[3]:.2f})"
+
+    for a in arms:
+        lines.append(f"| {LABELS[a]} | " + " | ".join(cell(results[k][a]) for k in keys) + " |")
+    if not args.no_panel:
+        lines.append(f"| {LABELS['panel']} | " + " | ".join(cell(results[k]["panel_default"][1]) for k in keys) + " |")
+        lines.append("| panel on top of the default (ratio of medians) | " + " | ".join(
+            f"{results[k]['panel_default'][1][1] / results[k]['panel_default'][0][1]:.3f}x" for k in keys) + " |")
+    if "record" in arms and "default" in arms:
+        lines.append("| `record=` on top of the default (ratio of medians) | " + " | ".join(
+            f"{results[k]['record'][1] / results[k]['default'][1]:.3f}x" for k in keys) + " |")
+    if memory:
+        for a in ("default", "hist1"):
+            lines.append(f"| peak RSS, {LABELS[a]} vs plain | " + " | ".join(
+                f"{memory[k][a]:.0f} / {memory[k]['plain']:.0f} MiB ({100 * (memory[k][a] / memory[k]['plain'] - 1):+.1f}%)"
+                for k in keys) + " |")
+    table = "\n".join(lines)
+    header = (f"Overhead per training step: median of per-round ratios to the plain step of the same round "
+              f"(IQR in brackets), {args.steps} A/B-interleaved rounds after {args.warmup} warm-up. "
+              f"torch {torch.__version__}, {args.threads} threads, CPU, {os.cpu_count()} cores; load average "
+              f"{load0:.1f} at the start, {load1:.1f} at the end; {time.perf_counter() - started:.0f} s. "
+              f"Models: " + "; ".join(MODELS[k][0] for k in keys) + ". The panel rows come from a second "
+              "phase (plain, default, default + panel). Generated by `python benchmarks/overhead.py`.\n\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + table + "\n")
     print("\n" + header + table)

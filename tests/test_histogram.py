@@ -53,3 +53,62 @@ def test_several_tensors_share_one_histogram():
     a, b = torch.randn(100), torch.randn(50) * 1e-6
     h = rebin(octave_counts([a, b]).numpy(), 64)
     assert h.total == 150
+
+
+def test_a_large_tensor_is_binned_from_a_strided_sample_with_the_same_shape():
+    """Above SAMPLE elements the bins come from every p-th value (p prime, no RNG): the
+    shape matches the naive histogram of all values, the total is the tensor's size, and
+    a watcher's histogram keeps zeros and NaN/Inf exact from the full statistics."""
+    from gradsight.kernel_hooks.histogram import sample_stride
+    from gradsight.records.histogram import SAMPLE
+
+    g = torch.Generator().manual_seed(1)
+    n = 40 * SAMPLE + 17
+    x = torch.randn(n, generator=g) * torch.where(torch.rand(n, generator=g) < 0.5, 1e-3, 10.0)
+    x[torch.rand(n, generator=g) < 0.3] = 0.0  # a ReLU-like share of exact zeros
+    state = torch.get_rng_state()
+    fine = octave_counts([x]).numpy()
+    assert torch.equal(torch.get_rng_state(), state), "sampling must not touch the global RNG"
+    p = sample_stride(n)
+    assert p > 1 and all(p % d for d in range(2, p)) and -(-n // p) <= SAMPLE
+    exact_zero = int((x == 0).sum())
+    h = rebin(fine, 64, exact_zero=exact_zero, exact_nonfinite=(0, 0, 0), exact_total=n,
+              exact_max_abs=float(x.abs().max()))
+    assert h.sampled == n and h.zero == exact_zero and h.subnormal == 0
+    assert h.total == n, "scaled to the exact number of finite non-zero values"
+    # same shape as the histogram of every value (fine bins of all values, binned the same way)
+    every = np.bincount((x.numpy().view(np.int32) >> 21) + 1024, minlength=2048)
+    full = rebin(every, 64, exact_zero=exact_zero)
+    assert full.total == n and not full.sampled
+    assert h.edges[-1] == full.edges[-1], "the largest magnitude (exact max) is on the grid, sampled or not"
+
+    # the shape: share of the values in each (sign, octave), sampled vs every value
+    sampled_octaves = fine[:2048].reshape(-1, 4).sum(1)
+    every_octaves = every.reshape(-1, 4).sum(1)
+    zero_octave = 1024 // 4  # +0 and the smallest subnormals: exact counts replace it
+    for o in (sampled_octaves, every_octaves):
+        o[zero_octave] = 0
+    diff = sampled_octaves / sampled_octaves.sum() - every_octaves / every_octaves.sum()
+    assert np.abs(diff).max() < 0.01
+    # deterministic: the same tensor gives the same counts
+    assert np.array_equal(octave_counts([x]).numpy(), fine)
+
+
+def test_a_watcher_histogram_of_a_large_layer_says_it_is_sampled_and_keeps_exact_counts():
+    import gradsight as gs
+    from gradsight.records.histogram import SAMPLE
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 4 * SAMPLE // 64), torch.nn.ReLU())
+    w = gs.watch(model, histogram_every=1)
+    x = torch.randn(64, 64)
+    out = model(x)
+    out.sum().backward()
+    w.step()
+    h = w.histogram("1", of="activation", step=0)
+    relu = torch.relu(model[0](x)).detach()
+    assert h.sampled == relu.numel() and h.zero == int((relu == 0).sum())
+    assert (h.nan, h.posinf, h.neginf, h.subnormal) == (0, 0, 0, 0)
+    small = w.histogram("0", of="grad", step=0)  # 64 x 4096 values: above SAMPLE too
+    assert small.sampled and small.total == relu.numel()
+    w.close()

@@ -24,7 +24,7 @@ MAX_COLUMNS: int = definition("columns")["maxProperties"]
 
 PUSH_HIST_STEPS = 8  # histograms per kind in a pushed `layer` (pushes run while training)
 MIN_PUSH_INTERVAL_S = 0.25  # at most 4 pushes a second while a training cell runs
-MAX_PUSH_SHARE = 0.05  # pushes take at most 5% of a training loop's wall time (interval adapts)
+MAX_PUSH_SHARE = 0.015  # pushes take at most 1.5% of a training loop's wall time (interval adapts; issue 16: panel <= 2%)
 MAX_SESSIONS = 8  # open panel comms per kernel; beyond it the one silent longest is closed
 FINDINGS_EVERY_S = 1.0  # pushes re-read w.findings() at most this often (and at the end of a cell)
 

@@ -13,7 +13,6 @@ State lives here, keyed by module index — never on the user's modules or tenso
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from .model_changes import ModelChanges
 from .sampling import slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
-from .summary import measure, sum_of_squares
+from .summary import PARALLEL_MIN, l2_norm, measure
 from .tensors import float_tensors, local_tensor, tensor_key
 
 # Units of these can "die": no positive output for any sample.
@@ -40,29 +39,27 @@ RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.C
 SATURATING = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.Softsign: (-1.0, 1.0),
               nn.Hardsigmoid: (0.0, 1.0)}
 SATURATION_MARGIN = 0.01  # "pinned": within 1% of the output range from a limit
+_NONFINITE = [F["nan"], F["posinf"], F["neginf"]]
 
 
 def _foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """L2 norms of many tensors in one fused op (as clip_grad_norm_ does), as float32."""
+    """L2 norms of many tensors in one fused op (as clip_grad_norm_ does), as float32 —
+    half types accumulate and return in float32 (a bfloat16 norm has 3 significant digits)."""
     try:
+        if all(t.dtype in (torch.float16, torch.bfloat16, torch.float32) for t in tensors):
+            return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
         norms = torch._foreach_norm(tensors)
     except Exception:  # mixed devices or an older torch
         norms = [torch.linalg.vector_norm(t) for t in tensors]
     return [n if n.dtype == torch.float32 else n.float() for n in norms]
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
-
-
-def _sumsq(flat: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of a flat float32 tensor. On CPU (where reading it is free) a float32
-    overflow — finite values above ~1e19, e.g. gradients under a large loss scale — is redone
-    in float64, so that a non-finite result means a NaN/Inf value, as the detectors assume."""
-    s = sum_of_squares(flat)
-    if flat.device.type == "cpu" and not math.isfinite(float(s)):
-        s = _fit32(sum_of_squares(flat.double()))
-    return s
 
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
@@ -127,6 +124,8 @@ class Capture:
                 child = f"{name}.out_proj" if name else "out_proj"
                 if child in self.index:
                     self.aliases[self.index[child]] = i
+        # the rows a module's output is written to: its own, and those of the rows aliasing it
+        self._rows = [[i] + [a for a, parent in self.aliases.items() if parent == i] for i in range(L)]
 
         # parameters: each owned by the module that registers it directly
         self.param_names: list[str] = []
@@ -172,6 +171,7 @@ class Capture:
         self.began = False          # a training forward started since the watcher's last step boundary
         self._root_open = False     # the root's forward started and has not returned (yet)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
         self.changes: ModelChanges | None = None
         try:
             self._register(model, modules, on_root_forward)
@@ -219,6 +219,7 @@ class Capture:
         self._tensor_handles.clear()
         self._produced.clear()
         self.last_inputs.clear()
+        self._snapshot = self._snapshot_store = None
         if getattr(self, "saved", None) is not None:
             self.saved.end()
         if self.changes is not None:
@@ -281,6 +282,7 @@ class Capture:
         self._end_queued = False
         self.completed_backwards = 0
         self._grad_mark: tuple | None = None  # see grads_moved
+        self._grad_versions: dict[int, tuple[int, int]] = {}  # parameter -> (id, version) of the grad measured
 
     def _live(self) -> bool:
         """Capture only training forwards: grad enabled and the model in train mode."""
@@ -376,8 +378,9 @@ class Capture:
                 self._note_inputs(i, args, kwargs, tensors)
                 if not tensors:
                     return None
-                self.dtypes.setdefault(i, str(tensors[0].dtype).replace("torch.", ""))
-                rows = [i] + [a for a, parent in self.aliases.items() if parent == i]
+                if i not in self.dtypes:
+                    self.dtypes[i] = _dtype_name(tensors[0].dtype)
+                rows = self._rows[i]
                 for t in tensors:
                     key = tensor_key(t)
                     hit = self._produced.get(key)
@@ -386,7 +389,8 @@ class Capture:
                     else:
                         summary = measure(t, self.detail)
                         self._produced[key] = (weakref.ref(t), summary, i)
-                        if summary.device.type == "cpu" and summary.dim() and i in self._own_params:
+                        if type(summary) is not float and summary.device.type == "cpu" and summary.dim() \
+                                and i in self._own_params:
                             self._check_own_params(i, summary)
                     if self.activations:
                         for r in rows:
@@ -421,8 +425,10 @@ class Capture:
             if p is not None and j not in self._param_bad_fwd and j not in self._param_ok_fwd:
                 (self._param_ok_fwd if bool(torch.isfinite(local_tensor(p.detach())).all()) else self._param_bad_fwd).add(j)
 
-    def _write(self, row: int, summary: torch.Tensor, numel: int) -> None:
-        if summary.dim() == 0:
+    def _write(self, row: int, summary: torch.Tensor | float, numel: int) -> None:
+        if type(summary) is float:
+            self.buffer.write_value(row, summary, numel)
+        elif summary.dim() == 0:
             self.buffer.write_sumsq(row, summary, numel)
         else:
             self.buffer.write_stats(row, summary, numel)
@@ -455,7 +461,8 @@ class Capture:
                 counts = octave_counts([grad]) if self.detail else None
                 for r in rows:
                     self._write(L + r, summary, grad.numel())
-                    self.grad_dtypes.setdefault(r, str(grad.dtype).replace("torch.", ""))
+                    if r not in self.grad_dtypes:
+                        self.grad_dtypes[r] = _dtype_name(grad.dtype)
                     if r not in self._bwd_seen:
                         self._bwd_seen.add(r)
                         self.backward_order.append(r)
@@ -504,26 +511,64 @@ class Capture:
 
     def _param_norms(self, field: int, of_grad: bool) -> None:
         index, tensors = [], []
+        versions = self._grad_versions if of_grad else None
         for j, ref in enumerate(self._params):
             p = ref()
             t = None if p is None else (p.grad if of_grad else p)
             if t is not None:
                 index.append(j)
                 tensors.append(local_tensor(t.detach()))
-        if not tensors:
-            return
-        norms = torch.stack(_foreach_norm(tensors))
+                if versions is not None:
+                    versions[j] = (id(t), t._version)
+        if tensors:
+            self.buffer.set_params(self._device_index(index), index, field, self._sumsq_many(tensors))
+
+    @staticmethod
+    def _sumsq_many(tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Sums of squares of many tensors (float64, clamped to float32's range if finite):
+        the small ones in one fused op, the large ones each on the intra-op pool (l2_norm)."""
+        small = [k for k, t in enumerate(tensors) if t.numel() < PARALLEL_MIN]
+        norms: list[torch.Tensor | None] = [None] * len(tensors)
+        if small:
+            for k, n in zip(small, _foreach_norm([tensors[k] for k in small]), strict=True):
+                norms[k] = n
+        for k, t in enumerate(tensors):
+            if norms[k] is None:
+                norms[k] = l2_norm(t).float()
+        norms = torch.stack(norms)
         if norms.device.type == "cpu" and not torch.isfinite(norms).all():
             # a float32 norm overflows for finite values above ~1e19 (a large loss scale, a
             # diverging run); redo those in float64 so that non-finite means NaN/Inf (free on CPU)
             norms = norms.double()
             for k in torch.nonzero(~torch.isfinite(norms)).flatten().tolist():
                 norms[k] = torch.linalg.vector_norm(tensors[k].double())
+        return _fit32(norms.double() ** 2)
+
+    def _update_norms(self) -> None:
+        """How far the optimizer moved each parameter: ||after - before||, with the difference
+        taken in place in the snapshot (no second copy of the model)."""
+        index, before, after = [], [], []
+        for j, ref in enumerate(self._params):
+            p, old = ref(), self._snapshot[j]
+            if p is not None and old is not None:
+                index.append(j)
+                before.append(old)
+                after.append(local_tensor(p.detach()))
+        if not index:
+            return
+        try:
+            torch._foreach_sub_(before, after)
+        except Exception:  # mixed devices or dtypes
+            for b, a in zip(before, after, strict=True):
+                b.sub_(a)
+        self.buffer.set_params(self._device_index(index), index, 2, self._sumsq_many(before))
+
+    def _device_index(self, index: list[int]) -> torch.Tensor:
         key = tuple(index)
         idx = self._index_cache.get(key)
         if idx is None:
             idx = self._index_cache[key] = torch.tensor(index, device=self.buffer.device)
-        self.buffer.set_params(idx, index, field, _fit32(norms.double() ** 2))
+        return idx
 
     def _units(self, i: int, y: torch.Tensor) -> None:
         dims = _unit_dims(y.dim())
@@ -543,8 +588,24 @@ class Capture:
 
     # --- parameter updates ------------------------------------------------------------
     def _take_snapshot(self) -> None:
-        """Copy the parameters before the optimizer moves them (sampled steps only)."""
-        self._snapshot = [None if (p := ref()) is None else local_tensor(p.detach()).clone() for ref in self._params]
+        """Copy the parameters before the optimizer moves them (update-measuring steps only),
+        into the same buffers each time: a fresh 10 MB allocation per step costs its page
+        faults again (measured ~1 ms per 10 MB here)."""
+        params = [None if (p := ref()) is None else local_tensor(p.detach()) for ref in self._params]
+        store = self._snapshot_store
+        if store is None or len(store) != len(params) or any(
+                (a is None) != (b is None) or (a is not None and (a.shape != b.shape or a.dtype != b.dtype
+                                                                  or a.device != b.device))
+                for a, b in zip(store, params, strict=True)):
+            store = self._snapshot_store = [None if p is None else torch.empty_like(p) for p in params]
+        pairs = [(s, p) for s, p in zip(store, params, strict=True) if p is not None]
+        if pairs:
+            try:
+                torch._foreach_copy_([s for s, _ in pairs], [p for _, p in pairs])
+            except Exception:  # an older torch
+                for s_, p in pairs:
+                    s_.copy_(p)
+        self._snapshot = store
 
     def optimizer_pre_step(self) -> None:
         """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
@@ -560,16 +621,27 @@ class Capture:
     def measure_step_grads(self) -> None:
         """The gradients as they are now (after any clipping): at ``optimizer.step()``, or —
         without ``optimizer=`` — when ``w.step()`` closes a detail step, so that clipping is
-        seen either way."""
+        seen either way. A gradient untouched since the end of backward (same tensor, same
+        version counter) is not read again: its norm is the one already measured."""
         if not self.capturing or self._closed:
             return
-        with torch.no_grad():
-            for j, ref in enumerate(self._params):
-                p = ref()
-                if p is not None and p.grad is not None:
-                    g = local_tensor(p.grad.detach()).reshape(-1)
-                    g = g if g.dtype == torch.float32 else g.float()
-                    self.buffer.set_param(j, 3, _sumsq(g))
+        seen = self._grad_versions
+        same, index, tensors = [], [], []
+        for j, ref in enumerate(self._params):
+            p = ref()
+            g = None if p is None else p.grad
+            if g is None:
+                continue
+            if seen.get(j) == (id(g), g._version) and self.buffer.param_written[j, 1]:
+                same.append(j)
+            else:
+                index.append(j)
+                tensors.append(local_tensor(g.detach()))
+        if same:
+            self.buffer.copy_param_field(self._device_index(same), same, 1, 3)
+        if tensors:
+            with torch.no_grad():
+                self.buffer.set_params(self._device_index(index), index, 3, self._sumsq_many(tensors))
 
     # --- closing a step ---------------------------------------------------------------
     def harvest(self, step: int) -> StepRecord:
@@ -577,16 +649,10 @@ class Capture:
         buf = self.buffer
         self._closing = time.perf_counter()
         with torch.no_grad():
-            for j, ref in enumerate(self._params):
-                p = ref()
-                if p is None or not self.detail:  # weights move slowly: measured on detail steps
-                    continue
-                w = local_tensor(p.detach()).reshape(-1)
-                w = w if w.dtype == torch.float32 else w.float()
-                buf.set_param(j, 0, _sumsq(w))
-                if self._snapshot is not None and self._snapshot[j] is not None:
-                    d = (local_tensor(p.detach()) - self._snapshot[j]).reshape(-1).float()
-                    buf.set_param(j, 2, sum_of_squares(d))
+            if self.detail:  # weights move slowly: measured on detail steps, in fused ops
+                self._param_norms(field=0, of_grad=False)
+                if self._snapshot is not None:
+                    self._update_norms()
             if self.detail:
                 for i in self.layers_with_params:
                     ps = [local_tensor(p) for j, ref in enumerate(self._params)
@@ -612,9 +678,9 @@ class Capture:
         buf = self.buffer
         L = len(self.names)
         stats = v["stats"].copy()
-        written = np.asarray(buf.stat_written)
+        written = buf.stat_written
         stats[~written] = np.nan
-        numel = np.asarray(buf.stat_numel, dtype=np.float64)
+        numel = buf.stat_numel.astype(np.float64)
         # input finiteness: own unknown inputs, plus the outputs of the modules that produced them
         # a sum of squares can overflow for finite values: where counts were taken, they decide
         counts = stats[:L, F["nan"]] + stats[:L, F["posinf"]] + stats[:L, F["neginf"]]
@@ -632,7 +698,7 @@ class Capture:
             if buf.sat_numel[i]:
                 sat[i] = v["saturation"][i] / buf.sat_numel[i]
         params = v["params"].copy()
-        seen = np.asarray(buf.param_written, dtype=bool).reshape(len(self._params), params.shape[1])
+        seen = buf.param_written.copy()  # the record keeps it; the buffer's is reset next step
         params[~seen] = np.nan
         units = {}
         for i in buf.units_written:
@@ -643,13 +709,18 @@ class Capture:
             for key, row in buf.hist_rows.items():
                 if row in buf.hist_written:
                     i, of = key
-                    exact_zero = None
-                    if of != "weight":
+                    exact_zero = exact_bad = exact_total = max_abs = None
+                    if of != "weight":  # the full one-pass statistics of the same tensors are exact
                         r = i if of == "activation" else L + i
                         exact_zero = int(numel[r] - stats[r, F["nonzero"]] - stats[r, F["nan"]]) \
                             if np.isfinite(stats[r, F["nonzero"]]) else None
+                        bad = stats[r, _NONFINITE]
+                        exact_bad = tuple(int(c) for c in bad) if np.isfinite(bad).all() else None
+                        exact_total = int(numel[r])
+                        max_abs = float(max(abs(stats[r, F["min"]]), abs(stats[r, F["max"]])))
                     hist[key] = rebin(v["hist"][row], self.bins, layer=self.names[i], of=of, step=step,
-                                      exact_zero=exact_zero)
+                                      exact_zero=exact_zero, exact_nonfinite=exact_bad, exact_total=exact_total,
+                                      exact_max_abs=max_abs)
         backward_s = (self._bwd_last - self._bwd_first) if self._bwd_first is not None \
             and self._bwd_last is not None else float("nan")
         # the step's time split: data (previous close -> first forward), forward, backward, optimizer

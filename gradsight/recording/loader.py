@@ -169,7 +169,9 @@ class Loader:
         of = np.asarray(t["of"].to_pylist(), dtype=object)[keep]
         edges = t["edges"].to_pylist()
         counts = t["counts"].to_pylist()
-        extra = np.column_stack([t[e].to_numpy() for e in EXTRA_COUNTS])[keep]
+        # a column added in a later minor version (``sampled``, 1.1) reads as 0 in older recordings
+        extra = np.column_stack([t[e].to_numpy() if e in t.column_names else np.zeros(t.num_rows, np.int64)
+                                 for e in EXTRA_COUNTS])[keep]
         idx = np.nonzero(keep)[0]
         return [(int(s[j]), int(li[j]), str(of[j]), np.asarray(edges[i], np.float64), np.asarray(counts[i], np.int64),
                  extra[j]) for j, i in enumerate(idx) if li[j] >= 0]

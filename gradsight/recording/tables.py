@@ -69,7 +69,7 @@ def layers_table(steps: np.ndarray, values: np.ndarray, names: Sequence[str]):
 def histograms_table(rows: list[tuple[int, int, str, Any]], names: Sequence[str]):
     """``rows``: (step, layer index, of, Histogram)."""
     pa = _pa()
-    extra = np.array([[getattr(h, e) for e in EXTRA_COUNTS] for *_, h in rows], dtype=np.int64).reshape(-1, 5)
+    extra = np.array([[getattr(h, e) for e in EXTRA_COUNTS] for *_, h in rows], dtype=np.int64).reshape(-1, len(EXTRA_COUNTS))
     cols = {"step": pa.array(np.array([r[0] for r in rows], dtype=np.int64)),
             "layer": _names(np.array([r[1] for r in rows], dtype=np.int32), names),
             "of": pa.array([r[2] for r in rows], pa.string()),

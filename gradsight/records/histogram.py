@@ -16,10 +16,15 @@ import numpy as np
 HIST_KINDS = ("activation", "grad", "weight")
 """What a histogram can be of, in the one order every store and view uses."""
 
-EXTRA_COUNTS = ("zero", "nan", "posinf", "neginf", "subnormal")
-"""The counts kept apart from the bins, in the order the history stores them."""
+EXTRA_COUNTS = ("zero", "nan", "posinf", "neginf", "subnormal", "sampled")
+"""The counts kept apart from the bins, in the order the history stores them (``sampled``:
+how many values the bins were estimated from a strided sample of; 0 when all were counted)."""
 
 FINE_BINS = 2048  # sign(1) + exponent(8) + 2 mantissa bits
+FINE_SLOTS = FINE_BINS + 2  # + the sample's zeros (scaled) + values represented by sampling
+SAMPLE = 1 << 14
+"""Largest number of values a histogram's bins are counted from, per tensor: above it, a
+deterministic strided sample (see :mod:`gradsight.kernel_hooks.histogram`)."""
 SHIFT = 21
 _EXP_ZERO = 0
 _EXP_SPECIAL = 255
@@ -41,6 +46,14 @@ def _fine_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 _NEG, _EXP, _MANT, _LOWER = _fine_tables()
 _LOG_LOWER = np.log10(_LOWER)
 _LOG_UPPER = np.log10(np.ldexp(1.0 + (_MANT + 1) / 4.0, (_EXP - 127).astype(np.int64)))
+_SPECIAL = _EXP == _EXP_SPECIAL
+_IS_INF = _SPECIAL & (_MANT == 0)
+_IS_NAN = _SPECIAL & ~_IS_INF
+_POSINF = _IS_INF & ~_NEG
+_NEGINF = _IS_INF & _NEG
+_TINY = _EXP == _EXP_ZERO
+_NORMAL = ~_TINY & ~_SPECIAL
+_CENTRES = (_LOG_LOWER + _LOG_UPPER) / 2
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class Histogram:
     posinf: int
     neginf: int
     subnormal: int = 0
+    sampled: int = 0
 
     @property
     def total(self) -> int:
@@ -76,48 +90,75 @@ class Histogram:
         return (
             f"Histogram(layer={self.layer!r}, of={self.of!r}, step={self.step}, bins={len(self.counts)}, "
             f"finite={int(self.counts.sum())}, zero={self.zero}, nan={self.nan}, "
-            f"+inf={self.posinf}, -inf={self.neginf})"
+            f"+inf={self.posinf}, -inf={self.neginf}" + (f", sampled from {self.sampled:,} values)"
+                                                          if self.sampled else ")")
         )
 
 
 def rebin(fine: np.ndarray, bins: int, *, layer: str = "", of: str = "", step: int = -1,
-          exact_zero: int | None = None) -> Histogram:
-    """Turn 2048 fine counts into a :class:`Histogram` with ``bins`` bins.
+          exact_zero: int | None = None, exact_nonfinite: tuple[int, int, int] | None = None,
+          exact_total: int | None = None, exact_max_abs: float | None = None) -> Histogram:
+    """Turn 2048 fine counts (optionally followed by the two sampling slots of
+    :data:`FINE_SLOTS`) into a :class:`Histogram` with ``bins`` bins.
 
-    ``exact_zero`` (from the summary statistics) separates true zeros from subnormals,
-    which share exponent 0 in the fine bins.
+    ``exact_zero`` and ``exact_nonfinite`` (NaN, +Inf, -Inf), from the full summary
+    statistics, replace what the bins say: they separate true zeros from subnormals (which
+    share exponent 0 in the fine bins) and stay exact when the bins were sampled; with
+    ``exact_total`` (the number of values) sampled bins are scaled to sum to the exact
+    number of finite non-zero values, so the histogram's total is the tensor's size; and
+    ``exact_max_abs`` (from the exact min/max) extends the grid to the largest magnitude, which
+    a sample can miss.
     """
     fine = np.asarray(fine, dtype=np.int64)
-    special = _EXP == _EXP_SPECIAL
-    is_inf = special & (_MANT == 0)
-    nan = int(fine[special & ~is_inf].sum())
-    posinf = int(fine[is_inf & ~_NEG].sum())
-    neginf = int(fine[is_inf & _NEG].sum())
-    tiny = int(fine[_EXP == _EXP_ZERO].sum())  # zeros and float32 subnormals
-    zero = tiny if exact_zero is None else min(int(exact_zero), tiny)
-    subnormal = tiny - zero
-    normal = (_EXP != _EXP_ZERO) & ~special
-    occupied = normal & (fine > 0)
+    sample_zero, sampled = (int(fine[FINE_BINS]), int(fine[FINE_BINS + 1])) if fine.size >= FINE_SLOTS else (0, 0)
+    fine = fine[:FINE_BINS]
+    if exact_nonfinite is not None:
+        nan, posinf, neginf = (int(c) for c in exact_nonfinite)
+    else:
+        nan, posinf, neginf = int(fine[_IS_NAN].sum()), int(fine[_POSINF].sum()), int(fine[_NEGINF].sum())
+    tiny = int(fine[_TINY].sum())  # zeros and float32 subnormals
+    if sampled:  # the sample's own zeros tell zeros from subnormals; the exact count is the tensor's
+        subnormal = max(tiny - sample_zero, 0)
+        zero = sample_zero if exact_zero is None else int(exact_zero)
+    else:
+        zero = tiny if exact_zero is None else min(int(exact_zero), tiny)
+        subnormal = tiny - zero
+    occupied = _NORMAL & (fine > 0)
     half = max(bins // 2, 1)
     if occupied.any():
         lo = float(_LOG_LOWER[occupied].min())
         hi = float(_LOG_UPPER[occupied].max())
     else:
         lo, hi = -1.0, 0.0
+    if sampled and exact_max_abs is not None and np.isfinite(exact_max_abs) and exact_max_abs > 0 and occupied.any():
+        top = int((np.array(exact_max_abs, dtype=np.float32).view(np.int32) >> SHIFT) + FINE_BINS // 2)
+        hi = max(hi, float(_LOG_UPPER[top])) if _NORMAL[top] else hi
     grid = np.linspace(lo, hi, half + 1)
-    counts = np.zeros(2 * half, dtype=np.int64)
     # assign each occupied fine bin (by its log-centre) to a coarse bin of its sign
-    centres = (_LOG_LOWER + _LOG_UPPER) / 2
-    coarse = np.clip(np.searchsorted(grid, centres, side="right") - 1, 0, half - 1)
-    pos = occupied & ~_NEG
-    neg = occupied & _NEG
-    np.add.at(counts, half + coarse[pos], fine[pos])
-    np.add.at(counts, half - 1 - coarse[neg], fine[neg])
+    where = np.flatnonzero(occupied)
+    coarse = np.clip(np.searchsorted(grid, _CENTRES[where], side="right") - 1, 0, half - 1)
+    slot = np.where(_NEG[where], half - 1 - coarse, half + coarse)
+    counts = np.bincount(slot, weights=fine[where], minlength=2 * half).astype(np.int64)
+    if sampled and exact_total is not None:
+        counts = _scale_to(counts, int(exact_total) - zero - nan - posinf - neginf - subnormal)
     mags = 10.0 ** grid
     edges = np.concatenate([-mags[::-1][:-1], [0.0], mags[1:]])
     # edges[half] == 0 stands for 10**lo; subnormals are reported apart, never folded in
     return Histogram(layer=layer, of=of, step=step, edges=edges, counts=counts, zero=zero,
-                     nan=nan, posinf=posinf, neginf=neginf, subnormal=subnormal)
+                     nan=nan, posinf=posinf, neginf=neginf, subnormal=subnormal, sampled=sampled)
+
+
+def _scale_to(counts: np.ndarray, target: int) -> np.ndarray:
+    """Integer counts proportional to ``counts`` that sum to ``target`` (largest remainders)."""
+    total = int(counts.sum())
+    if total <= 0 or target < 0 or total == target:
+        return counts
+    share = counts * (target / total)
+    out = np.floor(share).astype(np.int64)
+    short = target - int(out.sum())
+    if short > 0:
+        out[np.argsort(out - share, kind="stable")[:short]] += 1
+    return out
 
 
 def naive_counts(values: np.ndarray) -> dict[str, int]:

@@ -42,12 +42,15 @@ def tensor_stats(raw: np.ndarray, numel: np.ndarray) -> dict[str, np.ndarray]:
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SUMS = [F["sum"], F["sumsq"]]
 
 
 def _unsaturate(raw: np.ndarray) -> np.ndarray:
     """A float32 sum (of squares) of finite values overflows to Inf above ~3.4e38 (a norm
     above ~1.8e19): where the non-finite counts say every value was finite, keep it finite
     at the float32 maximum — a lower bound — so that huge-but-finite never reads as Inf."""
+    if not np.isinf(raw[:, _SUMS]).any():
+        return raw
     counts = raw[:, F["nan"]] + raw[:, F["posinf"]] + raw[:, F["neginf"]]
     finite = counts == 0  # NaN counts (not measured) compare False: left as they are
     out = raw.copy()

@@ -170,6 +170,9 @@ def step_scalars(rec: StepRecord) -> list[float]:
             rec.grad_scale, stepped]
 
 
+_DETAIL_BY_PREFIX = {p: tuple(m for m in DETAIL_METRICS if m.startswith(p)) for p in ("act", "grad")}
+
+
 def merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
     """Latest value of every metric for layers(): on light steps the detail metrics keep their
     last measured value — unless the layer went non-finite, when the new values are the news."""
@@ -179,9 +182,9 @@ def merge_latest(old: dict | None, new: dict, detail: bool) -> dict:
     for prefix in ("act", "grad"):
         with np.errstate(invalid="ignore"):
             news = (new[f"{prefix}_nan"] > 0) | (new[f"{prefix}_posinf"] > 0) | (new[f"{prefix}_neginf"] > 0)
-        for m in DETAIL_METRICS:
-            if m.startswith(prefix):
-                merged[m] = np.where(news, new[m], old[m])
+        some = news.any()
+        for m in _DETAIL_BY_PREFIX[prefix]:
+            merged[m] = np.where(news, new[m], old[m]) if some else old[m]
     for m in ("param_norm", "update_norm", "update_ratio", "saturation", "saved_bytes"):
         merged[m] = old[m]
     return merged

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..records.histogram import SAMPLE
 from . import signed_log, style
 
 OF_LABEL = {"grad": "gradient", "activation": "activation", "weight": "weight"}
@@ -90,4 +91,8 @@ def _title(h, what: str) -> str:
         parts.append(f"{h.nan:,} NaN, {h.posinf + h.neginf:,} Inf")
     if h.subnormal:
         parts.append(f"{h.subnormal:,} subnormal")
-    return ", ".join(parts)
+    title = ", ".join(parts)
+    if getattr(h, "sampled", 0):  # the bins' shape is estimated; zeros and non-finite counts are exact
+        title += f"\nbins estimated from a strided sample of {SAMPLE:,} values per tensor; " \
+                 "zero and NaN/Inf counts exact"
+    return title
