@@ -21,6 +21,7 @@ import weakref
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..widgets.source import label as source_label
 from .errors import ProtocolError
 from .server_log import log
 
@@ -64,7 +65,7 @@ def recording_sources(registry: Any) -> list[RecordingSource]:
     for rec in recs:
         src = _sources.get(rec)
         if src is None:
-            base = name = f"{rec.name} [{Path(rec.root).name}]"
+            base = name = source_label(rec)
             k = 2
             while name in taken:
                 name, k = f"{base}#{k}", k + 1

@@ -426,10 +426,8 @@ class Capture:
                 (self._param_ok_fwd if bool(torch.isfinite(local_tensor(p.detach())).all()) else self._param_bad_fwd).add(j)
 
     def _write(self, row: int, summary: torch.Tensor | float, numel: int) -> None:
-        if type(summary) is float:
+        if type(summary) is float:  # CPU light step: the sum of squares, already on the host
             self.buffer.write_value(row, summary, numel)
-        elif summary.dim() == 0:
-            self.buffer.write_sumsq(row, summary, numel)
         else:
             self.buffer.write_stats(row, summary, numel)
 

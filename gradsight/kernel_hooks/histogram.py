@@ -51,15 +51,9 @@ def octave_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
         if on_cpu:
             _count_on_host(t, counts)
             continue
-        flat = t.detach().reshape(-1)
-        n = flat.numel()
+        flat, n, stride = _sample(t)
         if n == 0:
             continue
-        stride = sample_stride(n)
-        if stride > 1:
-            flat = flat[::stride]
-        if flat.dtype != torch.float32:
-            flat = flat.float()  # exact for half types; float64 rounds to the nearest float32
         idx = (flat.view(torch.int32) >> SHIFT) + (FINE_BINS // 2)  # arithmetic shift: sign -> low half
         # torch.bincount sizes its output from max(idx): a device sync. index_add_ does not.
         ones = torch.ones((), dtype=torch.int64, device=device).expand(idx.numel())
@@ -74,18 +68,26 @@ def octave_counts(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(counts) if on_cpu else counts
 
 
-def _count_on_host(t: torch.Tensor, counts: np.ndarray) -> None:
-    """The CPU path, in numpy: a strided view and ``bincount`` (~4x faster than torch's on
-    CPU, measured) with no tensor dispatch per step."""
+def _sample(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """The float32 values ``t``'s histogram is counted from (all, or every ``stride``-th), the
+    number of values ``n`` they stand for, and the stride. Only the sample is converted:
+    exact for half types, float64 rounds to the nearest float32."""
     flat = t.detach().reshape(-1)  # a view when contiguous
     n = flat.numel()
-    if n == 0:
-        return
-    stride = sample_stride(n)
+    stride = sample_stride(n) if n else 1
     if stride > 1:
         flat = flat[::stride]
     if flat.dtype != torch.float32:
-        flat = flat.float()  # only the sample; exact for half types, float64 rounds to float32
+        flat = flat.float()
+    return flat, n, stride
+
+
+def _count_on_host(t: torch.Tensor, counts: np.ndarray) -> None:
+    """The CPU path, in numpy: a strided view and ``bincount`` (~4x faster than torch's on
+    CPU, measured) with no tensor dispatch per step."""
+    flat, n, stride = _sample(t)
+    if n == 0:
+        return
     sample = flat.numpy()
     fine = np.bincount((sample.view(np.int32) >> SHIFT) + (FINE_BINS // 2), minlength=FINE_BINS)
     if stride > 1:

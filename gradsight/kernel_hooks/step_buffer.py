@@ -76,7 +76,6 @@ class StepBuffer:
         self.units = self.data[self._o_units:self._o_end]
         # CPU: numpy views of the same memory, for writes of values already on the host
         self.np_stats = self.stats.numpy() if self.on_cpu else None
-        self.np_inputs = self.inputs.numpy() if self.on_cpu else None
         self.np_params = self.params.numpy() if self.on_cpu else None
 
     def reserve_units(self, units: dict[int, torch.Tensor]) -> None:
@@ -112,16 +111,6 @@ class StepBuffer:
         self.units_written: set[int] = set()
         self.hist_written: set[int] = set()
 
-    def write_sumsq(self, row: int, sumsq: torch.Tensor, numel: int) -> None:
-        """Light step: only the sum of squares (a 0-dim tensor) goes into the row."""
-        target = self.stats[row, F["sumsq"]]
-        if self.stat_written[row]:
-            target.add_(sumsq)
-        else:
-            target.copy_(sumsq)
-            self.stat_written[row] = True
-        self.stat_numel[row] += numel
-
     def write_value(self, row: int, sumsq: float, numel: int) -> None:
         """Light step on CPU: the sum of squares as a Python float, written into host memory."""
         if self.stat_written[row]:
@@ -139,11 +128,7 @@ class StepBuffer:
             self.stat_written[row] = True
         self.stat_numel[row] += numel
 
-    def add_input(self, layer: int, value: torch.Tensor | float) -> None:
-        if isinstance(value, float):  # CPU: already on the host
-            self.np_inputs[layer] = value + (self.np_inputs[layer] if self.input_written[layer] else 0.0)
-            self.input_written[layer] = True
-            return
+    def add_input(self, layer: int, value: torch.Tensor) -> None:
         if self.input_written[layer]:
             self.inputs[layer].add_(value)
         else:
