@@ -191,6 +191,7 @@ class Watcher(RunQueries):
         if self.closed:
             return
         self._release_hooks()
+        self._farewell()
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._recorder is not None:
@@ -201,6 +202,12 @@ class Watcher(RunQueries):
         self.closed = True
         bus.discard(self)
         bus.publish("close", self)
+
+    def _farewell(self) -> None:
+        """Tell the other ranks' watchers that this one stops (they would wait for it forever)."""
+        cross = getattr(self, "_cross", None)
+        if cross is not None:
+            cross.close()
 
     def _release_hooks(self) -> None:
         self._capture.remove()
@@ -224,6 +231,9 @@ class Watcher(RunQueries):
         try:
             if not self.closed:
                 self._release_hooks()
+                cross = getattr(self, "_cross", None)
+                if cross is not None:
+                    cross.close()
         except Exception:
             pass
 
@@ -409,11 +419,12 @@ class Watcher(RunQueries):
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
-            cross = self._exchange(rec)
+            self._exchange_start(rec)  # the collective runs while this rank's own detectors do
             with bus.lock:
                 self._last_record = rec
                 metrics = self._history.append(rec)
                 self._detect(lambda: self._detectors.update(rec, metrics=metrics))
+            cross = self._exchange_finish(rec)
             self._check_empty(rec)
             if self._recorder is not None:
                 try:
@@ -437,19 +448,36 @@ class Watcher(RunQueries):
         for finding in new:
             _warn_finding(self.name, finding)
 
-    def _exchange(self, rec: StepRecord) -> list:
-        """In a torch.distributed job: the step's one cross-rank collective (see distributed/)."""
-        cross = self._cross
+    def _exchange_start(self, rec: StepRecord) -> None:
+        """In a torch.distributed job: launch the step's one cross-rank collective (see distributed/)."""
+        ctx, cross = self._rank_ctx, self._cross
+        if ctx is not None:  # what the NaN/Inf origin may conclude on a rank another rank poisoned
+            self._detectors.distributed(reduced=ctx.ddp is not None or ctx.sharded,
+                                        peers_known=cross is not None and not cross.disabled)
         if cross is None:
-            return []
+            return
         try:
             if self._cross_capture is None or self._cross_capture() is not self._capture:
                 cross.relayout(Layout.of(self._capture, cross.ctx))  # re-made after a model edit: on every rank
                 self._cross_capture = weakref.ref(self._capture)
-            found = cross.exchange(rec, time.perf_counter() - self._capture.step_started)
+            cross.start(rec, time.perf_counter() - self._capture.step_started)
+        except Exception as exc:  # ours: report, never break training
+            self._hook_error("<distributed>", exc)
+
+    def _exchange_finish(self, rec: StepRecord) -> list:
+        """Wait for the step's collective and judge it: the cross-rank findings to warn about, and
+        this rank's reading of a NaN/Inf that another rank fed into the all-reduce."""
+        cross = self._cross
+        if cross is None:
+            return []
+        try:
+            found = cross.finish()
         except Exception as exc:  # ours: report, never break training
             self._hook_error("<distributed>", exc)
             return []
+        if cross.peers_bad:
+            with bus.lock:
+                self._detect(lambda: self._detectors.peer_nonfinite(rec, cross.peers_bad))
         self._say_cross_off()
         return found
 

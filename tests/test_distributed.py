@@ -5,6 +5,8 @@ saw to a pickle, and the test asserts on every rank's view.
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import pickle
 import time
 import traceback
@@ -24,6 +26,7 @@ from gradsight.warnings import GradsightWarning
 
 # --- harness -------------------------------------------------------------------------------
 TMP = ""  # the job's shared directory (set in each process)
+HANG_S = 120  # a scenario still running after this long is hung: its process exits with tracebacks
 
 
 def _entry(rank: int, world: int, tmp: str, scenarios: list[str]) -> None:
@@ -36,6 +39,7 @@ def _entry(rank: int, world: int, tmp: str, scenarios: list[str]) -> None:
     results = {}
     try:
         for name in scenarios:
+            faulthandler.dump_traceback_later(HANG_S, exit=True)  # a hang fails the test instead of stalling it
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -45,6 +49,7 @@ def _entry(rank: int, world: int, tmp: str, scenarios: list[str]) -> None:
                 out = {"crashed": traceback.format_exc()}
             results[name] = out
             dist.barrier()  # scenarios never overlap
+            faulthandler.cancel_dump_traceback_later()
         with open(f"{tmp}/rank{rank}.pkl", "wb") as f:
             pickle.dump(results, f)
     finally:
@@ -314,6 +319,47 @@ def ranked_recording(rank, world):
                                           for r in range(world)}}
 
 
+def nan_cross_off(rank, world):
+    """DDP with the cross-rank part off: rank 1's NaN reaches rank 0 through the all-reduce; rank 0 cannot
+    know who, and must not claim the weight was changed outside the training step."""
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, distributed=False)
+    _train(model, opt, rank, 4, poison=(1, 2))
+    return {"findings": w.findings(), "errors": list(w.errors)}
+
+
+def close_early(rank, world):
+    """Ranks training apart (no DDP): rank 0 closes its watcher after step 3 while rank 1 trains 3 more
+    steps; then rank 0's second watcher is garbage-collected after step 1 while rank 1 trains on."""
+    def run(steps_of, stop):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        w = gs.watch(model, optimizer=opt)
+        t0 = time.monotonic()
+        for step in range(steps_of[rank]):
+            x, y = _batch(rank, step)
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            if rank == 0 and step == steps_of[0] - 1:
+                out = {"steps": w.steps()["step"].tolist(), "errors": list(w.errors)}
+                stop(w)
+                del w, model, opt
+                gc.collect()
+                return out | {"s": time.monotonic() - t0}
+        return {"steps": w.steps()["step"].tolist(), "errors": list(w.errors), "ranks": w.ranks(),
+                "s": time.monotonic() - t0}
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        closed = run((4, 7), lambda w: w.close())
+    said = [str(m.message) for m in caught if issubclass(m.category, GradsightWarning)]
+    collected = run((2, 5), lambda w: None)  # no close: the last reference goes, the watcher is collected
+    return {"closed": closed, "closed_warnings": said, "collected": collected}
+
+
 def gs_rank_metrics():
     from gradsight.records.queries import RANK_METRICS
 
@@ -322,11 +368,12 @@ def gs_rank_metrics():
 
 SCENARIOS = {f.__name__: f for f in (healthy, nan_rank1_step7, skipped_bucket, changed_param, straggler,
                                      fsdp2_norms, opaque_wrapper, different_models, only_rank0_watches,
-                                     edit_midrun, edit_one_rank, ranked_recording)}
+                                     edit_midrun, edit_one_rank, ranked_recording, nan_cross_off, close_early)}
 
 
 WORLD2 = ["healthy", "skipped_bucket", "changed_param", "straggler", "fsdp2_norms", "opaque_wrapper",
-          "different_models", "only_rank0_watches", "edit_midrun", "edit_one_rank", "ranked_recording"]
+          "different_models", "only_rank0_watches", "edit_midrun", "edit_one_rank", "ranked_recording",
+          "nan_cross_off", "close_early"]
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +438,66 @@ def test_nan_batch_on_rank_1_at_step_7_names_rank_1(world4):
         assert all(ranks.loc[k, "first_nonfinite_step"] == 8 for k in (0, 2, 3))  # spread, not origin
         assert ranks.loc[1, "findings"] >= 1
         assert any("rank_nonfinite" in m for m in out["warnings"])
+
+
+def test_ranks_poisoned_through_the_all_reduce_say_so_at_the_step_it_happened(world4):
+    """Rank 1's NaN batch at step 7 reaches ranks 0, 2, 3 in DDP's all-reduce, after gradsight read their
+    (finite) gradients, and their optimizer step writes NaN weights. Their nan_origin says so at step 7,
+    naming rank 1 — never that a weight 'was changed outside the training step' at step 8."""
+    for r, out in enumerate(_outs(world4, "nan_rank1_step7")):
+        nan = out["findings"][out["findings"]["kind"] == "nan_origin"]
+        assert not nan["message"].str.contains("outside the training step").any(), nan["message"].tolist()
+        if r == 1:  # the origin rank: its own batch
+            assert nan["step"].tolist() == [7] and "input of" in nan.iloc[0]["message"], nan["message"].tolist()
+            continue
+        row = _only(nan, "nan_origin")
+        assert (row["step"], row["rank"], row["severity"], row["layer"]) == (7, r, "error", ""), row
+        assert "This rank's forward and backward were finite at step 7, but rank 1 produced" in row["message"]
+        assert "all-reduce" in row["message"] and "wrote them into the weights" in row["message"]
+        assert "Debug rank 1" in row["hint"]
+
+
+def test_with_the_cross_rank_part_off_a_poisoned_rank_blames_the_all_reduce_not_an_edit(world2):
+    out = _outs(world2, "nan_cross_off")[0]
+    row = _only(out["findings"], "nan_origin")
+    assert row["step"] == 3 and "through the all-reduce" in row["message"], row["message"]
+    assert "changed outside the training step" not in row["message"] and out["errors"] == []
+
+
+def test_a_weight_set_to_nan_by_hand_between_steps_is_changed_outside_the_training_step():
+    """The single-process reading that a poisoned DDP rank must not get: here it is the truth."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gs.watch(model, optimizer=opt) as w, warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradsightWarning)
+        for step in range(4):
+            if step == 2:
+                with torch.no_grad():
+                    model[0].weight[0, 0] = float("nan")
+            x, y = _batch(0, step)
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        row = _only(w.findings(), "nan_origin")
+    assert row["step"] == 2 and "changed outside the training step" in row["message"], row["message"]
+
+
+def test_a_rank_that_stops_watching_never_stalls_the_others(world2):
+    """Rank 0 closes after step 3 (then, in a second run, its watcher is garbage-collected after step 1)
+    while rank 1 goes on: rank 1's next exchange receives rank 0's farewell packet, so it drops the
+    cross-rank part with one warning instead of waiting forever, and its training and capture go on."""
+    outs = _outs(world2, "close_early")
+    zero, one = outs[0], outs[1]
+    assert zero["closed"]["steps"] == [0, 1, 2, 3] and zero["closed"]["errors"] == []
+    assert one["closed"]["steps"] == list(range(7)) and one["closed"]["errors"] == []
+    assert (one["closed"]["ranks"]["steps"] == 4).all()  # steps 0-3 judged together, then off
+    said = [m for m in one["closed_warnings"] if "stopped watching" in m]
+    assert len(said) == 1 and "rank(s) 0 stopped watching (w.close(), or the watcher was garbage-collected) " \
+        "before step 4" in said[0], one["closed_warnings"]
+    assert not [m for m in zero["closed_warnings"] if "stopped watching" in m]
+    assert one["collected"]["steps"] == list(range(5)) and (one["collected"]["ranks"]["steps"] == 2).all()
+    assert max(out[k]["s"] for out in outs for k in ("closed", "collected")) < 30
 
 
 def test_comm_hook_skipping_one_bucket_on_one_rank_is_replica_divergence(world2):

@@ -4,51 +4,70 @@ re-implementation or a fault planted by hand, and silent on healthy, noisy ranks
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from gradsight.detectors.finding import FindingLog
 from gradsight.detectors.rank_nonfinite import RankNonfinite
-from gradsight.detectors.replica_divergence import RTOL, ReplicaDivergence, mismatched
+from gradsight.detectors.replica_divergence import ReplicaDivergence, mismatched
 from gradsight.detectors.straggler import PERSIST, WINDOW, Straggler
+from gradsight.distributed.cross_rank import _bit_sum
 
 LAYERS = ("", "fc1", "act", "fc2")
 
 
-def _checks(world: int, params: list[np.ndarray]) -> np.ndarray:
-    return np.array([[[p.sum(dtype=np.float64), (p.astype(np.float64) ** 2).sum()] for p in params]
-                     for _ in range(world)])
+def _naive_bit_sum(t: torch.Tensor) -> int:
+    """The checksum by hand: the bytes as little-endian 64-bit words (the last one zero-padded), summed
+    mod 2**64."""
+    raw = t.detach().contiguous().numpy().tobytes()
+    raw += b"\0" * (-len(raw) % 8)
+    return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)) % 2**64
 
 
-def _naive_mismatch(checks, numel, rtol):
-    W, R, _ = checks.shape
-    out = np.zeros((W, R), dtype=bool)
-    for r in range(W):
-        for j in range(R):
-            s, q = checks[r, j]
-            s0, q0 = checks[0, j]
-            fin, fin0 = np.isfinite(s) and np.isfinite(q), np.isfinite(s0) and np.isfinite(q0)
-            if fin != fin0:
-                out[r, j] = True
-            elif fin:
-                scale = max(abs(q), abs(q0))
-                out[r, j] = abs(s - s0) > rtol * np.sqrt(numel[j] * scale) or abs(q - q0) > rtol * scale
-    return out
+def _halves(x: int) -> list[float]:
+    return [float(x >> 32), float(x & 0xFFFFFFFF)]
+
+
+def _checks(world: int, params: list) -> np.ndarray:
+    return np.array([[_halves(_naive_bit_sum(torch.as_tensor(p))) for p in params] for _ in range(world)])
+
+
+def test_bit_sum_matches_a_naive_sum_of_words_for_any_size_dtype_and_alignment():
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(3000, generator=g)
+    cases = [torch.randn(n, generator=g) for n in (1, 2, 3, 5, 8, 1001)] + [
+        torch.randn(4, 6, generator=g).double(), torch.randn(7, generator=g).half(),
+        big[1:1000],                          # a view at a 4-byte offset: not 8-byte aligned
+        torch.full((5,), float("nan")), torch.tensor([float("inf"), -0.0, 0.0]),
+        torch.randn(6, 4, generator=g).t()]   # not contiguous
+    for t in cases:
+        got = int(_bit_sum(t).item()) % 2**64
+        assert got == _naive_bit_sum(t), (t.dtype, tuple(t.shape))
+    a = torch.randn(1000, generator=g)
+    b = a.clone()
+    b[500] = torch.nextafter(b[500], torch.tensor(float("inf")))  # one value, one ulp
+    assert int(_bit_sum(a).item()) != int(_bit_sum(b).item())
+    assert int(_bit_sum(a).item()) == int(_bit_sum(a.flip(0).flip(0).clone()).item())
 
 
 def test_mismatch_matches_a_naive_loop():
-    rng = np.random.default_rng(0)
-    params = [rng.standard_normal(n).astype(np.float32) for n in (10, 300, 5000, 1)]
-    numel = np.array([p.size for p in params], dtype=np.float64)
-    checks = _checks(5, params)
-    checks[1, 0, 0] += 1e-3                             # a changed sum
-    checks[2, 2, 1] *= 1 + 1e-6                         # a changed sum of squares
-    checks[3, 1, 0] *= 1 + 1e-14                        # summation-order noise: equal
-    checks[4, 3] = np.nan                               # non-finite on one rank only
-    got = mismatched(checks, numel)
-    np.testing.assert_array_equal(got, _naive_mismatch(checks, numel, RTOL))
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(n, generator=g) for n in (10, 300, 5000, 1)]
+    ranks = [[p.clone() for p in params] for _ in range(5)]
+    ranks[1][0][3] += 1e-3                                                     # a changed value
+    ranks[2][2][7] = torch.nextafter(ranks[2][2][7], torch.tensor(0.0))        # one ulp
+    ranks[3][1][:4] = ranks[3][1][[2, 3, 0, 1]]      # two 8-byte words swap places: the sum's blind spot
+    ranks[4][3][0] = float("nan")                                              # non-finite on one rank only
+    checks = np.array([[_halves(_naive_bit_sum(p)) for p in r] for r in ranks])
+    got = mismatched(checks)
+    naive = np.array([[_naive_bit_sum(ranks[r][j]) != _naive_bit_sum(ranks[0][j]) for j in range(4)]
+                      for r in range(5)])
+    np.testing.assert_array_equal(got, naive)
     assert got.sum() == 3 and got[1, 0] and got[2, 2] and got[4, 3] and not got[3].any()
-    everywhere = checks.copy()
-    everywhere[:, 0] = np.nan  # non-finite on every rank: the NaN detectors' business, not divergence
-    assert not mismatched(everywhere, numel)[:, 0].any()
+    everywhere = [[p.clone() for p in params] for _ in range(3)]
+    for r in everywhere:
+        r[0][:] = float("nan")  # non-finite on every rank alike: the NaN detectors' business, not divergence
+    checks = np.array([[_halves(_naive_bit_sum(p)) for p in r] for r in everywhere])
+    assert not mismatched(checks).any()
 
 
 def test_replica_divergence_names_parameter_ranks_and_first_step_and_stays_one_episode():
@@ -56,15 +75,14 @@ def test_replica_divergence_names_parameter_ranks_and_first_step_and_stays_one_e
     params = [rng.standard_normal(n).astype(np.float32) for n in (64, 8, 32, 4)]
     names = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
     owner = ("fc1", "fc1", "fc2", "fc2")
-    numel = np.array([p.size for p in params], dtype=np.float64)
     det, log = ReplicaDivergence(), FindingLog()
     for step in range(12):
         log.begin(step)
         if step % 3 == 0:
             checks = _checks(3, params)
             if step >= 6:
-                checks[2, 1, 0] += 1e-2  # rank 2's fc1.bias moved
-            for f, rank in det.update(step, checks, numel, names, owner):
+                checks[2, 1, 1] += 1  # rank 2's fc1.bias moved
+            for f, rank in det.update(step, checks, names, owner):
                 assert rank == 2
                 log.add(f)
         else:
@@ -77,7 +95,7 @@ def test_replica_divergence_names_parameter_ranks_and_first_step_and_stays_one_e
 
 def test_replica_divergence_silent_on_identical_replicas():
     params = [np.linspace(-1, 1, 1000, dtype=np.float32)]
-    assert ReplicaDivergence().update(0, _checks(4, params), np.array([1000.0]), ("w",), ("fc",)) == []
+    assert ReplicaDivergence().update(0, _checks(4, params), ("w",), ("fc",)) == []
 
 
 def test_rank_nonfinite_names_the_first_step_only_and_all_origin_ranks():
@@ -112,3 +130,13 @@ def test_straggler_silent_on_noisy_equal_ranks_and_names_the_slow_one():
     assert f.kind == "straggler" and f.severity == "warning" and "rank 2 is a straggler" in f.message
     assert 40 < f.step <= 40 + WINDOW and f.last_step == 99  # after the window median moved, then held
     assert f.count >= 100 - f.step - PERSIST
+
+
+def test_straggler_median_matches_numpy():
+    from gradsight.detectors.straggler import _median
+
+    rng = np.random.default_rng(3)
+    for n, w in ((20, 2), (20, 5), (7, 3), (1, 4)):
+        a = rng.standard_normal((n, w))
+        a[rng.random((n, w)) < 0.05] = np.nan
+        np.testing.assert_array_equal(_median(a), np.median(a, axis=0))

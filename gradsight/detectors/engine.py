@@ -105,6 +105,20 @@ class DetectorEngine:
                 d.message = f"{base} Exploding or vanishing gradients in {len(d.affected)} layer(s) follow from it."
         return out
 
+    def distributed(self, reduced: bool, peers_known: bool) -> None:
+        """In a multi-process job: gradients are averaged across ranks after capture (DDP, FSDP), and
+        the cross-rank exchange tells which ranks went non-finite (see NanOrigin)."""
+        nan = self._nonfinite().nan
+        nan.reduced, nan.peers_known = reduced, peers_known
+
+    def peer_nonfinite(self, rec: StepRecord, ranks: tuple[int, ...]) -> list[Finding]:
+        """After ``update(rec)``: the cross-rank exchange says ``ranks`` produced a NaN/Inf at this
+        step while this rank stayed finite. Returns the findings to warn about."""
+        return self.log.live_warnings(self.log.late(self._nonfinite().peer(rec, ranks), ()))
+
+    def _nonfinite(self) -> NonFinite:
+        return next(d for d in self.detectors if isinstance(d, NonFinite))
+
     def loss_arrived(self, rec: StepRecord) -> list[Finding]:
         """``rec``'s loss arrived after ``update(rec)`` (``w.step(loss)`` after an ``optimizer=``
         step): judge it now; return the findings to warn about."""

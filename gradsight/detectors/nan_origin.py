@@ -69,6 +69,10 @@ class NanOrigin:
         self.layout = layout
         self._bad: np.ndarray | None = None        # [P] non-finite after the last update
         self._explained: np.ndarray | None = None  # [P] its non-finiteness is already reported
+        # multi-process jobs (set by the watcher): gradients are averaged across ranks after gradsight
+        # reads them (DDP, FSDP), and whether the other ranks' packets say who went non-finite
+        self.reduced = False
+        self.peers_known = False
 
     # --- state ----------------------------------------------------------------------------
     def _ensure(self, rec: StepRecord) -> None:
@@ -246,7 +250,17 @@ class NanOrigin:
         lay = self.layout
         owner = int(lay.param_layer[j])
         name = lay.param_names[j]
-        if outside:
+        if outside and self.reduced and not self.peers_known:
+            msg = (f"Parameter {name!r} of {lay.describe(owner)} was already non-finite when this step's forward "
+                   "ran, although every value and gradient gradsight read on this rank in the last step was "
+                   "finite. In this multi-process job gradients are averaged across ranks after gradsight reads "
+                   "them, so another rank's NaN/Inf most likely reached this rank through the all-reduce and the "
+                   "last optimizer step wrote it into the weights; the NaN/Inf output of the layer follows from "
+                   "it. gradsight's cross-rank part is off here, so it cannot name that rank.")
+            hint = ("Watch with the cross-rank part on in every rank (gs.watch(model) after "
+                    "init_process_group, distributed=True) to have rank_nonfinite name the rank and layer; "
+                    "if no rank went non-finite, look for code that writes to the parameters between steps.")
+        elif outside:
             msg = (f"Parameter {name!r} of {lay.describe(owner)} was already non-finite when this step's forward ran, "
                    "although the last update gradsight saw left it finite: it was changed outside the training "
                    "step, and the NaN/Inf output of the layer follows from it.")
@@ -263,6 +277,32 @@ class NanOrigin:
             hint = ("Check the optimizer settings (eps=0 in Adam/RMSprop divides by zero; an Inf learning rate) "
                     "and any custom update code.")
         return Origin("", owner, msg, hint)
+
+    def peer(self, rec: StepRecord, ranks: tuple[int, ...]) -> Origin | None:
+        """Rank(s) ``ranks`` produced a NaN/Inf at ``rec``'s step while this rank's own forward and
+        backward stayed finite (known after the cross-rank exchange, so after :meth:`finish`). With
+        gradients averaged across ranks, theirs reached this rank's parameter gradients in the
+        all-reduce, after gradsight read them, and the optimizer step wrote them into the weights."""
+        if not self.reduced or not ranks:
+            return None
+        self._ensure(rec)
+        grads = rec.param_seen[:, 1]
+        if not grads.any():
+            return None
+        stepped = rec.optimizer_stepped is not False
+        if stepped:  # the weights it updated are non-finite now, and explained by this finding
+            self._explained |= grads & ~self._bad
+            self._bad |= grads
+        who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+        wrote = ", and this step's optimizer update wrote them into the weights" if stepped else \
+            " (the optimizer step was skipped, so the weights stayed finite)"
+        msg = (f"This rank's forward and backward were finite at step {rec.step}, but {who} produced "
+               f"non-finite values in the same step: the gradient all-reduce averaged them into this rank's "
+               f"parameter gradients{wrote}. This rank inherited the NaN/Inf; it did not produce it "
+               "(rank_nonfinite names the origin rank and layer).")
+        hint = (f"Debug {who}: its batch at step {rec.step} (torch.isfinite(batch).all()) and the layer "
+                "rank_nonfinite names. Nothing on this rank needs fixing.")
+        return Origin("backward", -1, msg, hint, value=float(ranks[0]), backward=True)
 
     def _subtree_bad(self) -> np.ndarray:
         lay = self.layout

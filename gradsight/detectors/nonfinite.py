@@ -64,6 +64,11 @@ class NonFinite:
         self.nan.finish(rec, reported)
         return out
 
+    def peer(self, rec: StepRecord, ranks: tuple[int, ...]) -> list[Finding]:
+        """Other ranks went non-finite at ``rec``'s step, this one did not (see NanOrigin.peer)."""
+        origin = self.nan.peer(rec, ranks)
+        return [self._origin(origin, rec.step)] if origin is not None else []
+
     def _resolve_pending(self, rec: StepRecord, out: list[Finding]) -> None:
         p, self._pending = self._pending, None
         if p is None:

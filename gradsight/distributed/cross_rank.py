@@ -7,8 +7,10 @@ cross-rank findings and per-rank table (``w.ranks()``, ``w.history(metric, rank=
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -25,7 +27,7 @@ from ..records.step_record import StepRecord
 from .comm_timer import CommTimer, install
 from .context import RankContext
 from .layout import Layout
-from .packet import Gathered
+from .packet import HI, Gathered
 
 CROSS_KINDS = RankNonfinite.kinds + ReplicaDivergence.kinds + Straggler.kinds
 """Finding kinds only several ranks can give: every rank holds the same ones."""
@@ -35,7 +37,9 @@ HISTORY_ROWS = 8192  # captured steps of per-rank scalars kept (a ring: W x 5 x 
 class CrossRank:
     def __init__(self, ctx: RankContext, layout: Layout, checksum_every: int):
         self.ctx = ctx
+        self.group, self.device = _own_group(ctx)
         self.layout = layout
+        layout.packet.bind(self.group, self.device)
         self.pending: Layout | None = None  # the re-made capture's layout, sent at the next exchange
         self.checksum_every = checksum_every
         self.timer: CommTimer | None = None
@@ -57,9 +61,12 @@ class CrossRank:
         self._first_bad = np.full(W, -1, dtype=np.int64)
         self._bad_steps = np.zeros(W, dtype=np.int64)
         self._captured = 0
+        self._flight: _Flight | None = None  # the launched, not yet judged exchange
+        self._farewell = None               # this rank's closing packet, in flight (kept alive)
+        self.peers_bad: tuple[int, ...] = ()  # other ranks with a local NaN/Inf origin at the last judged step
         self.disabled = ""  # why the exchange stopped (all ranks stop together), "" while it runs
         self.exchange_s = 0.0  # time spent in pack + collective + judging, for the benchmark
-        self.gather_s = 0.0    # of which in the collective (waiting for the last rank to arrive included)
+        self.gather_s = 0.0    # of which waiting for the collective (the other ranks' arrival included)
 
     # the layout's parts, by their old names (the benchmark reads them)
     layers = property(lambda self: self.layout.layers)
@@ -83,71 +90,160 @@ class CrossRank:
         allreduce_s = self.timer.take() if self.timer is not None else math.nan
         if self.disabled:
             return
+        self._land()
         vec = self.packet.pack({"step": step, "step_s": step_s, "allreduce_s": allreduce_s, "dropped": 1.0,
                                 "layout": self.layout.crc}, None)
         g = self.packet.unpack(self.packet.gather(vec))
-        if self._same_layout(g):
+        if self._open(g):
             self._captured += 1  # checksum steps stay the same on every rank
 
     def relayout(self, layout: Layout) -> None:
         """The watcher re-made its capture (the model was edited): announce the new layout in the next
-        packet; every rank switches together once all announced the same one (see :meth:`exchange`)."""
+        packet; every rank switches together once all announced the same one (see :meth:`start`)."""
+        layout.packet.bind(self.group, self.device)
         self.pending = layout
 
     def exchange(self, rec: StepRecord, step_s: float) -> list[Finding]:
-        """The step's one collective; completes ``rec``'s sharded norms in place; returns new findings."""
+        """:meth:`start` then :meth:`finish`: the step's collective, waited for and judged."""
+        self.start(rec, step_s)
+        return self.finish()
+
+    def start(self, rec: StepRecord, step_s: float) -> None:
+        """Pack this rank's packet and launch the step's one collective without waiting for it: the
+        watcher runs its own detectors meanwhile, then calls :meth:`finish`. With sharded parameters
+        the collective is waited for here, because ``rec``'s full-tensor norms (completed in place)
+        feed those detectors."""
         t0 = time.perf_counter()
+        self._land()
         allreduce_s = self.timer.take() if self.timer is not None else math.nan
         if self.disabled:
-            return []
+            return
         header = {"step": rec.step, "step_s": step_s, "forward_s": rec.forward_s, "backward_s": rec.backward_s,
                   "allreduce_s": allreduce_s}
         if self.pending is not None:  # in the old layout: only the header, announcing the new one
             vec = self.packet.pack(header | {"layout": self.pending.crc, "relayout": 1.0}, None)
-        else:
-            vec = self._packet(rec, header)
+            t1 = time.perf_counter()
+            g = self.packet.unpack(self.packet.gather(vec))
+            self.gather_s += time.perf_counter() - t1
+            if not self._open(g) or not self._all_captured(g, rec):
+                self.exchange_s += time.perf_counter() - t0
+                return
+            self.layout, self.pending = self.pending, None  # every rank announced the same one: all switch
+        local = self._pack(rec, header)
         t1 = time.perf_counter()
-        g = self.packet.unpack(self.packet.gather(vec))
+        self.packet.launch()
+        self._flight = _Flight(rec.step, local)
         self.gather_s += time.perf_counter() - t1
-        if not self._same_layout(g):
-            return []
-        if g.column("dropped").any():  # another rank has nothing for this step: nobody judges it
-            self._captured += 1
-            for arr in (rec.param_sumsq, rec.param_grad_sumsq, rec.param_update_sumsq, rec.param_step_grad_sumsq):
-                arr[self.S_idx] = np.nan  # a shard's part is missing: the full norm is unknown, not this shard's
-            return []
-        if self.pending is not None:  # every rank announced the same new layout: all switch, and send again
-            self.layout, self.pending = self.pending, None
-            g = self.packet.unpack(self.packet.gather(self._packet(rec, header)))
-        self._captured += 1
-        self._complete_sharded(rec, g)
-        new = self._judge(rec.step, g)
+        if len(self.S_idx):
+            self._receive(self._flight)
+            if self._flight.judge and not self._all_captured(self._flight.g, rec):
+                self._flight.judge = False
+            elif self._flight.judge:
+                self._complete_sharded(rec, self._flight.g)
         self.exchange_s += time.perf_counter() - t0
-        return self.log.live_warnings(new)
 
-    def _packet(self, rec: StepRecord, header: dict) -> np.ndarray:
-        act_bad = nonfinite_counts(rec.act) + (~np.isfinite(rec.act[:, F["sumsq"]]) & ~np.isnan(rec.act[:, F["sumsq"]]))
-        grad_bad = nonfinite_counts(rec.grad) + (~np.isfinite(rec.grad[:, F["sumsq"]])
-                                                  & ~np.isnan(rec.grad[:, F["sumsq"]]))
+    def finish(self) -> list[Finding]:
+        """Wait for the launched collective (if not yet) and judge it; returns the new cross-rank
+        findings to warn about. Sets :attr:`peers_bad`."""
+        flight, self._flight = self._flight, None
+        self.peers_bad = ()
+        if flight is None:
+            return []
+        t0 = time.perf_counter()
+        try:
+            if flight.g is None:
+                self._receive(flight)
+                if flight.judge and flight.g.column("dropped").any():  # another rank has nothing for it
+                    self._captured += 1
+                    flight.judge = False
+            if not flight.judge:
+                return []
+            self._captured += 1
+            g = flight.g
+            phase = g.column("origin_phase")
+            if flight.local == 0:
+                self.peers_bad = tuple(int(r) for r in np.flatnonzero(phase > 0))
+            return self.log.live_warnings(self._judge(flight.step, g))
+        finally:
+            self.exchange_s += time.perf_counter() - t0
+
+    def _receive(self, flight: _Flight) -> None:
+        t1 = time.perf_counter()
+        m = self.packet.wait()
+        self.gather_s += time.perf_counter() - t1
+        flight.g = self.packet.unpack(m)
+        flight.judge = self._open(flight.g)
+
+    def _land(self) -> None:
+        """A collective launched and never finished (the step failed after :meth:`start`): wait for it
+        now, so that buffers are free and every rank's sequence of collectives stays the same."""
+        if self._flight is not None:
+            flight, self._flight = self._flight, None
+            if flight.g is None:
+                self._receive(flight)
+
+    def _all_captured(self, g: Gathered, rec: StepRecord) -> bool:
+        """False when another rank dropped this step: nobody judges it, and a sharded parameter's full
+        norm is unknown (a shard's part is missing), never this shard's."""
+        if not g.column("dropped").any():
+            return True
+        self._captured += 1
+        for arr in (rec.param_sumsq, rec.param_grad_sumsq, rec.param_update_sumsq, rec.param_step_grad_sumsq):
+            arr[self.S_idx] = np.nan
+        return False
+
+    def close(self) -> None:
+        """This rank stops watching: post a farewell packet (``closing``) that the other ranks' next
+        exchange receives, whenever they get there, so that every rank drops the cross-rank part at the
+        same exchange instead of waiting for this one forever. Nothing here waits for them."""
+        if self.disabled:
+            return
+        try:
+            self._land()
+        except Exception:  # a failed collective, or a process group already destroyed
+            self._flight = None
+        self.disabled = "this watcher was closed"
+        if self.group is None:  # no group of our own: an unmatched collective would shift the user's
+            return
+        if not torch.distributed.is_initialized():  # the job's groups are destroyed: nobody is waiting
+            return
+        vec = np.zeros(self.packet.size)
+        vec[HI["closing"]] = 1.0
+        vec[HI["layout"]] = self.layout.crc
+        vec[HI["step"]] = -1.0
+        with contextlib.suppress(Exception):  # the process group is gone (destroyed before the close): nobody waits
+            self._farewell = self.packet.farewell(vec)
+
+    def _pack(self, rec: StepRecord, header: dict) -> float:
+        """Pack this rank's packet into the send buffer; returns its local origin phase (0: finite)."""
+        act, grad = rec.act[:, F["sumsq"]], rec.grad[:, F["sumsq"]]
+        act_bad = nonfinite_counts(rec.act) + np.isinf(act)
+        grad_bad = nonfinite_counts(rec.grad) + np.isinf(grad)
         layer, phase = _local_origin(rec, act_bad, grad_bad)
         shard = np.stack([rec.param_sumsq, rec.param_grad_sumsq, rec.param_update_sumsq,
-                          rec.param_step_grad_sumsq], axis=1)[self.S_idx]
+                          rec.param_step_grad_sumsq], axis=1)[self.S_idx] if len(self.S_idx) else _EMPTY
         checks = self._checksums() if self._captured % self.checksum_every == 0 and len(self.R_idx) else None
-        header = header | {"origin_layer": layer, "origin_phase": phase, "layout": self.layout.crc}
-        return self.packet.pack(header, (act_bad, grad_bad, shard, checks))
+        self.packet.pack(header | {"origin_layer": layer, "origin_phase": phase, "layout": self.layout.crc},
+                         (act_bad, grad_bad, shard, checks))
+        return phase
 
-    def _same_layout(self, g: Gathered) -> bool:
-        """Every rank sends the same layout, or every rank announces the same new one; otherwise all
-        ranks (they all see the same packets) stop the exchange together, with the reason."""
+    def _open(self, g: Gathered) -> bool:
+        """The exchange goes on: no rank closed its watcher, and every rank sends the same layout or
+        announces the same new one. Otherwise every rank (they all see the same packets) stops the
+        exchange at this same collective, with the reason."""
+        closing = g.column("closing") > 0
         relayout = g.column("relayout") > 0
         sent = g.column("layout")
-        if (relayout.all() or not relayout.any()) and (sent == sent[0]).all():
+        if not closing.any() and (relayout.all() or not relayout.any()) and (sent == sent[0]).all():
             return True
-        if relayout.any() and not relayout.all():
+        step = int(g.column("step")[self.rank])
+        if closing.any():
+            why = (f"rank(s) {', '.join(map(str, np.flatnonzero(closing)))} stopped watching (w.close(), or the "
+                   f"watcher was garbage-collected) before step {step}")
+        elif relayout.any() and not relayout.all():
             edited = ", ".join(map(str, np.flatnonzero(relayout)))
             kept = ", ".join(map(str, np.flatnonzero(~relayout)))
-            why = (f"the model changed on rank(s) {edited} but not (yet) on rank(s) {kept} at step "
-                   f"{int(g.column('step')[self.rank])}")
+            why = f"the model changed on rank(s) {edited} but not (yet) on rank(s) {kept} at step {step}"
         else:
             why = "the ranks now watch different models" + (" after the change" if relayout.any() else "")
         self.pending = None
@@ -155,22 +251,13 @@ class CrossRank:
         return False
 
     def _checksums(self) -> np.ndarray:
+        """[R, 2]: each replicated parameter's exact bit checksum, as two 32-bit halves (one host read)."""
         live = self.layout.params()
-        out = []
-        with torch.no_grad():
-            for j in self.R_idx:
-                p = live[j]
-                if p is None:
-                    out += [torch.zeros((), dtype=torch.float64)] * 2
-                    continue
-                t = p.detach()
-                out += [t.sum(dtype=torch.float64), torch.linalg.vector_norm(t, dtype=torch.float64) ** 2]
-        return torch.stack([o.to("cpu") for o in out]).numpy().reshape(-1, 2)  # one host read per N steps
+        sums = torch.stack([_bit_sum(live[j]) for j in self.R_idx]).cpu().numpy().view(np.uint64)
+        return np.stack([sums >> np.uint64(32), sums & np.uint64(0xFFFFFFFF)], axis=1).astype(np.float64)
 
     def _complete_sharded(self, rec: StepRecord, g: Gathered) -> None:
         """Sharded parameters: the full-tensor sums of squares are the sums of the shards'."""
-        if not len(self.S_idx):
-            return
         full = g.shard.sum(axis=0)  # [S, 4]; a shard not measured (NaN) leaves the whole unknown
         for k, arr in enumerate((rec.param_sumsq, rec.param_grad_sumsq, rec.param_update_sumsq,
                                  rec.param_step_grad_sumsq)):
@@ -179,24 +266,27 @@ class CrossRank:
     def _judge(self, step: int, g: Gathered) -> list[Finding]:
         log = self.log
         log.begin(step)
-        busy = g.column("step_s") - np.nan_to_num(g.column("allreduce_s"), nan=0.0)
         row = self._rows % HISTORY_ROWS
         self._steps[row] = step
-        self._scalars[row] = np.stack([g.column("step_s"), g.column("forward_s"), g.column("backward_s"),
-                                       g.column("allreduce_s"), busy], axis=1)
+        scalars = self._scalars[row]
+        scalars[:, :4] = g.header[:, _TIMES]
+        busy = scalars[:, 4]
+        np.subtract(scalars[:, 0], np.nan_to_num(scalars[:, 3], nan=0.0), out=busy)
         self._rows += 1
         phase = g.column("origin_phase")
         bad = phase > 0
-        self._bad_steps += bad
-        self._first_bad[bad & (self._first_bad < 0)] = step
-        found = self.nonfinite.update(step, g.column("origin_layer").astype(np.int64), phase, self.layers)
+        found = []
+        if bad.any():
+            self._bad_steps += bad
+            self._first_bad[bad & (self._first_bad < 0)] = step
+            found += self.nonfinite.update(step, g.column("origin_layer").astype(np.int64), phase, self.layers)
         if g.checks is None:
             log.hold(self.divergence.kinds[0])  # not a checksum step: open episodes stay open
         else:
             lay = self.layout
             owners = tuple(lay.layers[int(lay.param_layer[j])] for j in lay.R_idx)
             names = tuple(lay.param_names[j] for j in lay.R_idx)
-            found += self.divergence.update(step, g.checks, lay.numel, names, owners)
+            found += self.divergence.update(step, g.checks, names, owners)
         found += self.straggler.update(step, busy)
         for finding, rank in found:
             self._rank_of[id(log.add(finding))] = rank
@@ -245,13 +335,61 @@ class CrossRank:
 
 def _local_origin(rec: StepRecord, act_bad: np.ndarray, grad_bad: np.ndarray) -> tuple[int, int]:
     """This rank's first locally non-finite layer and phase code (see detectors/rank_nonfinite)."""
-    for i in rec.forward_order:
-        if act_bad[i] > 0:
+    if act_bad.any():
+        order = np.asarray(rec.forward_order, dtype=np.intp)
+        hit = order[act_bad[order] > 0]
+        if hit.size:
+            i = int(hit[0])
             return i, (2 if rec.input_finite[i] == 0 else 1)
-    for i in rec.backward_order:
-        if grad_bad[i] > 0:
-            return i, 3
+    if grad_bad.any():
+        order = np.asarray(rec.backward_order, dtype=np.intp)
+        hit = order[grad_bad[order] > 0]
+        if hit.size:
+            return int(hit[0]), 3
     return -1, 0
+
+
+def _bit_sum(p) -> torch.Tensor:
+    """The sum of ``p``'s raw bytes read as 64-bit words (wrapping; the last < 8 bytes weighted by
+    position): equal on ranks whose copies are bit-identical, in any summation order."""
+    if p is None:
+        return torch.zeros((), dtype=torch.int64)
+    t = p.detach()
+    t = t.to_local() if hasattr(t, "to_local") else t
+    b = t.reshape(-1).view(torch.uint8)
+    n8 = b.numel() // 8 * 8
+    try:
+        s = b[:n8].view(torch.int64).sum()
+    except RuntimeError:  # storage not 8-byte aligned
+        s = b[:n8].clone().view(torch.int64).sum()
+    if n8 < b.numel():
+        tail = b[n8:].to(torch.int64)
+        s = s + (tail << (8 * torch.arange(tail.numel(), device=tail.device))).sum()
+    return s
+
+
+@dataclass
+class _Flight:
+    step: int
+    local: float                  # this rank's own origin phase (0: its values were finite)
+    g: Gathered | None = None     # the gathered packets, once waited for
+    judge: bool = True            # the step is judged (no rank dropped it, the exchange is open)
+
+
+def _own_group(ctx: RankContext):
+    """gradsight's own gloo process group (every rank makes it, right after the handshake): its
+    collectives never queue behind the user's nor shift them. None (the default group) if gloo is
+    missing; the packet then lives on the backend's device."""
+    try:
+        return torch.distributed.new_group(backend="gloo"), torch.device("cpu")
+    except Exception:
+        device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in ctx.backend.lower() \
+            else torch.device("cpu")
+        return None, device
+
+
+_EMPTY = np.zeros((0, 4))
+_TIMES = [HI[k] for k in ("step_s", "forward_s", "backward_s", "allreduce_s")]  # RANK_METRICS[:4]
 
 
 class _quiet:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .context import RankContext, is_sharded
 from .packet import Packet
@@ -48,9 +47,7 @@ class Layout:
         S_idx = np.flatnonzero(sharded)
         R_idx = np.flatnonzero(~sharded) if ctx.replicated else np.zeros(0, dtype=np.int64)
         numel = np.array([p.numel() if p is not None else 0 for p in live], dtype=np.float64)[R_idx]
-        device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in ctx.backend.lower() \
-            else torch.device("cpu")
-        packet = Packet(len(layers), len(S_idx), len(R_idx), ctx.world_size, device)
+        packet = Packet(len(layers), len(S_idx), len(R_idx), ctx.world_size)  # CrossRank binds its group
         names = "\x00".join(layers) + "\x01" + "\x00".join(param_names)
         signature = f"{len(layers)} layers, {len(param_names)} parameters ({len(S_idx)} sharded), " \
                     f"names {zlib.crc32(names.encode()):08x}"
