@@ -419,12 +419,11 @@ class Watcher(RunQueries):
             if opt is not None:
                 rec.lrs = tuple(float(g.get("lr", float("nan"))) for g in opt.param_groups)
                 rec.optimizer_stepped = optimizer_stepped
-            self._exchange_start(rec)  # the collective runs while this rank's own detectors do
+            cross = self._exchange(rec)
             with bus.lock:
                 self._last_record = rec
                 metrics = self._history.append(rec)
                 self._detect(lambda: self._detectors.update(rec, metrics=metrics))
-            cross = self._exchange_finish(rec)
             self._check_empty(rec)
             if self._recorder is not None:
                 try:
@@ -448,38 +447,38 @@ class Watcher(RunQueries):
         for finding in new:
             _warn_finding(self.name, finding)
 
-    def _exchange_start(self, rec: StepRecord) -> None:
-        """In a torch.distributed job: launch the step's one cross-rank collective (see distributed/)."""
+    def _exchange(self, rec: StepRecord) -> list:
+        """In a torch.distributed job: launch this step's one cross-rank collective (see distributed/);
+        the previous step's, complete by now, is judged first. Returns the cross-rank findings to warn
+        about, and first applies what the previous step's packets said about a NaN/Inf another rank fed
+        into the all-reduce (before this step's detectors read the weights it wrote)."""
         ctx, cross = self._rank_ctx, self._cross
         if ctx is not None:  # what the NaN/Inf origin may conclude on a rank another rank poisoned
             self._detectors.distributed(reduced=ctx.ddp is not None or ctx.sharded,
                                         peers_known=cross is not None and not cross.disabled)
         if cross is None:
-            return
+            return []
         try:
             if self._cross_capture is None or self._cross_capture() is not self._capture:
                 cross.relayout(Layout.of(self._capture, cross.ctx))  # re-made after a model edit: on every rank
                 self._cross_capture = weakref.ref(self._capture)
             cross.start(rec, time.perf_counter() - self._capture.step_started)
-        except Exception as exc:  # ours: report, never break training
-            self._hook_error("<distributed>", exc)
-
-    def _exchange_finish(self, rec: StepRecord) -> list:
-        """Wait for the step's collective and judge it: the cross-rank findings to warn about, and
-        this rank's reading of a NaN/Inf that another rank fed into the all-reduce."""
-        cross = self._cross
-        if cross is None:
-            return []
-        try:
-            found = cross.finish()
+            found = cross.take_found()
         except Exception as exc:  # ours: report, never break training
             self._hook_error("<distributed>", exc)
             return []
-        if cross.peers_bad:
-            with bus.lock:
-                self._detect(lambda: self._detectors.peer_nonfinite(rec, cross.peers_bad))
+        self._peers_nonfinite()
         self._say_cross_off()
         return found
+
+    def _peers_nonfinite(self) -> None:
+        """Judged cross-rank steps where other ranks went non-finite and this one did not: tell the
+        NaN/Inf origin (only about the last recorded step: the one whose weights are read next)."""
+        prev = self._last_record
+        for step, ranks in self._cross.take_peers():
+            if prev is not None and prev.step == step:
+                with bus.lock:
+                    self._detect(lambda r=ranks: self._detectors.peer_nonfinite(prev, r))
 
     def _say_cross_off(self) -> None:
         if self._cross is not None and self._cross.disabled:
@@ -515,6 +514,11 @@ class Watcher(RunQueries):
         if self.world_size > 1:  # a rank column: the rank each finding comes from or names
             df["rank"] = np.full(len(df), self.rank, dtype=np.int64)
         if self._cross is not None:
+            try:
+                self._cross.settle()  # the last step's collective: judged before it is shown
+                self._peers_nonfinite()
+            except Exception as exc:  # ours: report, never break a query
+                self._hook_error("<distributed>", exc)
             cross = self._cross.frame(all=all)
             df = pd.concat([df, cross], ignore_index=True) if len(cross) else df
         if len(df) < 2:

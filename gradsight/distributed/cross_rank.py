@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -62,8 +63,11 @@ class CrossRank:
         self._bad_steps = np.zeros(W, dtype=np.int64)
         self._captured = 0
         self._flight: _Flight | None = None  # the launched, not yet judged exchange
+        self._lock = threading.Lock()        # judging happens in the training thread or in a query's
+        self._unwarned: list[Finding] = []   # judged, not yet taken by the watcher (see take)
+        self._peers: list[tuple[int, tuple[int, ...]]] = []
+        self._mine: tuple[int, np.ndarray] | None = None  # this rank's RANK_METRICS at its last step
         self._farewell = None               # this rank's closing packet, in flight (kept alive)
-        self.peers_bad: tuple[int, ...] = ()  # other ranks with a local NaN/Inf origin at the last judged step
         self.disabled = ""  # why the exchange stopped (all ranks stop together), "" while it runs
         self.exchange_s = 0.0  # time spent in pack + collective + judging, for the benchmark
         self.gather_s = 0.0    # of which waiting for the collective (the other ranks' arrival included)
@@ -79,6 +83,11 @@ class CrossRank:
         return self.ctx.rank
 
     # --- per step ------------------------------------------------------------------------
+    # A step's collective is launched when the step closes (start) and judged when the next one
+    # closes (take), by then long complete: no rank waits at a step boundary for the slowest one
+    # (rank skew), and nothing but packing and launching is on the step's path. Cross-rank findings
+    # keep their step; their live warnings come one captured step later. Queries and close() judge
+    # what is in flight first (settle), so tables are never a step behind.
     def skip(self) -> None:
         """An uncaptured step: forget its all-reduce span."""
         if self.timer is not None:
@@ -88,14 +97,15 @@ class CrossRank:
         """A step this rank captured but dropped (the model changed while it was open, ...): the other
         ranks are in this step's collective, so it joins it with its header only; no rank judges it."""
         allreduce_s = self.timer.take() if self.timer is not None else math.nan
-        if self.disabled:
-            return
-        self._land()
-        vec = self.packet.pack({"step": step, "step_s": step_s, "allreduce_s": allreduce_s, "dropped": 1.0,
-                                "layout": self.layout.crc}, None)
-        g = self.packet.unpack(self.packet.gather(vec))
-        if self._open(g):
-            self._captured += 1  # checksum steps stay the same on every rank
+        with self._lock:
+            self._settle()
+            if self.disabled:
+                return
+            vec = self.packet.pack({"step": step, "step_s": step_s, "allreduce_s": allreduce_s, "dropped": 1.0,
+                                    "layout": self.layout.crc}, None)
+            g = self.packet.unpack(self.packet.gather(vec))
+            if self._open(g):
+                self._captured += 1  # checksum steps stay the same on every rank
 
     def relayout(self, layout: Layout) -> None:
         """The watcher re-made its capture (the model was edited): announce the new layout in the next
@@ -104,66 +114,86 @@ class CrossRank:
         self.pending = layout
 
     def exchange(self, rec: StepRecord, step_s: float) -> list[Finding]:
-        """:meth:`start` then :meth:`finish`: the step's collective, waited for and judged."""
+        """The step's collective, launched, waited for and judged at once; returns the new findings."""
         self.start(rec, step_s)
-        return self.finish()
+        self.settle()
+        return self.take_found()
 
     def start(self, rec: StepRecord, step_s: float) -> None:
-        """Pack this rank's packet and launch the step's one collective without waiting for it: the
-        watcher runs its own detectors meanwhile, then calls :meth:`finish`. With sharded parameters
-        the collective is waited for here, because ``rec``'s full-tensor norms (completed in place)
-        feed those detectors."""
+        """Judge the previous step's collective (see :meth:`take`), pack this rank's packet and launch
+        this step's. With sharded parameters it is waited for here, because ``rec``'s full-tensor norms
+        (completed in place) feed this rank's detectors."""
         t0 = time.perf_counter()
-        self._land()
         allreduce_s = self.timer.take() if self.timer is not None else math.nan
-        if self.disabled:
-            return
-        header = {"step": rec.step, "step_s": step_s, "forward_s": rec.forward_s, "backward_s": rec.backward_s,
-                  "allreduce_s": allreduce_s}
-        if self.pending is not None:  # in the old layout: only the header, announcing the new one
-            vec = self.packet.pack(header | {"layout": self.pending.crc, "relayout": 1.0}, None)
-            t1 = time.perf_counter()
-            g = self.packet.unpack(self.packet.gather(vec))
-            self.gather_s += time.perf_counter() - t1
-            if not self._open(g) or not self._all_captured(g, rec):
-                self.exchange_s += time.perf_counter() - t0
+        with self._lock:
+            self._settle()
+            if self.disabled:
                 return
-            self.layout, self.pending = self.pending, None  # every rank announced the same one: all switch
-        local = self._pack(rec, header)
-        t1 = time.perf_counter()
-        self.packet.launch()
-        self._flight = _Flight(rec.step, local)
-        self.gather_s += time.perf_counter() - t1
-        if len(self.S_idx):
-            self._receive(self._flight)
-            if self._flight.judge and not self._all_captured(self._flight.g, rec):
-                self._flight.judge = False
-            elif self._flight.judge:
-                self._complete_sharded(rec, self._flight.g)
+            header = {"step": rec.step, "step_s": step_s, "forward_s": rec.forward_s,
+                      "backward_s": rec.backward_s, "allreduce_s": allreduce_s}
+            self._mine = (rec.step, np.array([step_s, rec.forward_s, rec.backward_s, allreduce_s,
+                                              step_s - (0.0 if math.isnan(allreduce_s) else allreduce_s)]))
+            if self.pending is not None:  # in the old layout: only the header, announcing the new one
+                vec = self.packet.pack(header | {"layout": self.pending.crc, "relayout": 1.0}, None)
+                t1 = time.perf_counter()
+                g = self.packet.unpack(self.packet.gather(vec))
+                self.gather_s += time.perf_counter() - t1
+                if not self._open(g) or not self._all_captured(g, rec):
+                    self.exchange_s += time.perf_counter() - t0
+                    return
+                self.layout, self.pending = self.pending, None  # every rank announced the same one: all switch
+            local = self._pack(rec, header)
+            t1 = time.perf_counter()
+            self.packet.launch()
+            self._flight = flight = _Flight(rec.step, local)
+            self.gather_s += time.perf_counter() - t1
+            if len(self.S_idx):
+                self._receive(flight)
+                if flight.judge and not self._all_captured(flight.g, rec):
+                    flight.judge = False
+                elif flight.judge:
+                    self._complete_sharded(rec, flight.g)
+                    flight.dropped_checked = True
         self.exchange_s += time.perf_counter() - t0
 
-    def finish(self) -> list[Finding]:
-        """Wait for the launched collective (if not yet) and judge it; returns the new cross-rank
-        findings to warn about. Sets :attr:`peers_bad`."""
+    def settle(self) -> None:
+        """Wait for the collective in flight, if any, and judge it (thread-safe: queries call it)."""
+        with self._lock:
+            self._settle()
+
+    def take_found(self) -> list[Finding]:
+        """The cross-rank findings judged since the last call that deserve a live warning."""
+        with self._lock:
+            out, self._unwarned = self._unwarned, []
+            return out
+
+    def take_peers(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(step, other ranks that produced a NaN/Inf in it) for each step judged since the last call
+        in which this rank's own values were finite but another rank's were not."""
+        with self._lock:
+            out, self._peers = self._peers, []
+            return out
+
+    def _settle(self) -> None:
         flight, self._flight = self._flight, None
-        self.peers_bad = ()
         if flight is None:
-            return []
+            return
         t0 = time.perf_counter()
         try:
             if flight.g is None:
                 self._receive(flight)
-                if flight.judge and flight.g.column("dropped").any():  # another rank has nothing for it
-                    self._captured += 1
-                    flight.judge = False
+            if flight.judge and not flight.dropped_checked and flight.g.column("dropped").any():
+                self._captured += 1  # another rank has nothing for this step: nobody judges it
+                flight.judge = False
             if not flight.judge:
-                return []
+                return
             self._captured += 1
             g = flight.g
-            phase = g.column("origin_phase")
             if flight.local == 0:
-                self.peers_bad = tuple(int(r) for r in np.flatnonzero(phase > 0))
-            return self.log.live_warnings(self._judge(flight.step, g))
+                peers = np.flatnonzero(g.column("origin_phase") > 0)
+                if peers.size:
+                    self._peers.append((flight.step, tuple(int(r) for r in peers)))
+            self._unwarned += self.log.live_warnings(self._judge(flight.step, g))
         finally:
             self.exchange_s += time.perf_counter() - t0
 
@@ -173,14 +203,6 @@ class CrossRank:
         self.gather_s += time.perf_counter() - t1
         flight.g = self.packet.unpack(m)
         flight.judge = self._open(flight.g)
-
-    def _land(self) -> None:
-        """A collective launched and never finished (the step failed after :meth:`start`): wait for it
-        now, so that buffers are free and every rank's sequence of collectives stays the same."""
-        if self._flight is not None:
-            flight, self._flight = self._flight, None
-            if flight.g is None:
-                self._receive(flight)
 
     def _all_captured(self, g: Gathered, rec: StepRecord) -> bool:
         """False when another rank dropped this step: nobody judges it, and a sharded parameter's full
@@ -193,26 +215,30 @@ class CrossRank:
         return False
 
     def close(self) -> None:
-        """This rank stops watching: post a farewell packet (``closing``) that the other ranks' next
-        exchange receives, whenever they get there, so that every rank drops the cross-rank part at the
-        same exchange instead of waiting for this one forever. Nothing here waits for them."""
-        if self.disabled:
-            return
-        try:
-            self._land()
-        except Exception:  # a failed collective, or a process group already destroyed
-            self._flight = None
-        self.disabled = "this watcher was closed"
-        if self.group is None:  # no group of our own: an unmatched collective would shift the user's
-            return
-        if not torch.distributed.is_initialized():  # the job's groups are destroyed: nobody is waiting
-            return
-        vec = np.zeros(self.packet.size)
-        vec[HI["closing"]] = 1.0
-        vec[HI["layout"]] = self.layout.crc
-        vec[HI["step"]] = -1.0
-        with contextlib.suppress(Exception):  # the process group is gone (destroyed before the close): nobody waits
-            self._farewell = self.packet.farewell(vec)
+        """This rank stops watching: judge what is in flight, then post a farewell packet (``closing``)
+        that the other ranks' next exchange receives, whenever they get there, so that every rank drops
+        the cross-rank part at the same exchange instead of waiting for this one forever. Nothing here
+        waits for them."""
+        with self._lock:
+            if self.disabled:
+                return
+            try:
+                self._settle()
+            except Exception:  # a failed collective, or a process group already destroyed
+                self._flight = None
+            if self.disabled:
+                return
+            self.disabled = "this watcher was closed"
+            if self.group is None:  # no group of our own: an unmatched collective would shift the user's
+                return
+            if not torch.distributed.is_initialized():  # the job's groups are destroyed: nobody is waiting
+                return
+            vec = np.zeros(self.packet.size)
+            vec[HI["closing"]] = 1.0
+            vec[HI["layout"]] = self.layout.crc
+            vec[HI["step"]] = -1.0
+            with contextlib.suppress(Exception):  # the process group is gone: nobody waits
+                self._farewell = self.packet.farewell(vec)
 
     def _pack(self, rec: StepRecord, header: dict) -> float:
         """Pack this rank's packet into the send buffer; returns its local origin phase (0: finite)."""
@@ -295,6 +321,7 @@ class CrossRank:
     # --- queries -------------------------------------------------------------------------
     def frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - mirrors w.findings(all=True)
         """Cross-rank findings (FINDING_COLUMNS + ``rank``: the rank each one names)."""
+        self.settle()
         df = self.log.frame(all=all)
         ranks = {(e.kind, e.layer, e.step): self._rank_of.get(id(e), -1) for e in self.log.episodes}
         df["rank"] = np.array([ranks.get(k, -1) for k in zip(df["kind"], df["layer"], df["step"], strict=True)],
@@ -303,20 +330,21 @@ class CrossRank:
 
     def history(self, metric: str, rank: int) -> pd.DataFrame:
         """``metric`` (one of RANK_METRICS) of ``rank`` over the kept steps."""
+        self.settle()
         n = min(self._rows, HISTORY_ROWS)
         order = np.arange(self._rows - n, self._rows) % HISTORY_ROWS
         return pd.DataFrame({metric: self._scalars[order, rank, RANK_METRICS.index(metric)]},
                             index=pd.Index(self._steps[order], name="step"))
 
     def latest(self, step: int) -> np.ndarray | None:
-        """This rank's RANK_METRICS at ``step``, if that was the last step exchanged."""
-        if not self._rows:
-            return None
-        row = (self._rows - 1) % HISTORY_ROWS
-        return self._scalars[row, self.rank].copy() if self._steps[row] == step else None
+        """This rank's RANK_METRICS at ``step``, if that was the last step exchanged (its own values:
+        known before the collective completes)."""
+        mine = self._mine
+        return mine[1].copy() if mine is not None and mine[0] == step else None
 
     def ranks(self, findings: pd.DataFrame) -> pd.DataFrame:
         """One row per rank: median times over the kept steps, non-finite steps, findings naming it."""
+        self.settle()
         n = min(self._rows, HISTORY_ROWS)
         W = self.ctx.world_size
         with np.errstate(invalid="ignore"), _quiet():
@@ -374,6 +402,7 @@ class _Flight:
     local: float                  # this rank's own origin phase (0: its values were finite)
     g: Gathered | None = None     # the gathered packets, once waited for
     judge: bool = True            # the step is judged (no rank dropped it, the exchange is open)
+    dropped_checked: bool = False  # already checked for a rank that dropped the step (sharded path)
 
 
 def _own_group(ctx: RankContext):
