@@ -25,6 +25,7 @@ from .detectors import DetectorEngine
 from .detectors.finding import SEVERITY_RANK
 from .distributed import CrossRank, detect
 from .distributed.context import warn_opaque
+from .distributed.cross_rank import QUERY_WAIT_S
 from .distributed.handshake import agree
 from .distributed.layout import Layout
 from .kernel_hooks.capture import Capture
@@ -515,7 +516,7 @@ class Watcher(RunQueries):
             df["rank"] = np.full(len(df), self.rank, dtype=np.int64)
         if self._cross is not None:
             try:
-                self._cross.settle()  # the last step's collective: judged before it is shown
+                self._cross.settle(QUERY_WAIT_S)  # the last step's collective: judged before it is shown
                 self._peers_nonfinite()
             except Exception as exc:  # ours: report, never break a query
                 self._hook_error("<distributed>", exc)

@@ -32,6 +32,8 @@ from .packet import HI, Gathered
 
 CROSS_KINDS = RankNonfinite.kinds + ReplicaDivergence.kinds + Straggler.kinds
 """Finding kinds only several ranks can give: every rank holds the same ones."""
+QUERY_WAIT_S = 5.0  # a query waits at most this long for the last step's collective (then shows what is judged)
+CLOSE_WAIT_S = 2.0  # close() waits at most this long for it (then posts its farewell behind it)
 HISTORY_ROWS = 8192  # captured steps of per-rank scalars kept (a ring: W x 5 x 8 bytes a row)
 
 
@@ -156,10 +158,12 @@ class CrossRank:
                     flight.dropped_checked = True
         self.exchange_s += time.perf_counter() - t0
 
-    def settle(self) -> None:
-        """Wait for the collective in flight, if any, and judge it (thread-safe: queries call it)."""
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the collective in flight, if any, and judge it (thread-safe: queries call it). With
+        ``timeout``, give up waiting after that many seconds (a rank that is far behind or gone): the
+        step stays in flight, judged later."""
         with self._lock:
-            self._settle()
+            self._settle(timeout)
 
     def take_found(self) -> list[Finding]:
         """The cross-rank findings judged since the last call that deserve a live warning."""
@@ -174,10 +178,13 @@ class CrossRank:
             out, self._peers = self._peers, []
             return out
 
-    def _settle(self) -> None:
-        flight, self._flight = self._flight, None
+    def _settle(self, timeout: float | None = None) -> None:
+        flight = self._flight
         if flight is None:
             return
+        if timeout is not None and flight.g is None and not self.packet.arrived(timeout):
+            return
+        self._flight = None
         t0 = time.perf_counter()
         try:
             if flight.g is None:
@@ -222,12 +229,13 @@ class CrossRank:
         with self._lock:
             if self.disabled:
                 return
-            try:
-                self._settle()
+            try:  # the last step's collective, unless a rank never joins it (gone, or far behind)
+                self._settle(timeout=CLOSE_WAIT_S)
             except Exception:  # a failed collective, or a process group already destroyed
                 self._flight = None
             if self.disabled:
                 return
+            self._flight = None  # not waited for: the farewell follows it, in order, on every rank
             self.disabled = "this watcher was closed"
             if self.group is None:  # no group of our own: an unmatched collective would shift the user's
                 return
@@ -321,7 +329,7 @@ class CrossRank:
     # --- queries -------------------------------------------------------------------------
     def frame(self, all: bool = False) -> pd.DataFrame:  # noqa: A002 - mirrors w.findings(all=True)
         """Cross-rank findings (FINDING_COLUMNS + ``rank``: the rank each one names)."""
-        self.settle()
+        self.settle(QUERY_WAIT_S)
         df = self.log.frame(all=all)
         ranks = {(e.kind, e.layer, e.step): self._rank_of.get(id(e), -1) for e in self.log.episodes}
         df["rank"] = np.array([ranks.get(k, -1) for k in zip(df["kind"], df["layer"], df["step"], strict=True)],
@@ -330,7 +338,7 @@ class CrossRank:
 
     def history(self, metric: str, rank: int) -> pd.DataFrame:
         """``metric`` (one of RANK_METRICS) of ``rank`` over the kept steps."""
-        self.settle()
+        self.settle(QUERY_WAIT_S)
         n = min(self._rows, HISTORY_ROWS)
         order = np.arange(self._rows - n, self._rows) % HISTORY_ROWS
         return pd.DataFrame({metric: self._scalars[order, rank, RANK_METRICS.index(metric)]},
@@ -344,7 +352,7 @@ class CrossRank:
 
     def ranks(self, findings: pd.DataFrame) -> pd.DataFrame:
         """One row per rank: median times over the kept steps, non-finite steps, findings naming it."""
-        self.settle()
+        self.settle(QUERY_WAIT_S)
         n = min(self._rows, HISTORY_ROWS)
         W = self.ctx.world_size
         with np.errstate(invalid="ignore"), _quiet():

@@ -25,6 +25,7 @@ never queue behind gradsight's, and a farewell packet that no rank ever matches 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,9 +119,14 @@ class Packet:
             self._work = torch.distributed.all_gather(out, send, async_op=True)
         self._args = (send, out, recv)
 
-    @property
-    def in_flight(self) -> bool:
-        return self._work is not None
+    def arrived(self, timeout: float) -> bool:
+        """Whether the launched collective completes within ``timeout`` seconds (polled, never stuck)."""
+        deadline = time.monotonic() + timeout
+        while not self._work.is_completed():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
     def wait(self) -> np.ndarray:
         """The launched collective's result: [W, size], every rank's packet (a view of the buffer)."""
