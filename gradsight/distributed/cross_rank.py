@@ -265,6 +265,9 @@ class CrossRank:
         """The exchange goes on: no rank closed its watcher, and every rank sends the same layout or
         announces the same new one. Otherwise every rank (they all see the same packets) stops the
         exchange at this same collective, with the reason."""
+        h = g.header
+        if not h[:, _FLAGS].any() and (h[:, HI["layout"]] == h[0, HI["layout"]]).all():
+            return True  # the usual case, checked in one pass
         closing = g.column("closing") > 0
         relayout = g.column("relayout") > 0
         sent = g.column("layout")
@@ -305,7 +308,8 @@ class CrossRank:
         scalars = self._scalars[row]
         scalars[:, :4] = g.header[:, _TIMES]
         busy = scalars[:, 4]
-        np.subtract(scalars[:, 0], np.nan_to_num(scalars[:, 3], nan=0.0), out=busy)
+        np.subtract(scalars[:, 0], scalars[:, 3], out=busy)
+        np.copyto(busy, scalars[:, 0], where=np.isnan(scalars[:, 3]))  # all-reduce time unknown: the step
         self._rows += 1
         phase = g.column("origin_phase")
         bad = phase > 0
@@ -426,6 +430,7 @@ def _own_group(ctx: RankContext):
 
 
 _EMPTY = np.zeros((0, 4))
+_FLAGS = [HI["closing"], HI["relayout"]]
 _TIMES = [HI[k] for k in ("step_s", "forward_s", "backward_s", "allreduce_s")]  # RANK_METRICS[:4]
 
 

@@ -75,6 +75,7 @@ class Packet:
         self.send = np.zeros(self.size)                            # packed here each step
         self._recv = np.zeros((self.W, self.size))
         self._args: tuple | None = None
+        self._early: np.ndarray | None = None  # a launched collective's result, read by gather() first
 
     def _tensors(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         send = torch.from_numpy(self.send)
@@ -122,7 +123,7 @@ class Packet:
     def arrived(self, timeout: float) -> bool:
         """Whether the launched collective completes within ``timeout`` seconds (polled, never stuck)."""
         deadline = time.monotonic() + timeout
-        while not self._work.is_completed():
+        while self._early is None and not self._work.is_completed():
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
@@ -130,6 +131,12 @@ class Packet:
 
     def wait(self) -> np.ndarray:
         """The launched collective's result: [W, size], every rank's packet (a view of the buffer)."""
+        if self._early is not None:
+            m, self._early = self._early, None
+            return m
+        return self._wait_launched()
+
+    def _wait_launched(self) -> np.ndarray:
         work, self._work = self._work, None
         args, self._args = self._args, None
         work.wait()
@@ -138,9 +145,12 @@ class Packet:
         return self._recv
 
     def gather(self, vec: np.ndarray) -> np.ndarray:
-        """The collective, waited for: [W, size]."""
+        """The collective, waited for: [W, size]. A launched collective not read yet is waited for
+        first and its result kept for :meth:`wait` (collectives complete in launch order)."""
+        if self._work is not None:
+            self._early = self._wait_launched().copy()
         self.launch(vec)
-        return self.wait()
+        return self._wait_launched()
 
     def farewell(self, vec: np.ndarray):
         """Post ``vec`` in a collective nobody waits for here (own buffers): the other ranks' next
