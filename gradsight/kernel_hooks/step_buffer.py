@@ -77,6 +77,16 @@ class StepBuffer:
         # CPU: numpy views of the same memory, for writes of values already on the host
         self.np_stats = self.stats.numpy() if self.on_cpu else None
         self.np_params = self.params.numpy() if self.on_cpu else None
+        if not self.on_cpu:
+            # device: the columns reset each step as index tensors already there (indexing with a
+            # Python list copies the index to the device each time, and that copy waits), and
+            # page-locked host memory the step's numbers arrive in (a copy there does not block)
+            self._unmeasured_cols = torch.tensor(_LIGHT_UNMEASURED, device=self.device)
+            self._count_cols = torch.tensor(_COUNTS, device=self.device)
+            pin = self.device.type == "cuda"
+            self._host_data = torch.empty(self.data.shape, dtype=self.data.dtype, pin_memory=pin)
+            if getattr(self, "_host_hist", None) is None:
+                self._host_hist = torch.empty(self.hist.shape, dtype=self.hist.dtype, pin_memory=pin)
 
     def reserve_units(self, units: dict[int, torch.Tensor]) -> None:
         """Make room for per-unit vectors whose size a forward just revealed (first step of a
@@ -101,8 +111,8 @@ class StepBuffer:
             self.np_stats[:, _LIGHT_UNMEASURED] = np.nan
             self.np_stats[:, _COUNTS] = 0.0
         else:
-            self.stats[:, _LIGHT_UNMEASURED] = float("nan")
-            self.stats[:, _COUNTS] = 0.0
+            self.stats.index_fill_(1, self._unmeasured_cols, float("nan"))
+            self.stats.index_fill_(1, self._count_cols, 0.0)
         self.stat_written.fill(False)
         self.stat_numel.fill(0)
         self.input_written.fill(False)
@@ -187,8 +197,19 @@ class StepBuffer:
         return True
 
     def fetch(self, with_hist: bool):
-        """The step's device-to-host transfer (plus the histogram counts on detail steps)."""
-        return self.data.cpu().numpy(), (self.hist.cpu().numpy() if with_hist else None)
+        """The step's device-to-host transfer (plus the histogram counts on detail steps): on a
+        device, asynchronous copies into page-locked memory and one wait for both — the step's
+        one host sync. The arrays returned are views, valid until the next fetch (the record
+        copies what it keeps)."""
+        if self.on_cpu:
+            return self.data.numpy(), (self.hist.numpy() if with_hist else None)
+        cuda = self.device.type == "cuda"
+        self._host_data.copy_(self.data, non_blocking=cuda)
+        if with_hist:
+            self._host_hist.copy_(self.hist, non_blocking=cuda)
+        if cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        return self._host_data.numpy(), (self._host_hist.numpy() if with_hist else None)
 
     # host-side views into a fetched array
     def host_views(self, fetched) -> dict:

@@ -18,6 +18,7 @@ sum of squares says something is non-finite.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -127,8 +128,14 @@ def _nonfinite_counts(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _masks(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The min/max field masks on ``device``, copied there once (a host-to-device copy of a
+    pageable tensor waits for the device: once, not per call)."""
+    return _IS_MIN.to(device), _IS_MAX.to(device)
+
+
 def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Merge two rows of :data:`FIELDS` (several calls or backward passes in one step)."""
-    is_min = _IS_MIN.to(a.device)
-    is_max = _IS_MAX.to(a.device)
+    is_min, is_max = _masks(a.device)
     return torch.where(is_min, torch.minimum(a, b), torch.where(is_max, torch.maximum(a, b), a + b))
