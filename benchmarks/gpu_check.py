@@ -136,6 +136,10 @@ def main() -> None:
     ap.add_argument("--models", default="mlp,cnn,transformer,gpt2")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--overhead-models", default=None, help="models of the overhead table (default: --models)")
+    ap.add_argument("--arms", default="floor,naive,anomaly,default,hist1,nan_trace,record")
+    ap.add_argument("--panel", action="store_true", help="also the panel phase of the overhead table")
     args = ap.parse_args()
     overhead.DEVICE = torch.device(args.device)
     out = Path(args.out)
@@ -172,8 +176,10 @@ def main() -> None:
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     print("\n".join(lines), flush=True)
-    sys.argv = ["overhead.py", "--device", args.device, "--models", args.models, "--steps", str(args.steps),
-                "--out", str(out / "overhead_gpu.md"), "--threads", str(torch.get_num_threads())]
+    sys.argv = ["overhead.py", "--device", args.device, "--models", args.overhead_models or args.models,
+                "--steps", str(args.steps), "--warmup", str(args.warmup), "--arms", args.arms,
+                "--out", str(out / "overhead_gpu.md"), "--threads", str(torch.get_num_threads()),
+                *([] if args.panel else ["--no-panel"])]
     overhead.main()
 
 

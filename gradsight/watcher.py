@@ -357,9 +357,14 @@ class Watcher(RunQueries):
         # with optimizer= its post-hook closes a step that stepped: one still open after a backward
         # was not stepped (a GradScaler skip, or an optimizer step left out)
         stepped = False if self._optimizer_ref is not None and self._capture.backward_passes else None
-        self._close_step(loss=_to_float(loss) if loss is not None else None, optimizer_stepped=stepped)
+        if _on_device(loss) and self._capture.capturing and self.on_nonfinite != "raise":
+            _check_scalar(loss)  # read with the step's own transfer (see _record_step)
+        else:
+            loss = _to_float(loss) if loss is not None else None
+        self._close_step(loss=loss, optimizer_stepped=stepped)
 
-    def _close_step(self, loss: float | None, optimizer_stepped: bool | None, check: bool = True) -> None:
+    def _close_step(self, loss: float | torch.Tensor | None, optimizer_stepped: bool | None,
+                    check: bool = True) -> None:
         """Turn the open step into a record and open the next; never raises (it runs inside
         ``optimizer.step()``): a failure is reported once and the step's capture dropped. The one
         exception is ``on_nonfinite="raise"``, which the user asked for (after the bookkeeping)."""
@@ -381,7 +386,7 @@ class Watcher(RunQueries):
             if where is not None:
                 raise error_for(self.name, step, where, self._batch)
 
-    def _record_step(self, loss: float | None, optimizer_stepped: bool | None) -> StepRecord | None:
+    def _record_step(self, loss: float | torch.Tensor | None, optimizer_stepped: bool | None) -> StepRecord | None:
         step = self.step_count
         capture = self._capture
         why = self._tainted or (capture.changes.reason if capture.changes is not None else None)
@@ -398,7 +403,10 @@ class Watcher(RunQueries):
             return None
         if capture.capturing and self._optimizer_ref is None and capture.detail:
             capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
-        rec = capture.harvest(step) if capture.capturing else None
+        staged = loss if isinstance(loss, torch.Tensor) else None
+        rec = capture.harvest(step, loss=staged) if capture.capturing else None
+        if staged is not None:
+            loss = capture.buffer.fetched_loss() if rec is not None else _to_float(staged)
         if rec is not None:
             rec.loss = loss if loss is not None else float("nan")
             rec.loss_given = loss is not None
@@ -618,11 +626,19 @@ def _identities(tensors) -> dict[int, weakref.ref]:
     return {id(t): weakref.ref(t) for t in tensors}
 
 
+def _on_device(loss: Any) -> bool:
+    return isinstance(loss, torch.Tensor) and loss.device.type != "cpu"
+
+
+def _check_scalar(loss: torch.Tensor) -> None:
+    if loss.numel() != 1:
+        raise ValueError(f"gradsight: step(loss=...) expects a scalar; got a tensor of shape {tuple(loss.shape)}.")
+
+
 def _to_float(loss: Any) -> float:
     if isinstance(loss, torch.Tensor):
-        if loss.numel() != 1:
-            raise ValueError(f"gradsight: step(loss=...) expects a scalar; got a tensor of shape {tuple(loss.shape)}.")
-        return float(loss.detach())  # the one host read of the step, at its boundary
+        _check_scalar(loss)
+        return float(loss.detach())  # a host read at the step boundary
     try:
         return float(loss)
     except (TypeError, ValueError):

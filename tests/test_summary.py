@@ -70,3 +70,21 @@ def test_combining_rows_equals_summarising_the_concatenation():
 def test_empty_tensor_does_not_crash():
     row = summarize(torch.empty(0, 4)).numpy()
     assert row[F["sumsq"]] == 0 and row[F["nonzero"]] == 0
+
+
+@pytest.mark.parametrize("values", [
+    [1.0, float("nan"), float("inf"), -float("inf"), float("-inf"), 0.0, -2.0, float("nan")],
+    [0.0, -0.0, 3.5, -1.25, 0.0, 7.0],
+])
+def test_the_accelerator_row_equals_the_host_row(values):
+    """The device path (no host reads) gives the row the CPU path gives, field by field: it
+    runs only on a GPU in use, so it is checked here on CPU tensors against the naive count."""
+    from gradsight.kernel_hooks.summary import device_row, sum_of_squares
+
+    x = torch.tensor(values)
+    dev = device_row(x, x.sum(), sum_of_squares(x)).numpy()
+    host = summarize(x).numpy()
+    assert np.array_equal(dev, host, equal_nan=True)
+    ref = naive(x.numpy())
+    assert (dev[F["nonzero"]], dev[F["nan"]], dev[F["posinf"]], dev[F["neginf"]]) == \
+        (ref["nonzero"], ref["nan"], ref["posinf"], ref["neginf"])

@@ -642,8 +642,10 @@ class Capture:
                 self.buffer.set_params(self._device_index(index), index, 3, self._sumsq_many(tensors))
 
     # --- closing a step ---------------------------------------------------------------
-    def harvest(self, step: int) -> StepRecord:
-        """Finish the step's device work, transfer once, and return the record."""
+    def harvest(self, step: int, loss: torch.Tensor | None = None) -> StepRecord:
+        """Finish the step's device work, transfer once, and return the record. A ``loss``
+        tensor on the device travels in the same transfer (read it with
+        ``buffer.fetched_loss()``): one host sync per step, not two."""
         buf = self.buffer
         self._closing = time.perf_counter()
         with torch.no_grad():
@@ -651,6 +653,10 @@ class Capture:
                 self._param_norms(field=0, of_grad=False)
                 if self._snapshot is not None:
                     self._update_norms()
+                    if not buf.on_cpu:
+                        # on a device the caching allocator makes a new snapshot cheap, and one kept
+                        # would sit through the next forward, on top of its activations (peak memory)
+                        self._snapshot_store = None
             if self.detail:
                 for i in self.layers_with_params:
                     ps = [local_tensor(p) for j, ref in enumerate(self._params)
@@ -659,7 +665,7 @@ class Capture:
                         buf.add_hist((i, "weight"), octave_counts(ps))
             if self._pending_units:  # unit vectors first seen this step get their rows now
                 buf.reserve_units(self._pending_units)
-            host = buf.fetch(with_hist=self.detail)
+            host = buf.fetch(with_hist=self.detail, loss=loss)
         views = buf.host_views(host)
         rec = self._record(step, views)
         for i, entry in list(self.last_inputs.items()):

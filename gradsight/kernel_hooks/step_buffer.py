@@ -53,6 +53,7 @@ class StepBuffer:
         self.input_written = np.zeros(L, dtype=bool)
         self.sat_numel = np.zeros(L, dtype=np.int64)
         self.param_written = np.zeros((P, len(PARAM_FIELDS)), dtype=bool)
+        self._loss: torch.Tensor | None = None
         self._allocate()
         self.reset()
 
@@ -196,20 +197,28 @@ class StepBuffer:
             self.hist_written.add(row)
         return True
 
-    def fetch(self, with_hist: bool):
+    def fetch(self, with_hist: bool, loss: torch.Tensor | None = None):
         """The step's device-to-host transfer (plus the histogram counts on detail steps): on a
         device, asynchronous copies into page-locked memory and one wait for both — the step's
         one host sync. The arrays returned are views, valid until the next fetch (the record
         copies what it keeps)."""
+        self._loss = None
         if self.on_cpu:
             return self.data.numpy(), (self.hist.numpy() if with_hist else None)
         cuda = self.device.type == "cuda"
+        if loss is not None:
+            self._loss = torch.empty((), dtype=torch.float64, pin_memory=cuda)
+            self._loss.copy_(loss.detach().reshape(()), non_blocking=cuda)
         self._host_data.copy_(self.data, non_blocking=cuda)
         if with_hist:
             self._host_hist.copy_(self.hist, non_blocking=cuda)
         if cuda:
             torch.cuda.current_stream(self.device).synchronize()
         return self._host_data.numpy(), (self._host_hist.numpy() if with_hist else None)
+
+    def fetched_loss(self) -> float | None:
+        """The loss that travelled with the last :meth:`fetch`, if one did."""
+        return None if self._loss is None else float(self._loss)
 
     # host-side views into a fetched array
     def host_views(self, fetched) -> dict:
