@@ -577,6 +577,13 @@ class Watcher(RunQueries):
         if model is None:
             raise RuntimeError("gradsight: the watched model no longer exists.")
         entry = self._capture.last_inputs.get(i)
+        if (entry is None or entry[0] < 0) and i in self._capture.inputs_not_kept:
+            from .kernel_hooks.sampling import MAX_KEPT_TOTAL
+            raise ValueError(f"gradsight: gradcheck({layer!r}): this layer's inputs were not kept. A watcher keeps at "
+                             f"most {MAX_KEPT_TOTAL:,} elements of layer inputs per step (in the order layers finish "
+                             "their forward, so that a large model does not hold a copy of its activations), and "
+                             "this layer came after that was spent. Check it directly: "
+                             f"gs.gradcheck(model.get_submodule({layer!r}), *inputs) with a few samples of its input.")
         if entry is None or entry[0] < 0:
             raise ValueError(f"gradsight: gradcheck({layer!r}): no inputs recorded for this layer yet. Inputs "
                              f"are kept on histogram steps (every {self.histogram_every * self.every} steps, step 0 "

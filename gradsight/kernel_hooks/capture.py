@@ -24,9 +24,10 @@ from torch import nn
 from ..records.fields import F
 from ..records.histogram import rebin
 from ..records.step_record import StepRecord
+from . import sampling
 from .histogram import octave_counts
 from .model_changes import ModelChanges
-from .sampling import slice_batch
+from .sampling import plan, slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import PARALLEL_MIN, l2_norm, measure
@@ -167,6 +168,7 @@ class Capture:
             self._own_params.setdefault(i, []).append(j)
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
+        self.inputs_not_kept: set[int] = set()  # layers the per-step bound left out (last detail step)
         self.on_root_inputs: Callable[[tuple, dict], None] | None = None  # gs.watch(on_nonfinite="raise")
         self.began = False          # a training forward started since the watcher's last step boundary
         self._root_open = False     # the root's forward started and has not returned (yet)
@@ -264,6 +266,7 @@ class Capture:
         self._snapshot: list[torch.Tensor | None] | None = None
         self.forward_order: list[int] = []
         self.backward_order: list[int] = []
+        self._kept_elements = 0  # layer-input elements kept for the in-model gradcheck this step
         self._fwd_seen: set[int] = set()
         self._bwd_seen: set[int] = set()
         self.dtypes: dict[int, str] = {}
@@ -352,8 +355,16 @@ class Capture:
                 # an input no watched module produced: one pass tells finite or not
                 self.buffer.add_input(i, t.detach().sum(dtype=torch.float32))
         if self.detail and i in self.keep_inputs:
-            # a few samples, bounded in size (gradcheck.in_model.MAX_SAMPLES / MAX_CAPTURE_ELEMENTS)
-            self.last_inputs[i] = (-1, *slice_batch(args, kwargs))  # the step is filled in at harvest
+            # a few samples, bounded per layer (MAX_SAMPLES / MAX_CAPTURE_ELEMENTS) and per step
+            # (MAX_KEPT_TOTAL, spent in the order layers finish): a layer past it keeps nothing new
+            room = sampling.MAX_KEPT_TOTAL - self._kept_elements
+            keep, size = plan(args, kwargs, max_elements=min(sampling.MAX_CAPTURE_ELEMENTS, room))
+            if size > room:
+                self.inputs_not_kept.add(i)
+                return
+            self._kept_elements += size
+            self.inputs_not_kept.discard(i)
+            self.last_inputs[i] = (-1, *slice_batch(args, kwargs, keep=keep))  # the step is filled in at harvest
 
     def _make_forward_hook(self, i: int):
         def forward_hook(module, args, kwargs, output):
