@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import bus
 from .detectors import DetectorEngine
@@ -34,7 +33,7 @@ from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
 from .records.step_record import StepRecord
-from .step_lifecycle import any_optimizer_step, check_forward_start, say_once, step_is_empty
+from .step_lifecycle import check_forward_start, register_global, say_once, step_is_empty
 from .warnings import GradsightWarning, user_stacklevel
 
 
@@ -170,9 +169,7 @@ class Watcher(RunQueries):
         self._cross_off = "" if distributed else "gs.watch(..., distributed=False) was given"
         if optimizer is not None:
             self._hook_optimizer(optimizer)
-        # every optimizer's step, for O(1) checks (a new optimizer, a forgotten w.step()); the
-        # hook holds this watcher weakly
-        self._global_opt_handle = register_optimizer_step_post_hook(any_optimizer_step(weakref.ref(self)))
+        self._global_opt_handles = register_global(self)
         if self._compiled is not None:
             warnings.warn(
                 f"gradsight: {type(model).__name__} is torch.compile'd. Hooks inside compiled graphs cannot see "
@@ -210,8 +207,7 @@ class Watcher(RunQueries):
             h.remove()
         if getattr(self, "_opt_handles", None):
             self._opt_handles.clear()
-        handle = getattr(self, "_global_opt_handle", None)
-        if handle is not None:
+        for handle in getattr(self, "_global_opt_handles", ()):
             handle.remove()
 
     def __enter__(self) -> Watcher:

@@ -160,6 +160,11 @@ class Capture:
         self.capturing = False       # this step is sampled (step % every == 0)
         self.detail = False          # this step takes full statistics, histograms, weight norms
         self.measure_update = False  # this step measures update norms
+        # when the weights are copied for the update norm: "optimizer" (just before a torch
+        # optimizer's step: the copy does not sit through forward and backward, on top of the
+        # activations), "forward" (at the forward's start: updates made by hand), "unknown" until
+        # one is seen (a measuring step closed without an optimizer step makes it "forward")
+        self.update_source = "unknown"
         self.saved = SavedBytes(L)   # bytes saved for backward, per layer (detail steps)
         self.step_started = time.perf_counter()  # the previous step's close (set by the watcher)
         # own parameters of each layer, for the finiteness check of a layer whose output is non-finite
@@ -333,7 +338,7 @@ class Capture:
             self.forward_passes += 1
             if self.detail:
                 self.saved.begin([m for _, m in model.named_modules()], self.parameters())
-            if self.measure_update and self._snapshot is None:
+            if self.measure_update and self._snapshot is None and self.update_source == "forward":
                 self._take_snapshot()
         except Exception as exc:  # a debugger must never break the training step
             self._on_error(self.names[0], exc)
@@ -624,7 +629,13 @@ class Capture:
             return
         self._opt_start = time.perf_counter()
         self.measure_step_grads()
-        if self.measure_update and self._snapshot is None:
+        self.before_update()
+
+    def before_update(self) -> None:
+        """A torch optimizer is about to step these parameters (with or without ``optimizer=``):
+        the moment to copy them on update-measuring steps."""
+        self.update_source = "optimizer"
+        if self.capturing and not self._closed and self.measure_update and self._snapshot is None:
             self._take_snapshot()
 
     def measure_step_grads(self) -> None:
@@ -660,6 +671,9 @@ class Capture:
         buf = self.buffer
         self._closing = time.perf_counter()
         with torch.no_grad():
+            if self.measure_update and self._snapshot is None and self.update_source == "unknown" \
+                    and self.backward_passes:
+                self.update_source = "forward"  # a measuring step without an optimizer: from the next one on
             if self.detail:  # weights move slowly: measured on detail steps, in fused ops
                 self._param_norms(field=0, of_grad=False)
                 if self._snapshot is not None:
