@@ -88,3 +88,30 @@ def test_the_accelerator_row_equals_the_host_row(values):
     ref = naive(x.numpy())
     assert (dev[F["nonzero"]], dev[F["nan"]], dev[F["posinf"]], dev[F["neginf"]]) == \
         (ref["nonzero"], ref["nan"], ref["posinf"], ref["neginf"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_accelerator_light_summary_writes_what_the_full_row_says(dtype):
+    """The device light path (sum of squares and non-finite counts as tensors, written into
+    the step buffer, added on a second call) forced onto CPU tensors, against the full row."""
+    from gradsight.kernel_hooks.step_buffer import StepBuffer
+    from gradsight.kernel_hooks.summary import Light
+
+    a = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0, -2.0, float("nan")]).to(dtype)
+    b = (torch.randn(5, 3) * 4).to(dtype)
+    buf = StepBuffer(1, 0, torch.device("cpu"), [])
+    for x in (a, b):
+        light = measure(x, detail=False, host=False)
+        assert type(light) is Light
+        buf.write_light(0, light.sumsq, light.counts, x.numel())
+    full = summarize(torch.cat([a, b.reshape(-1)])).numpy()
+    row = buf.stats[0].numpy()
+    assert np.isnan(row[F["sumsq"]]) and np.isnan(full[F["sumsq"]])
+    assert (row[F["nan"]], row[F["posinf"]], row[F["neginf"]]) == (2, 1, 1)
+    assert np.array_equal(row[[F["nan"], F["posinf"], F["neginf"]]], full[[F["nan"], F["posinf"], F["neginf"]]])
+    assert np.isnan(row[[F["sum"], F["min"], F["max"], F["nonzero"]]]).all()  # not measured on a light step
+    buf.reset()
+    light = measure(b, detail=False, host=False)
+    buf.write_light(0, light.sumsq, light.counts, b.numel())
+    assert buf.stats[0, F["sumsq"]].item() == pytest.approx(summarize(b)[F["sumsq"]].item(), rel=1e-5)
+    assert buf.stat_numel[0] == b.numel()

@@ -30,7 +30,7 @@ from .model_changes import ModelChanges
 from .sampling import plan, slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
-from .summary import PARALLEL_MIN, l2_norm, measure
+from .summary import PARALLEL_MIN, Light, l2_norm, measure
 from .tensors import float_tensors, local_tensor, tensor_key
 
 # Units of these can "die": no positive output for any sample.
@@ -405,7 +405,7 @@ class Capture:
                     else:
                         summary = measure(t, self.detail)
                         self._produced[key] = (weakref.ref(t), summary, i)
-                        if type(summary) is not float and summary.device.type == "cpu" and summary.dim() \
+                        if type(summary) is torch.Tensor and summary.device.type == "cpu" \
                                 and i in self._own_params:
                             self._check_own_params(i, summary)
                     if self.activations:
@@ -441,9 +441,11 @@ class Capture:
             if p is not None and j not in self._param_bad_fwd and j not in self._param_ok_fwd:
                 (self._param_ok_fwd if bool(torch.isfinite(local_tensor(p.detach())).all()) else self._param_bad_fwd).add(j)
 
-    def _write(self, row: int, summary: torch.Tensor | float, numel: int) -> None:
+    def _write(self, row: int, summary: torch.Tensor | float | Light, numel: int) -> None:
         if type(summary) is float:  # CPU light step: the sum of squares, already on the host
             self.buffer.write_value(row, summary, numel)
+        elif type(summary) is Light:  # device light step
+            self.buffer.write_light(row, summary.sumsq, summary.counts, numel)
         else:
             self.buffer.write_stats(row, summary, numel)
 

@@ -28,6 +28,8 @@ from .summary import combine
 _LIGHT_UNMEASURED = [F["sum"], F["min"], F["max"], F["nonzero"]]
 _COUNTS = [F["nan"], F["posinf"], F["neginf"]]
 _SUMSQ = F["sumsq"]
+_COUNTS_SLICE = slice(F["nan"], F["neginf"] + 1)
+assert list(range(F["nan"], F["neginf"] + 1)) == _COUNTS, "the counts are adjacent fields"
 
 PARAM_FIELDS = ("sumsq", "grad_sumsq", "update_sumsq", "step_grad_sumsq")
 
@@ -128,6 +130,19 @@ class StepBuffer:
             self.np_stats[row, _SUMSQ] += sumsq
         else:
             self.np_stats[row, _SUMSQ] = sumsq
+            self.stat_written[row] = True
+        self.stat_numel[row] += numel
+
+    def write_light(self, row: int, sumsq: torch.Tensor, counts: torch.Tensor, numel: int) -> None:
+        """Light step on a device: the sum of squares and the non-finite counts, written (or
+        added) where they go, two ops; the other fields stay as :meth:`reset` left them."""
+        target = self.stats[row]
+        if self.stat_written[row]:
+            target[_SUMSQ].add_(sumsq)
+            target[_COUNTS_SLICE].add_(counts)
+        else:
+            target[_SUMSQ].copy_(sumsq)
+            target[_COUNTS_SLICE].copy_(counts)
             self.stat_written[row] = True
         self.stat_numel[row] += numel
 

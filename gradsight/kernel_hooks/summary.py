@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -62,14 +63,24 @@ def device_row(flat: torch.Tensor, total: torch.Tensor, sumsq: torch.Tensor) -> 
     return torch.stack([total, sumsq, lo, hi, nonzero, nan, posinf, neginf])
 
 
-def measure(x: torch.Tensor, detail: bool) -> torch.Tensor | float:
+class Light(NamedTuple):
+    """The light summary on an accelerator: the sum of squares and the (NaN, +Inf, -Inf)
+    counts as device tensors, written into the step buffer as they are (the other fields of
+    a light row stay "not measured")."""
+
+    sumsq: torch.Tensor
+    counts: torch.Tensor
+
+
+def measure(x: torch.Tensor, detail: bool, host: bool | None = None) -> torch.Tensor | float | Light:
     """A full row of :data:`FIELDS` on detail steps; otherwise the light every-step summary.
 
-    Light: one pass, the sum of squares (L2 norm; non-finite if anything is). On CPU it is
-    returned as a Python float (reading it is free there, and the buffer is host memory),
-    and a non-finite value — or one beyond float32's range — gets the full row, since that
-    is when the extra numbers matter. On an accelerator the light row also carries the
-    non-finite counts, computed asynchronously; unmeasured fields are NaN.
+    Light: one pass, the sum of squares (L2 norm; non-finite if anything is). On the host
+    (CPU; ``host`` defaults to the tensor's device) it is returned as a Python float (reading
+    it is free there, and the buffer is host memory), and a non-finite value — or one beyond
+    float32's range — gets the full row, since that is when the extra numbers matter. On an
+    accelerator nothing can be read without waiting, so the light summary is a :class:`Light`:
+    the sum of squares and the non-finite counts, computed asynchronously in 9 kernels.
     """
     if detail:
         return summarize(x)
@@ -78,14 +89,17 @@ def measure(x: torch.Tensor, detail: bool) -> torch.Tensor | float:
         x = x.float()  # float64 reductions are ~10x slower on CPU; half types accumulate in float32
     if x.numel() == 0:
         return summarize(x)
-    norm = l2_norm(x)
-    if x.device.type == "cpu":
-        value = norm.item()
+    if host is None:
+        host = x.device.type == "cpu"
+    if host:
+        value = l2_norm(x).item()
         value *= value
         return value if value <= _F32_MAX else summarize(x)  # NaN and Inf fail the test too
-    nan, posinf, neginf = _nonfinite_counts(x.reshape(-1))
-    unknown = torch.full((), float("nan"), device=x.device)
-    return torch.stack([unknown, norm.square(), unknown, unknown, unknown, nan, posinf, neginf])
+    half = x.dtype in _HALF
+    # one reduction (a device reduction is parallel as it is: no row split), squared on the device
+    sumsq = torch.linalg.vector_norm(x, dtype=torch.float32 if half else None).square()
+    counts = torch.stack([torch.isnan(x).sum(), torch.isposinf(x).sum(), torch.isneginf(x).sum()])
+    return Light(sumsq, counts)
 
 
 def sum_of_squares(flat: torch.Tensor) -> torch.Tensor:
