@@ -140,7 +140,9 @@ def main() -> None:
     for w, b, a, ratio, q1, q3, ex, ga, alone, sent, recv, L, P in rows:
         lines.append(f"| {w} | {b * 1e3:.2f} | {a * 1e3:.2f} | {ratio:.3f} | {q1:.3f}-{q3:.3f} | {ex * 1e3:.3f} | "
                      f"{ga * 1e3:.3f} | {alone * 1e3:.3f} | {sent:,} | {recv:,} | {L} | {P} |")
-    lines += ["", "The packet is `8 x (10 + 2 x layers + 4 x sharded params + 2 x replicated params)` bytes per "
+    from gradsight.distributed.packet import H
+
+    lines += ["", f"The packet is `8 x ({H} + 2 x layers + 4 x sharded params + 2 x replicated params)` bytes per "
               "rank (gradsight/distributed/packet.py): it depends on the number of layers and parameter tensors, "
               "never on the number of parameter values; each rank receives `world x` that from one all_gather."]
     OUT.write_text("\n".join(lines) + "\n")

@@ -109,7 +109,7 @@ def test_rank_nonfinite_names_the_first_step_only_and_all_origin_ranks():
         assert [rank for _, rank in found] == ([1] if step == 1 else [])
     (f,) = log.episodes
     assert (f.step, f.layer, f.phase, f.value) == (1, "fc1", "forward", 1.0)
-    assert "rank 1 produced" in f.message and "ranks 3 too" in f.message and "ranks 0, 2 were finite" in f.message
+    assert "rank 1 produced" in f.message and "(rank 3 too" in f.message and "ranks 0, 2 were finite" in f.message
 
 
 def test_straggler_silent_on_noisy_equal_ranks_and_names_the_slow_one():

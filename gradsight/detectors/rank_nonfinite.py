@@ -47,11 +47,16 @@ class RankNonfinite:
                 2: f"the input of {layer!r} in forward (the batch, or code before the model)",
                 3: f"the gradient w.r.t. the output of {layer!r} in backward"}[code]
         others = [int(r) for r in bad[1:]]
-        also = f" (ranks {', '.join(map(str, others))} too, at the same step)" if others else ""
+        also = f" ({_ranks(others)} too, at the same step)" if others else ""
         clean = [r for r in range(len(origin_phase)) if r not in bad]
-        spread = (f"; ranks {', '.join(map(str, clean))} were finite at this step before the all-reduce"
-                  if clean else "")
+        spread = (f"; {_ranks(clean)} {'was' if len(clean) == 1 else 'were'} finite at this step before the "
+                  "all-reduce" if clean else "")
         return [(Finding(step=step, layer=layer, kind=KIND, severity="error",
                          message=f"rank {first} produced the first non-finite value at step {step}: "
                                  f"{what}{also}{spread}.", hint=HINT, phase=PHASES[code], value=float(first)),
                  first)]
+
+
+def _ranks(ranks: list[int]) -> str:
+    """"rank 0" or "ranks 0, 2"."""
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
