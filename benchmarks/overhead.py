@@ -21,8 +21,8 @@ per-round ratios to the plain step of the same round. Arms:
 The panel runs in a second phase (the comm hub is process-wide, so a panel attached in the
 first phase would also follow the other watchers): plain vs default vs default with a
 panel session attached and receiving pushes; "panel on top" is the ratio of the last two.
-Peak memory: one fresh process per arm runs the same steps and reports its peak RSS
-(``ru_maxrss``); the table gives watched vs plain.
+Peak memory: fresh processes run the same steps per arm and report their peak RSS (VmHWM);
+the table gives the median of three, watched vs plain.
 Writes benchmarks/results/overhead.md (with the machine load at the start and the end).
 """
 
@@ -239,7 +239,9 @@ def main() -> None:
     if not args.no_memory and DEVICE.type == "cpu":
         for key in keys:
             n = 12 if key != "transformer" else 6
-            memory[key] = {a: peak_rss(key, a, n) for a in ("plain", "default", "hist1")}
+            # the median of three fresh processes: one process's RSS moves by +-20 MB run to run
+            memory[key] = {a: statistics.median(peak_rss(key, a, n) for _ in range(3))
+                           for a in ("plain", "default", "hist1")}
             print(key, "peak RSS MiB", memory[key], flush=True)
     load1 = os.getloadavg()[0]
 
