@@ -168,14 +168,14 @@ def function_case(fn, *shapes):
     return _torch(fn, args), _gs(fn, args)
 
 
-def gpt2_block_case():
-    """``w.gradcheck("h.0")`` in a watched, random-init GPT-2 (n_embd 16, 2 heads, batch 2 x 8 tokens)
-    against torch's gradcheck of the same block on the same captured inputs and parameters."""
+def watched_gpt2():
+    """A random-init GPT-2 (n_embd 16, 2 heads, one block) watched by gradsight, after one training
+    step on 2 x 8 tokens: ``(model, watcher)``, ready for ``w.gradcheck("h.0")``. The one definition
+    of this case, for this benchmark and tests/test_gradcheck_in_model.py (transformers loads here,
+    never in gradsight's core). The watcher holds the model weakly: keep ``model`` alive."""
     from transformers import GPT2Config, GPT2Model
 
     import gradsight as gs
-    from gradsight.gradcheck.in_model import slice_batch
-    from gradsight.gradcheck.inputs import state_copy
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_embd=16, n_head=2, n_layer=1, n_positions=16, vocab_size=50, bos_token_id=0,
@@ -187,6 +187,16 @@ def gpt2_block_case():
     loss = model(torch.randint(0, 50, (2, 8))).last_hidden_state.pow(2).mean()
     loss.backward()
     w.step(loss)
+    return model, w
+
+
+def gpt2_block_case():
+    """``w.gradcheck("h.0")`` in :func:`watched_gpt2` against torch's gradcheck of the same block on
+    the same captured inputs and parameters."""
+    from gradsight.gradcheck.in_model import slice_batch
+    from gradsight.gradcheck.inputs import state_copy
+
+    model, w = watched_gpt2()
     block = model.h[0]
     entry = w._capture.last_inputs[w._layer_index("h.0", "gradcheck")]
     args, kwargs = slice_batch(entry[1], entry[2])

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.gradcheck import ConvFn
 from gradsight.gradcheck import gradcheck
 from gradsight.gradcheck.evaluate import Evaluator
 from gradsight.gradcheck.inputs import CallSpec
@@ -22,39 +22,25 @@ def f64(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-class Conv(torch.autograd.Function):
-    """A 3x3 convolution whose backward calls torch.nn.grad (convolution_backward underneath)."""
+class NumpyBackwardExp(torch.autograd.Function):
+    """exp(x) with a backward through numpy (scaled by ``slope``): no batching can run it, only a loop."""
 
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return F.conv2d(x, w, padding=1)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        return (torch.nn.grad.conv2d_input(x.shape, w, g, padding=1),
-                torch.nn.grad.conv2d_weight(x, w.shape, g, padding=1))
-
-
-class NumpyBackwardSquare(torch.autograd.Function):
-    """x**2 with a backward through numpy: no batching can run it, only a loop."""
+    slope = 1.0
 
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
+        y = x.exp()
+        ctx.save_for_backward(y)
+        return y
 
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return torch.from_numpy(2 * x.detach().numpy() * g.detach().numpy())
+    @classmethod
+    def backward(cls, ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.from_numpy(np.multiply(cls.slope * y.detach().numpy(), g.detach().numpy()))
 
 
-class NumpyBackwardSquareBug(NumpyBackwardSquare):
-    @staticmethod
-    def backward(ctx, g):
-        return 0.5 * NumpyBackwardSquare.backward(ctx, g)
+class NumpyBackwardExpBug(NumpyBackwardExp):
+    slope = 0.5
 
 
 class ItemBackwardScale(torch.autograd.Function):
@@ -107,17 +93,17 @@ def naive_rows(fn, args):
 def test_conv_rows_come_from_one_batched_backward_per_chunk_and_equal_the_naive_loop():
     x, w = f64(2, 3, 5, 5), f64(4, 3, 3, 3, seed=1)
     with CountOps(torch.ops.aten.convolution_backward) as count:
-        aj, J = analytic(Conv.apply, x, w)
+        aj, J = analytic(ConvFn.apply, x, w)
     assert aj.batched_ok
     # 200 output rows: one chunk (input and weight grads: 2 kernels), plus the plain-pass checks (4).
     # autograd's is_grads_batched would run the kernels once per row here: 400+.
     assert count.n <= 8, count.n
-    for got, want in zip(J, naive_rows(Conv.apply, (x, w)), strict=True):
+    for got, want in zip(J, naive_rows(ConvFn.apply, (x, w)), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("fn, args", [
-    (NumpyBackwardSquare.apply, (f64(7),)),
+    (NumpyBackwardExp.apply, (f64(7),)),
     (ItemBackwardScale.apply, (f64(3, 4), f64((), seed=1))),
     (lambda a, b: (a @ b).tanh(), (f64(3, 4), f64(4, 2, seed=1))),
 ], ids=["numpy-backward", "item-backward", "builtin-ops"])
@@ -128,8 +114,8 @@ def test_rows_equal_the_naive_loop_whichever_batching_runs(fn, args):
 
 
 def test_backward_vmap_cannot_batch_still_gives_the_right_verdicts():
-    assert gradcheck(NumpyBackwardSquare.apply, f64(7)).passed
-    bad = gradcheck(NumpyBackwardSquareBug.apply, f64(7))
+    assert gradcheck(NumpyBackwardExp.apply, f64(7)).passed
+    bad = gradcheck(NumpyBackwardExpBug.apply, f64(7))
     assert bad.failed == ["x"] and bad.rows[0].max_rel_err == pytest.approx(0.5, rel=1e-3)
     assert gradcheck(ItemBackwardScale.apply, f64(3, 4).requires_grad_(), f64((), seed=1)).passed  # x only
 
