@@ -6,7 +6,9 @@ torch.func.functional_call, as one has to). Runs are interleaved A/B (the order
 flips each repeat) after one warm-up each; the table gives medians of wall-clock
 time, the ratio of medians, and the ratio of median CPU time (steadier on a shared
 machine). Verdicts must be identical: a case with a planted bug checks that both
-tools fail it. Writes the table to benchmarks/results/gradcheck.md (keeping its OpInfo section).
+tools fail it. Writes the table, and where the time goes in the case with the smallest full-mode
+ratio, to benchmarks/results/gradcheck.md (keeping its OpInfo section); with ``--only`` it prints
+them and leaves the file alone.
 
     python benchmarks/gradcheck.py [--repeats 5] [--threads 1] [--only NAME]
 """
@@ -168,14 +170,14 @@ def function_case(fn, *shapes):
     return _torch(fn, args), _gs(fn, args)
 
 
-def gpt2_block_case():
-    """``w.gradcheck("h.0")`` in a watched, random-init GPT-2 (n_embd 16, 2 heads, batch 2 x 8 tokens)
-    against torch's gradcheck of the same block on the same captured inputs and parameters."""
+def watched_gpt2():
+    """A random-init GPT-2 (n_embd 16, 2 heads, one block) watched by gradsight, after one training
+    step on 2 x 8 tokens: ``(model, watcher)``, ready for ``w.gradcheck("h.0")``. The one definition
+    of this case, for this benchmark and tests/test_gradcheck_in_model.py (transformers loads here,
+    never in gradsight's core). The watcher holds the model weakly: keep ``model`` alive."""
     from transformers import GPT2Config, GPT2Model
 
     import gradsight as gs
-    from gradsight.gradcheck.in_model import slice_batch
-    from gradsight.gradcheck.inputs import state_copy
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_embd=16, n_head=2, n_layer=1, n_positions=16, vocab_size=50, bos_token_id=0,
@@ -187,6 +189,16 @@ def gpt2_block_case():
     loss = model(torch.randint(0, 50, (2, 8))).last_hidden_state.pow(2).mean()
     loss.backward()
     w.step(loss)
+    return model, w
+
+
+def gpt2_block_case():
+    """``w.gradcheck("h.0")`` in :func:`watched_gpt2` against torch's gradcheck of the same block on
+    the same captured inputs and parameters."""
+    from gradsight.gradcheck.in_model import slice_batch
+    from gradsight.gradcheck.inputs import state_copy
+
+    model, w = watched_gpt2()
     block = model.h[0]
     entry = w._capture.last_inputs[w._layer_index("h.0", "gradcheck")]
     args, kwargs = slice_batch(entry[1], entry[2])
@@ -224,6 +236,37 @@ def cases():
         ("custom conv Function, x 2x4x8x8, w 4x4x3x3", *function_case(ConvFn.apply, (2, 4, 8, 8), (4, 4, 3, 3))),
         ("w.gradcheck('h.0'): GPT-2 block, n_embd 16, 2 x 8 tokens", *gpt2_block_case()),
     ]
+
+
+SPLIT = {  # (file, function) in gradsight/gradcheck: the parts of a full check
+    "analytic Jacobian (batched backward passes)": [("jacobian.py", "rows"), ("jacobian.py", "columns")],
+    "numeric Jacobian (batched forward evaluations)": [("jacobian.py", "numeric_chunks")],
+    "comparison of the entries": [("compare.py", "add")],
+    "set-up (first call with autograd, determinism call)": [("evaluate.py", "__init__")],
+}
+
+
+def time_split(run_gs, repeats: int = 3) -> list[tuple[str, float]]:
+    """Where a full check spends its time: ms per check under cProfile (cumulative), by part."""
+    import cProfile
+    import pstats
+
+    run_gs(False)
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    for _ in range(repeats):
+        run_gs(False)
+    prof.disable()
+    total = (time.perf_counter() - start) / repeats
+    stats = pstats.Stats(prof).stats  # {(file, line, function): (cc, nc, tottime, cumtime, callers)}
+    out = []
+    for part, keys in SPLIT.items():
+        sec = sum(v[3] for (f, _, fn), v in stats.items()
+                  if any(f.endswith(f"gradcheck{os.sep}{k}") and fn == name for k, name in keys))
+        out.append((part, 1e3 * sec / repeats))
+    out.append(("the whole check (under cProfile)", 1e3 * total))
+    return out
 
 
 def timed(f):
@@ -298,24 +341,43 @@ def main() -> None:
             f"{r['cpu_speedup']:.1f}x | {verdict(r['torch_verdict'])} / {verdict(r['gs_verdict'])} ({same}) | "
             f"{r['runs']} |"
         )
-    full = [r["speedup"] for r in rows if r["mode"] == "full"]
+    full = [r for r in rows if r["mode"] == "full"]
+    worst = min(full, key=lambda r: r["speedup"])
+    split = time_split(next(run_gs for name, _, run_gs in only if name == worst["case"]))
     lines += [
         "",
-        f"Full mode: {min(full):.1f}x to {max(full):.1f}x faster than torch's (wall-clock medians) on these cases.",
+        f"Full mode: {worst['speedup']:.1f}x to {max(r['speedup'] for r in full):.1f}x faster than torch's "
+        "(wall-clock medians) on these cases.",
+        "",
+        f"Where gradsight's time goes in the case with the smallest full-mode ratio ({worst['case']}; "
+        "cProfile, cumulative ms per check; the rest of the whole is copies and bookkeeping):",
+        "",
+        "| part | ms |",
+        "|---|---:|",
+        *[f"| {part} | {ms:.1f} |" for part, ms in split],
         "",
         "Full mode batches the perturbed evaluations through torch.func.vmap (a classic-style Function",
-        "runs forward-only under vmap, see gradsight/gradcheck/classic.py); functions vmap cannot run",
-        "fall back to one call per point. Fast mode: both tools make a handful of calls, so fixed",
-        "costs dominate. torch's fast mode, on failure, builds the full Jacobians for its message.",
+        "runs forward-only under vmap, see gradsight/gradcheck/classic.py), and the analytic rows (one",
+        "vector-Jacobian product per output element) through torch.func.vmap over one backward pass per",
+        "chunk; functions or backwards vmap cannot run fall back to autograd's is_grads_batched, then to",
+        "one call per point. Fast mode: both tools make a handful of calls, so fixed costs dominate.",
+        "torch's fast mode, on failure, builds the full Jacobians for its message.",
     ]
     table = "\n".join(lines) + "\n"
     print(table)
+    if args.only:
+        print(f"(--only: {RESULTS} is left as it is; it holds the whole set of cases)", file=sys.stderr)
+    else:
+        write_results(table)
+    if any(r["torch_verdict"] != r["gs_verdict"] for r in rows):
+        sys.exit("verdicts differ")
+
+
+def write_results(table: str) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old = RESULTS.read_text() if RESULTS.exists() else ""
     kept = old[old.index(OPINFO_SECTION):] if OPINFO_SECTION in old else ""  # written by gradcheck_opinfo.py
     RESULTS.write_text(table + ("\n" + kept if kept else ""))
-    if any(r["torch_verdict"] != r["gs_verdict"] for r in rows):
-        sys.exit("verdicts differ")
 
 
 if __name__ == "__main__":

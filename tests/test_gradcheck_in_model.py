@@ -175,22 +175,10 @@ def test_mutable_argument_gets_a_fresh_copy_per_call_and_is_left_untouched():
 
 def test_gpt2_block_in_a_watched_model():
     pytest.importorskip("transformers")
-    import warnings
+    from benchmarks.gradcheck import watched_gpt2
 
-    from transformers import GPT2Config, GPT2Model
-
-    import gradsight as gs
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=16, n_head=2, n_layer=1, n_positions=16, vocab_size=50, bos_token_id=0,
-                     eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = GPT2Model(cfg)
-    with gs.watch(model) as w:
-        loss = model(torch.randint(0, 50, (2, 8))).last_hidden_state.pow(2).mean()
-        loss.backward()
-        w.step(loss)
+    model, w = watched_gpt2()
+    with w:
         report = w.gradcheck("h.0")  # before: RuntimeError from inside functorch (the KV cache)
     assert report.passed, report
     assert report.rows[0].name == "hidden_states" and len(report.rows) == 13  # the input and 12 parameters
