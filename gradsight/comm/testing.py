@@ -8,7 +8,8 @@ names and error types as gradsight.Watcher.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,30 @@ class FakeComm:
 
     def array(self, ref: dict[str, Any], buffers: list[Any]) -> np.ndarray:
         return unpack(ref, buffers)
+
+
+class CheckedComm(FakeComm):
+    """A FakeComm that validates every message sent against the schema: each one is a contract."""
+
+    def send(self, data: dict[str, Any], buffers: list[Any] | None = None, **kw: Any) -> None:
+        from .schema import validate
+
+        validate(data)
+        super().send(data, buffers, **kw)
+
+
+@contextmanager
+def unthrottled_hub(sources: Any) -> Iterator[Any]:
+    """A Hub on ``sources`` (a KernelSources) that pushes on every step, without a shell; its
+    sessions are closed on leaving."""
+    from .hub import Hub
+
+    hub = Hub(sources, None, min_interval=0.0, max_share=None)
+    try:
+        yield hub
+    finally:
+        for s in list(hub.sessions):
+            s.close()
 
 
 @dataclass
@@ -161,6 +186,12 @@ class FakeRankedWatcher(FakeWatcher):
         self.world_size = world_size
         self.rank = rank
         self.step_seconds = [0.01 * (1 + r) for r in range(world_size)]  # rank r takes (1+r)x as long
+
+    def layers(self, rank: int | None = None) -> pd.DataFrame:
+        """Like a live Watcher in a job: its own rank's layers only."""
+        if rank is not None and rank != self.rank:
+            raise ValueError(f"gradsight: layers(rank={rank}): this watcher is rank {self.rank}")
+        return super().layers()
 
     def add_finding(self, rank: int = -1, **row: Any) -> None:
         super().add_finding(**row)
