@@ -65,6 +65,8 @@ export interface IHeatmapData {
   readonly nonfinite: Float64Array;
   readonly columns: number;
   readonly totalSteps: number;
+  /** Recorded steps left out: no layer has a value there (a metric measured every few steps). */
+  readonly skippedSteps: number;
   /** Recorded steps per column (1: every step is a column). */
   readonly stepSpan: number;
 }
@@ -89,6 +91,7 @@ export function heatmapData(msg: Heatmap, buffers: readonly Buffer[]): IHeatmapD
     nonfinite,
     columns: steps.length,
     totalSteps: msg.total_steps,
+    skippedSteps: msg.skipped_steps,
     stepSpan: msg.step_span
   };
 }

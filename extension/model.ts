@@ -182,6 +182,21 @@ export class GradientsModel implements IDisposable {
     return this._heatmapMetric;
   }
 
+  /**
+   * The heatmap view has room for `columns` step columns: ask the kernel for no more (drawing
+   * more columns than pixels would drop some, and a NaN step with them), and for more when a
+   * thinned heatmap gets wider.
+   */
+  async setHeatmapColumns(columns: number): Promise<void> {
+    const n = Math.max(8, Math.min(4096, Math.floor(columns)));
+    const shown = this._heatmap;
+    if (n === this._heatmapColumns || (shown && shown.stepSpan === 1 && shown.columns <= n)) {
+      return;
+    }
+    this._heatmapColumns = n;
+    await this._fetchHeatmap();
+  }
+
   /** Show the heatmap of this metric; fetches it. */
   async selectHeatmapMetric(metric: HeatmapMetric): Promise<void> {
     if (metric !== this._heatmapMetric) {
@@ -483,10 +498,17 @@ export class GradientsModel implements IDisposable {
     }
     const metric = this._heatmapMetric;
     const rank = this._wantedRank();
+    const columns = this._heatmapColumns;
     this._heatmapping = true;
     this._heatmapFetched = Date.now();
     try {
-      const reply = await conn.request({ kind: 'get_heatmap', watcher, metric, rank });
+      const reply = await conn.request({
+        kind: 'get_heatmap',
+        watcher,
+        metric,
+        rank,
+        ...(columns !== null ? { max_columns: columns } : {})
+      });
       const msg = reply.message;
       // the answer to a question still asked (the user may have picked another source or metric)
       if (msg.kind === 'heatmap' && msg.watcher === this.watcherName && msg.metric === this._heatmapMetric) {
@@ -499,7 +521,12 @@ export class GradientsModel implements IDisposable {
     } finally {
       this._heatmapping = false;
     }
-    if (this.watcherName !== watcher || this._heatmapMetric !== metric || this._wantedRank() !== rank) {
+    if (
+      this.watcherName !== watcher ||
+      this._heatmapMetric !== metric ||
+      this._wantedRank() !== rank ||
+      this._heatmapColumns !== columns
+    ) {
       await this._fetchHeatmap(); // the user changed the question while this one was asked
     }
   }
@@ -669,6 +696,8 @@ export class GradientsModel implements IDisposable {
   private _snapshotStale = false;
   private _heatmap: IHeatmapData | null = null;
   private _heatmapMetric: HeatmapMetric = 'grad_norm';
+  /** Step columns the heatmap view has room for (null: not measured yet, the kernel's default). */
+  private _heatmapColumns: number | null = null;
   private _heatmapping = false;
   private _heatmapFetched = 0;
   private _changed = new Signal<this, Change>(this);

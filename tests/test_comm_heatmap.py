@@ -90,6 +90,12 @@ def test_a_long_run_is_bounded_to_500_columns_and_keeps_the_spike_and_the_nan():
     assert values[0, 333] == 1e4 and np.count_nonzero(values[0] != 0.1) == 1
     assert nonfinite[1, 400] == 1 and nonfinite.sum() == 1 and msg["rank"] is None
 
+    # a panel 100 pixels wide asks for 100 columns: still the spike and the NaN
+    msg, buffers = heatmap.heatmap(Long(), "grad_norm", None, "t:2", max_columns=100)
+    values, nonfinite = unpack(msg["values"], buffers), unpack(msg["nonfinite"], buffers)
+    assert msg["step_span"] == 50 and values.shape == (2, 100) and msg["max_columns"] == 100
+    assert values[0, 66] == 1e4 and nonfinite[1, 80] == 1 and nonfinite.sum() == 1
+
 
 def _watched(nan_at: int | None, steps: int = 12) -> gs.Watcher:
     torch.manual_seed(0)

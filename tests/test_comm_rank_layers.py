@@ -145,8 +145,16 @@ def test_the_heatmap_of_a_rank_is_that_rank_s_history_asked_over_the_comm(hub, r
             if rank == 1:
                 expected[:, ranked_recording.NAN_STEP] = 1
             np.testing.assert_array_equal(nonfinite, expected)
+        # act_std is measured on detail steps only: the steps where no layer has it are left out
+        # (a non-finite step stays, whatever it measured), and counted
         comm.deliver({"v": 1, "kind": "get_heatmap", "id": "t:a", "watcher": name, "metric": "act_std", "rank": 1})
         msg, buffers = comm.last("heatmap")
-        np.testing.assert_array_equal(unpack(msg["values"], buffers), rec.history("act_std", rank=1).to_numpy().T)
+        hist = rec.history("act_std", rank=1)
+        bad = sum(rec.history(f"act_{k}", rank=1) for k in ("nan", "posinf", "neginf")) > 0
+        kept = hist.notna().any(axis=1) | bad.any(axis=1)
+        assert 0 < kept.sum() < len(hist) and kept[ranked_recording.NAN_STEP]
+        np.testing.assert_array_equal(unpack(msg["values"], buffers), hist[kept].to_numpy().T)
+        np.testing.assert_array_equal(unpack(msg["steps"], buffers), hist.index[kept].to_numpy())
+        assert msg["skipped_steps"] == len(hist) - kept.sum() and msg["total_steps"] == kept.sum()
     finally:
         comm.close()

@@ -124,6 +124,19 @@ describe('heatmap in the model and the view', () => {
     now.mockRestore();
   });
 
+  it('asks for no more columns than the view has pixels, and again only when that changes', async () => {
+    const kernel = new FakeKernel('k1');
+    await connect(kernel);
+    const asked = () => kernel.requests.filter(r => r.kind === 'get_heatmap');
+    expect(asked()[0].max_columns).toBeUndefined(); // not measured yet: the kernel's bound
+    const before = asked().length;
+    await model.setHeatmapColumns(120.7); // the fixture is thinned (2 steps a column): re-asked to fit
+    expect(asked()).toHaveLength(before + 1);
+    expect(asked()[before].max_columns).toBe(120);
+    await model.setHeatmapColumns(120);
+    expect(asked()).toHaveLength(before + 1);
+  });
+
   it('drops an answer for a metric the user has moved away from', async () => {
     const kernel = new FakeKernel('k1');
     await connect(kernel);

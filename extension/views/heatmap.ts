@@ -142,6 +142,10 @@ export class HeatmapView extends SectionView {
       }
     };
     this._box = h('div', { class: 'jp-gradsight-heatmap-box' }, this._canvas);
+    if (typeof ResizeObserver !== 'undefined') {
+      this._resize = new ResizeObserver(() => this.update()); // the sidebar dragged wider or narrower
+      this._resize.observe(this._box);
+    }
     this._legend = h('div', { class: 'jp-gradsight-heatmap-legend' });
     this._readout = h('div', { class: 'jp-gradsight-muted jp-gradsight-heatmap-readout' }, HINT);
     this._empty = h('div');
@@ -187,7 +191,8 @@ export class HeatmapView extends SectionView {
       (data.rank !== null ? ` · rank ${data.rank}` : '') +
       (data.stepSpan > 1
         ? ` · ${data.totalSteps} steps in ${data.columns} columns of ${data.stepSpan} (each cell: its most extreme step)`
-        : ` · ${data.totalSteps} step(s)`);
+        : ` · ${data.totalSteps} step(s)`) +
+      (data.skippedSteps > 0 ? ` · ${data.skippedSteps} step(s) without a value left out` : '');
     this._legend.replaceChildren(...legend(range, data));
     this._draw(data);
   }
@@ -203,6 +208,9 @@ export class HeatmapView extends SectionView {
     this._canvas.style.width = `${width}px`;
     this._canvas.style.height = `${height}px`;
     this._geometry = { x0: LABEL_W, y0: 0, w: width - LABEL_W - 4, rowH };
+    if (this._box.clientWidth > 0) {
+      void this.model.setHeatmapColumns(this._geometry.w); // one pixel per column at least
+    }
     const ctx = this._canvas.getContext('2d');
     if (!ctx) {
       return; // no canvas (jsdom): the text around it still says what it shows
@@ -254,6 +262,11 @@ export class HeatmapView extends SectionView {
     }
   }
 
+  dispose(): void {
+    this._resize?.disconnect();
+    super.dispose();
+  }
+
   private _cellAt(e: MouseEvent): [number, number] | null {
     const data = this._data;
     const g = this._geometry;
@@ -283,6 +296,7 @@ export class HeatmapView extends SectionView {
   private _empty: HTMLElement;
   private _data: IHeatmapData | null = null;
   private _geometry: { x0: number; y0: number; w: number; rowH: number } | null = null;
+  private _resize: ResizeObserver | null = null;
 }
 
 const HINT = 'hover a cell to read it; click a row for that layer';

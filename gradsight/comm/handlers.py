@@ -75,7 +75,8 @@ def get_heatmap(context: Context, req: dict[str, Any]) -> payloads.Message:
     """One metric of every layer over the recorded steps (of one rank); reads only."""
     w = context.sources.find(req["watcher"])
     rank = req.get("rank")
-    return heatmap.heatmap(w, req.get("metric", heatmap.DEFAULT_METRIC), None if rank is None else int(rank), req["id"])
+    return heatmap.heatmap(w, req.get("metric", heatmap.DEFAULT_METRIC), None if rank is None else int(rank), req["id"],
+                           int(req.get("max_columns", heatmap.MAX_STEP_COLUMNS)))
 
 
 def get_gradcheck_reports(context: Context, req: dict[str, Any]) -> payloads.Message:

@@ -77,21 +77,27 @@ def extreme_columns(values: np.ndarray, bad: np.ndarray, span: int) -> tuple[np.
     return cells, b.sum(axis=2)
 
 
-def span_for(n_steps: int, n_layers: int) -> tuple[int, int]:
-    """(steps per column, column limit): at most MAX_STEP_COLUMNS columns and MAX_CELLS cells."""
-    limit = max(1, min(MAX_STEP_COLUMNS, MAX_CELLS // max(1, n_layers)))
+def span_for(n_steps: int, n_layers: int, max_columns: int = MAX_STEP_COLUMNS) -> tuple[int, int]:
+    """(steps per column, column limit): at most ``max_columns`` (the panel's pixels),
+    MAX_STEP_COLUMNS columns and MAX_CELLS cells."""
+    limit = max(1, min(max_columns, MAX_STEP_COLUMNS, MAX_CELLS // max(1, n_layers)))
     return max(1, math.ceil(n_steps / limit)), limit
 
 
 def heatmap(w: Any, metric: str = DEFAULT_METRIC, rank: int | None = None,
-            request_id: str | None = None) -> payloads.Message:
-    """The heatmap of ``metric`` (schema: heatmap_metric) of source ``w``, rank ``rank``."""
+            request_id: str | None = None, max_columns: int = MAX_STEP_COLUMNS) -> payloads.Message:
+    """The heatmap of ``metric`` (schema: heatmap_metric) of source ``w``, rank ``rank``, in at
+    most ``max_columns`` step columns."""
     frame, served = history(w, metric, rank)
     names = [payloads._name(c) for c in list(frame.columns)[:MAX_LAYERS]]
-    values = frame.to_numpy(dtype=np.float64)[:, :len(names)].T          # layers x steps
-    bad = nonfinite_steps(w, metric, served, frame.to_numpy(dtype=np.float64))[:, :len(names)].T
-    steps = frame.index.to_numpy(dtype=np.float64)
-    span, limit = span_for(len(steps), len(names))
+    raw = frame.to_numpy(dtype=np.float64)
+    bad = nonfinite_steps(w, metric, served, raw)
+    # steps where no layer has a value (a detail metric between detail steps) are left out
+    kept = ~np.isnan(raw).all(axis=1) | bad.any(axis=1) if raw.shape[1] else np.ones(len(raw), dtype=bool)
+    values = raw[kept, :len(names)].T          # layers x steps
+    bad = bad[kept, :len(names)].T
+    steps = frame.index.to_numpy(dtype=np.float64)[kept]
+    span, limit = span_for(len(steps), len(names), max_columns)
     cells, counts = extreme_columns(values, bad, span) if len(names) else (np.empty((0, 0)), np.empty((0, 0)))
     packer = Packer()
     msg = {
@@ -106,6 +112,7 @@ def heatmap(w: Any, metric: str = DEFAULT_METRIC, rank: int | None = None,
         "values": packer.ref(cells),
         "nonfinite": packer.ref(counts, "uint32"),
         "total_steps": len(steps),
+        "skipped_steps": int(len(kept) - kept.sum()),
         "step_span": span,
         "max_columns": limit,
     }

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..detectors.finding import FINDING_COLUMNS
+from ..records.metrics import LAYER_METRICS
 from .buffers import unpack
 
 
@@ -125,7 +126,10 @@ class FakeWatcher:
         return self._layers.index(layer)
 
     def layers(self) -> pd.DataFrame:
-        s = self.step_count
+        return self._layers_at(self.step_count)
+
+    def _layers_at(self, s: int) -> pd.DataFrame:
+        """layers() as it read after ``s`` steps."""
         n = len(self._layers)
         decay = np.array([10.0 ** (-i) for i in range(n)])
         df = pd.DataFrame({"layer": self._layers, "type": self._types})
@@ -137,6 +141,16 @@ class FakeWatcher:
         df["update_ratio"] = [1e-3 if t == "Linear" else np.nan for t in self._types]
         df["step"] = s - 1
         return df
+
+    def history(self, metric: str, rank: int | None = None) -> pd.DataFrame:
+        """One row per step, one column per layer: the layers() column ``metric`` after each step."""
+        if metric not in LAYER_METRICS:
+            raise ValueError(f"gradsight: history({metric!r}): unknown metric")
+        frames = [self._layers_at(s + 1) for s in range(self.step_count)]
+        data = [f[metric].to_numpy(dtype=np.float64) if metric in f.columns else np.full(len(f), np.nan)
+                for f in frames]  # a metric this fake does not compute: never measured
+        return pd.DataFrame(np.array(data).reshape(len(data), len(self._layers)), columns=self._layers,
+                            index=pd.Index(np.arange(self.step_count), name="step"))
 
     def steps(self) -> pd.DataFrame:
         steps = np.arange(self.step_count)
@@ -210,8 +224,13 @@ class FakeRankedWatcher(FakeWatcher):
         return df
 
     def history(self, metric: str, rank: int | None = None) -> pd.DataFrame:
-        if metric not in self.RANK_COLUMNS or rank is None:
-            raise ValueError(f"gradsight: history({metric!r}, rank={rank!r}): not a per-rank metric")
+        """Every rank's step times; layer metrics of its own rank only, as a live Watcher."""
+        if metric not in self.RANK_COLUMNS:
+            if rank is not None and rank != self.rank:
+                raise ValueError(f"gradsight: history(rank={rank}): this watcher is rank {self.rank}")
+            return super().history(metric)
+        if rank is None:
+            raise ValueError(f"gradsight: history({metric!r}): a per-rank metric needs rank=")
         return pd.DataFrame({metric: np.full(self.step_count, self.step_seconds[rank])},
                             index=pd.Index(np.arange(self.step_count), name="step"))
 
