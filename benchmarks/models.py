@@ -34,3 +34,24 @@ class Encoder(nn.Module):
 
 def transformer(batch: int = 16, seq: int = 128):
     return Encoder(), torch.randn(batch, seq, 256), torch.randint(0, 10, (batch,))
+
+
+class GPT2Small(nn.Module):
+    """GPT-2 small's shape (12 layers, d=768, 12 heads, vocab 50257), random init, from
+    ``transformers``; ``forward`` returns the logits of the last position (classification-style
+    loss like the other benchmark models)."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+        self.lm = GPT2LMHeadModel(cfg)
+
+    def forward(self, ids):
+        return self.lm(input_ids=ids).logits[:, -1]
+
+
+def gpt2(batch: int = 8, seq: int = 256):
+    """GPT-2-small-sized (124M parameters): for the GPU run; far too slow for 2 CPU cores."""
+    return GPT2Small(), torch.randint(0, 50257, (batch, seq)), torch.randint(0, 50257, (batch,))

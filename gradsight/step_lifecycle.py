@@ -107,7 +107,7 @@ def step_is_empty(w: Any) -> bool:
 def reindex(w: Any, reason: str) -> None:
     """Rebuild the hooks for the model as it is now; keep the history of layers that stayed."""
     old = w._capture
-    flags = (old.capturing, old.detail, old.measure_update)
+    flags = (old.capturing, old.detail, old.measure_update, old.update_source)
     w._release_hooks()
     try:
         new = w._new_capture()
@@ -116,7 +116,7 @@ def reindex(w: Any, reason: str) -> None:
                  f"watched ({type(exc).__name__}: {exc}); this watcher is closed. Call gs.watch(model) again.")
         w.close()
         return
-    new.capturing, new.detail, new.measure_update = flags
+    new.capturing, new.detail, new.measure_update, new.update_source = flags
     new.began = old.began
     with bus.lock:
         w._capture = new
@@ -135,16 +135,36 @@ def reindex(w: Any, reason: str) -> None:
     opt = w._optimizer_ref() if w._optimizer_ref is not None else None
     if opt is not None:
         w._hook_optimizer(opt)
-    w._global_opt_handle = _register_global(w)
+    w._global_opt_handles = register_global(w)
     say_once(w, "reindex", f"the model changed ({reason}) before step {w.step_count}: now watching "
              f"{len(new.names)} layers and {len(new.param_names)} parameters. Layers that kept their name "
              "keep their history; further changes are followed without another warning.")
 
 
-def _register_global(w: Any):
-    from torch.optim.optimizer import register_optimizer_step_post_hook
+def register_global(w: Any) -> tuple:
+    """torch's process-wide optimizer hooks for ``w`` (held weakly): every optimizer's pre- and
+    post-step, for O(1) checks (a new optimizer, a forgotten w.step(), the update snapshot)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-    return register_optimizer_step_post_hook(any_optimizer_step(weakref.ref(w)))
+    ref = weakref.ref(w)
+    return (register_optimizer_step_post_hook(any_optimizer_step(ref)),
+            register_optimizer_step_pre_hook(any_optimizer_pre_step(ref)))
+
+
+def any_optimizer_pre_step(ref: weakref.ref) -> Callable:
+    """torch's global optimizer pre-step hook: without ``optimizer=``, the weights are copied for
+    the update norm just before an optimizer steps them, not at the forward's start."""
+    def hook(optimizer, args, kwargs):
+        w = ref()
+        if w is None or w.closed or w._optimizer_ref is not None or w.model is None:
+            return
+        try:
+            if _steps_ours(w, optimizer):
+                w._capture.before_update()
+        except Exception as exc:  # never raise from optimizer.step()
+            w._hook_error("<optimizer>", exc)
+
+    return hook
 
 
 def any_optimizer_step(ref: weakref.ref) -> Callable:
@@ -165,10 +185,9 @@ def _holds(identities: dict[int, weakref.ref], t: Any) -> bool:
     return t is not None and ref is not None and ref() is t
 
 
-def _optimizer_stepped(w: Any, optimizer: Any) -> None:
+def _steps_ours(w: Any, optimizer: Any) -> bool:
+    """Does ``optimizer`` step this watcher's parameters? (cached per optimizer object)"""
     mine = w._optimizer_ref() if w._optimizer_ref is not None else None
-    if optimizer is mine:
-        return
     hit = w._foreign.get(id(optimizer))
     if hit is None or hit[0]() is not optimizer:
         first = next((p for g in optimizer.param_groups for p in g["params"]), None)
@@ -182,7 +201,12 @@ def _optimizer_stepped(w: Any, optimizer: Any) -> None:
         hit = w._foreign[id(optimizer)] = (weakref.ref(optimizer), any(_holds(s, first) for s in ours))
         if len(w._foreign) > 64:
             w._foreign = {k: v for k, v in w._foreign.items() if v[0]() is not None}
-    if not hit[1]:
+    return hit[1]
+
+
+def _optimizer_stepped(w: Any, optimizer: Any) -> None:
+    mine = w._optimizer_ref() if w._optimizer_ref is not None else None
+    if optimizer is mine or not _steps_ours(w, optimizer):
         return  # another model's optimizer, or another part of this model (a GAN's other half)
     if w._optimizer_ref is None:  # no optimizer= given: only note it (see check_forward_start)
         w._opt_stepped_since_forward = True

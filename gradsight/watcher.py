@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import bus
 from .detectors import DetectorEngine
@@ -34,7 +33,7 @@ from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
 from .records.run_history import RunHistory
 from .records.step_record import StepRecord
-from .step_lifecycle import any_optimizer_step, check_forward_start, say_once, step_is_empty
+from .step_lifecycle import check_forward_start, register_global, say_once, step_is_empty
 from .warnings import GradsightWarning, user_stacklevel
 
 
@@ -170,9 +169,7 @@ class Watcher(RunQueries):
         self._cross_off = "" if distributed else "gs.watch(..., distributed=False) was given"
         if optimizer is not None:
             self._hook_optimizer(optimizer)
-        # every optimizer's step, for O(1) checks (a new optimizer, a forgotten w.step()); the
-        # hook holds this watcher weakly
-        self._global_opt_handle = register_optimizer_step_post_hook(any_optimizer_step(weakref.ref(self)))
+        self._global_opt_handles = register_global(self)
         if self._compiled is not None:
             warnings.warn(
                 f"gradsight: {type(model).__name__} is torch.compile'd. Hooks inside compiled graphs cannot see "
@@ -210,8 +207,7 @@ class Watcher(RunQueries):
             h.remove()
         if getattr(self, "_opt_handles", None):
             self._opt_handles.clear()
-        handle = getattr(self, "_global_opt_handle", None)
-        if handle is not None:
+        for handle in getattr(self, "_global_opt_handles", ()):
             handle.remove()
 
     def __enter__(self) -> Watcher:
@@ -357,9 +353,14 @@ class Watcher(RunQueries):
         # with optimizer= its post-hook closes a step that stepped: one still open after a backward
         # was not stepped (a GradScaler skip, or an optimizer step left out)
         stepped = False if self._optimizer_ref is not None and self._capture.backward_passes else None
-        self._close_step(loss=_to_float(loss) if loss is not None else None, optimizer_stepped=stepped)
+        if _on_device(loss) and self._capture.capturing and self.on_nonfinite != "raise":
+            _check_scalar(loss)  # read with the step's own transfer (see _record_step)
+        else:
+            loss = _to_float(loss) if loss is not None else None
+        self._close_step(loss=loss, optimizer_stepped=stepped)
 
-    def _close_step(self, loss: float | None, optimizer_stepped: bool | None, check: bool = True) -> None:
+    def _close_step(self, loss: float | torch.Tensor | None, optimizer_stepped: bool | None,
+                    check: bool = True) -> None:
         """Turn the open step into a record and open the next; never raises (it runs inside
         ``optimizer.step()``): a failure is reported once and the step's capture dropped. The one
         exception is ``on_nonfinite="raise"``, which the user asked for (after the bookkeeping)."""
@@ -381,7 +382,7 @@ class Watcher(RunQueries):
             if where is not None:
                 raise error_for(self.name, step, where, self._batch)
 
-    def _record_step(self, loss: float | None, optimizer_stepped: bool | None) -> StepRecord | None:
+    def _record_step(self, loss: float | torch.Tensor | None, optimizer_stepped: bool | None) -> StepRecord | None:
         step = self.step_count
         capture = self._capture
         why = self._tainted or (capture.changes.reason if capture.changes is not None else None)
@@ -398,7 +399,10 @@ class Watcher(RunQueries):
             return None
         if capture.capturing and self._optimizer_ref is None and capture.detail:
             capture.measure_step_grads()  # post-clipping gradients: clipping is seen without optimizer=
-        rec = capture.harvest(step) if capture.capturing else None
+        staged = loss if isinstance(loss, torch.Tensor) else None
+        rec = capture.harvest(step, loss=staged) if capture.capturing else None
+        if staged is not None:
+            loss = capture.buffer.fetched_loss() if rec is not None else _to_float(staged)
         if rec is not None:
             rec.loss = loss if loss is not None else float("nan")
             rec.loss_given = loss is not None
@@ -569,6 +573,13 @@ class Watcher(RunQueries):
         if model is None:
             raise RuntimeError("gradsight: the watched model no longer exists.")
         entry = self._capture.last_inputs.get(i)
+        if (entry is None or entry[0] < 0) and i in self._capture.inputs_not_kept:
+            from .kernel_hooks.sampling import MAX_KEPT_TOTAL
+            raise ValueError(f"gradsight: gradcheck({layer!r}): this layer's inputs were not kept. A watcher keeps at "
+                             f"most {MAX_KEPT_TOTAL:,} elements of layer inputs per step (in the order layers finish "
+                             "their forward, so that a large model does not hold a copy of its activations), and "
+                             "this layer came after that was spent. Check it directly: "
+                             f"gs.gradcheck(model.get_submodule({layer!r}), *inputs) with a few samples of its input.")
         if entry is None or entry[0] < 0:
             raise ValueError(f"gradsight: gradcheck({layer!r}): no inputs recorded for this layer yet. Inputs "
                              f"are kept on histogram steps (every {self.histogram_every * self.every} steps, step 0 "
@@ -618,11 +629,19 @@ def _identities(tensors) -> dict[int, weakref.ref]:
     return {id(t): weakref.ref(t) for t in tensors}
 
 
+def _on_device(loss: Any) -> bool:
+    return isinstance(loss, torch.Tensor) and loss.device.type != "cpu"
+
+
+def _check_scalar(loss: torch.Tensor) -> None:
+    if loss.numel() != 1:
+        raise ValueError(f"gradsight: step(loss=...) expects a scalar; got a tensor of shape {tuple(loss.shape)}.")
+
+
 def _to_float(loss: Any) -> float:
     if isinstance(loss, torch.Tensor):
-        if loss.numel() != 1:
-            raise ValueError(f"gradsight: step(loss=...) expects a scalar; got a tensor of shape {tuple(loss.shape)}.")
-        return float(loss.detach())  # the one host read of the step, at its boundary
+        _check_scalar(loss)
+        return float(loss.detach())  # a host read at the step boundary
     try:
         return float(loss)
     except (TypeError, ValueError):

@@ -136,10 +136,12 @@ def test_no_host_sync_per_module_on_an_accelerator_path(monkeypatch):
     shortcut), and any .item()/.cpu()/bool() inside a hook would fail and show up in
     w.errors. The step boundary then makes exactly one transfer.
     """
-    fetches = []
+    fetches, losses = [], []
 
-    def fake_fetch(self, with_hist):
+    def fake_fetch(self, with_hist, loss=None):
         fetches.append(with_hist)
+        losses.append(loss is not None)
+        self._loss = None if loss is None else torch.tensor(1.5, dtype=torch.float64)
         return (np.zeros(self.data.numel(), dtype=np.float32),
                 np.zeros(tuple(self.hist.shape), dtype=np.int64) if with_hist else None)
 
@@ -150,10 +152,12 @@ def test_no_host_sync_per_module_on_an_accelerator_path(monkeypatch):
         x = torch.randn(4, 8, device="meta")
         loss = model(x).pow(2).mean()
         loss.backward()
-        w.step()
+        w.step(loss)  # a loss on the device travels in the step's one transfer (a float() would raise)
     assert w.errors == []
     assert fetches == [True, False, True]  # one transfer per step (+ histograms on detail steps)
+    assert losses == [True, True, True]
     rec = w.last_record()
+    assert rec.loss == 1.5 and rec.loss_given
     assert rec.forward_order and rec.backward_order  # the hooks really ran
     w.close()
 

@@ -4,6 +4,7 @@ plain Parquet + JSON; bad paths and files get clear errors; writing never blocks
 from __future__ import annotations
 
 import json
+import threading
 import time
 import warnings
 
@@ -291,7 +292,10 @@ def test_a_slow_disk_thins_the_recording_and_never_blocks(tmp_path, monkeypatch)
 
     real = chunks.write_table
 
+    on_training_thread = []
+
     def slow(path, table):
+        on_training_thread.append(threading.current_thread() is threading.main_thread())
         time.sleep(0.2)
         return real(path, table)
 
@@ -314,7 +318,10 @@ def test_a_slow_disk_thins_the_recording_and_never_blocks(tmp_path, monkeypatch)
             times.append(time.perf_counter() - t0)
     behind = [str(c.message) for c in caught if "cannot keep up" in str(c.message)]
     assert len(behind) == 1  # said once
-    assert max(times) < 0.15  # no step waited for a 0.2 s write
+    # no write ran on the training thread, and steps did not wait for the 0.2 s writes (the
+    # median: a single step can be slow on a loaded machine for reasons of its own)
+    assert on_training_thread and not any(on_training_thread)
+    assert sorted(times)[len(times) // 2] < 0.1
     monkeypatch.setattr(chunks, "write_table", real)
     w.close()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())

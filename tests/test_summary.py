@@ -70,3 +70,48 @@ def test_combining_rows_equals_summarising_the_concatenation():
 def test_empty_tensor_does_not_crash():
     row = summarize(torch.empty(0, 4)).numpy()
     assert row[F["sumsq"]] == 0 and row[F["nonzero"]] == 0
+
+
+@pytest.mark.parametrize("values", [
+    [1.0, float("nan"), float("inf"), -float("inf"), float("-inf"), 0.0, -2.0, float("nan")],
+    [0.0, -0.0, 3.5, -1.25, 0.0, 7.0],
+])
+def test_the_accelerator_row_equals_the_host_row(values):
+    """The device path (no host reads) gives the row the CPU path gives, field by field: it
+    runs only on a GPU in use, so it is checked here on CPU tensors against the naive count."""
+    from gradsight.kernel_hooks.summary import device_row, sum_of_squares
+
+    x = torch.tensor(values)
+    dev = device_row(x, x.sum(), sum_of_squares(x)).numpy()
+    host = summarize(x).numpy()
+    assert np.array_equal(dev, host, equal_nan=True)
+    ref = naive(x.numpy())
+    assert (dev[F["nonzero"]], dev[F["nan"]], dev[F["posinf"]], dev[F["neginf"]]) == \
+        (ref["nonzero"], ref["nan"], ref["posinf"], ref["neginf"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_accelerator_light_summary_writes_what_the_full_row_says(dtype):
+    """The device light path (sum of squares and non-finite counts as tensors, written into
+    the step buffer, added on a second call) forced onto CPU tensors, against the full row."""
+    from gradsight.kernel_hooks.step_buffer import StepBuffer
+    from gradsight.kernel_hooks.summary import Light
+
+    a = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0, -2.0, float("nan")]).to(dtype)
+    b = (torch.randn(5, 3) * 4).to(dtype)
+    buf = StepBuffer(1, 0, torch.device("cpu"), [])
+    for x in (a, b):
+        light = measure(x, detail=False, host=False)
+        assert type(light) is Light
+        buf.write_light(0, light.sumsq, light.counts, x.numel())
+    full = summarize(torch.cat([a, b.reshape(-1)])).numpy()
+    row = buf.stats[0].numpy()
+    assert np.isnan(row[F["sumsq"]]) and np.isnan(full[F["sumsq"]])
+    assert (row[F["nan"]], row[F["posinf"]], row[F["neginf"]]) == (2, 1, 1)
+    assert np.array_equal(row[[F["nan"], F["posinf"], F["neginf"]]], full[[F["nan"], F["posinf"], F["neginf"]]])
+    assert np.isnan(row[[F["sum"], F["min"], F["max"], F["nonzero"]]]).all()  # not measured on a light step
+    buf.reset()
+    light = measure(b, detail=False, host=False)
+    buf.write_light(0, light.sumsq, light.counts, b.numel())
+    assert buf.stats[0, F["sumsq"]].item() == pytest.approx(summarize(b)[F["sumsq"]].item(), rel=1e-5)
+    assert buf.stat_numel[0] == b.numel()

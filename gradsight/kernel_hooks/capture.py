@@ -24,12 +24,13 @@ from torch import nn
 from ..records.fields import F
 from ..records.histogram import rebin
 from ..records.step_record import StepRecord
+from . import sampling
 from .histogram import octave_counts
 from .model_changes import ModelChanges
-from .sampling import slice_batch
+from .sampling import plan, slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
-from .summary import PARALLEL_MIN, l2_norm, measure
+from .summary import PARALLEL_MIN, Light, l2_norm, measure
 from .tensors import float_tensors, local_tensor, tensor_key
 
 # Units of these can "die": no positive output for any sample.
@@ -159,6 +160,11 @@ class Capture:
         self.capturing = False       # this step is sampled (step % every == 0)
         self.detail = False          # this step takes full statistics, histograms, weight norms
         self.measure_update = False  # this step measures update norms
+        # when the weights are copied for the update norm: "optimizer" (just before a torch
+        # optimizer's step: the copy does not sit through forward and backward, on top of the
+        # activations), "forward" (at the forward's start: updates made by hand), "unknown" until
+        # one is seen (a measuring step closed without an optimizer step makes it "forward")
+        self.update_source = "unknown"
         self.saved = SavedBytes(L)   # bytes saved for backward, per layer (detail steps)
         self.step_started = time.perf_counter()  # the previous step's close (set by the watcher)
         # own parameters of each layer, for the finiteness check of a layer whose output is non-finite
@@ -167,6 +173,7 @@ class Capture:
             self._own_params.setdefault(i, []).append(j)
         self._reset_step_state()
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
+        self.inputs_not_kept: set[int] = set()  # layers the per-step bound left out (last detail step)
         self.on_root_inputs: Callable[[tuple, dict], None] | None = None  # gs.watch(on_nonfinite="raise")
         self.began = False          # a training forward started since the watcher's last step boundary
         self._root_open = False     # the root's forward started and has not returned (yet)
@@ -264,6 +271,7 @@ class Capture:
         self._snapshot: list[torch.Tensor | None] | None = None
         self.forward_order: list[int] = []
         self.backward_order: list[int] = []
+        self._kept_elements = 0  # layer-input elements kept for the in-model gradcheck this step
         self._fwd_seen: set[int] = set()
         self._bwd_seen: set[int] = set()
         self.dtypes: dict[int, str] = {}
@@ -330,7 +338,7 @@ class Capture:
             self.forward_passes += 1
             if self.detail:
                 self.saved.begin([m for _, m in model.named_modules()], self.parameters())
-            if self.measure_update and self._snapshot is None:
+            if self.measure_update and self._snapshot is None and self.update_source == "forward":
                 self._take_snapshot()
         except Exception as exc:  # a debugger must never break the training step
             self._on_error(self.names[0], exc)
@@ -352,8 +360,16 @@ class Capture:
                 # an input no watched module produced: one pass tells finite or not
                 self.buffer.add_input(i, t.detach().sum(dtype=torch.float32))
         if self.detail and i in self.keep_inputs:
-            # a few samples, bounded in size (gradcheck.in_model.MAX_SAMPLES / MAX_CAPTURE_ELEMENTS)
-            self.last_inputs[i] = (-1, *slice_batch(args, kwargs))  # the step is filled in at harvest
+            # a few samples, bounded per layer (MAX_SAMPLES / MAX_CAPTURE_ELEMENTS) and per step
+            # (MAX_KEPT_TOTAL, spent in the order layers finish): a layer past it keeps nothing new
+            room = sampling.MAX_KEPT_TOTAL - self._kept_elements
+            keep, size = plan(args, kwargs, max_elements=min(sampling.MAX_CAPTURE_ELEMENTS, room))
+            if size > room:
+                self.inputs_not_kept.add(i)
+                return
+            self._kept_elements += size
+            self.inputs_not_kept.discard(i)
+            self.last_inputs[i] = (-1, *slice_batch(args, kwargs, keep=keep))  # the step is filled in at harvest
 
     def _make_forward_hook(self, i: int):
         def forward_hook(module, args, kwargs, output):
@@ -389,7 +405,7 @@ class Capture:
                     else:
                         summary = measure(t, self.detail)
                         self._produced[key] = (weakref.ref(t), summary, i)
-                        if type(summary) is not float and summary.device.type == "cpu" and summary.dim() \
+                        if type(summary) is torch.Tensor and summary.device.type == "cpu" \
                                 and i in self._own_params:
                             self._check_own_params(i, summary)
                     if self.activations:
@@ -425,9 +441,11 @@ class Capture:
             if p is not None and j not in self._param_bad_fwd and j not in self._param_ok_fwd:
                 (self._param_ok_fwd if bool(torch.isfinite(local_tensor(p.detach())).all()) else self._param_bad_fwd).add(j)
 
-    def _write(self, row: int, summary: torch.Tensor | float, numel: int) -> None:
+    def _write(self, row: int, summary: torch.Tensor | float | Light, numel: int) -> None:
         if type(summary) is float:  # CPU light step: the sum of squares, already on the host
             self.buffer.write_value(row, summary, numel)
+        elif type(summary) is Light:  # device light step
+            self.buffer.write_light(row, summary.sumsq, summary.counts, numel)
         else:
             self.buffer.write_stats(row, summary, numel)
 
@@ -613,7 +631,13 @@ class Capture:
             return
         self._opt_start = time.perf_counter()
         self.measure_step_grads()
-        if self.measure_update and self._snapshot is None:
+        self.before_update()
+
+    def before_update(self) -> None:
+        """A torch optimizer is about to step these parameters (with or without ``optimizer=``):
+        the moment to copy them on update-measuring steps."""
+        self.update_source = "optimizer"
+        if self.capturing and not self._closed and self.measure_update and self._snapshot is None:
             self._take_snapshot()
 
     def measure_step_grads(self) -> None:
@@ -642,15 +666,24 @@ class Capture:
                 self.buffer.set_params(self._device_index(index), index, 3, self._sumsq_many(tensors))
 
     # --- closing a step ---------------------------------------------------------------
-    def harvest(self, step: int) -> StepRecord:
-        """Finish the step's device work, transfer once, and return the record."""
+    def harvest(self, step: int, loss: torch.Tensor | None = None) -> StepRecord:
+        """Finish the step's device work, transfer once, and return the record. A ``loss``
+        tensor on the device travels in the same transfer (read it with
+        ``buffer.fetched_loss()``): one host sync per step, not two."""
         buf = self.buffer
         self._closing = time.perf_counter()
         with torch.no_grad():
+            if self.measure_update and self._snapshot is None and self.update_source == "unknown" \
+                    and self.backward_passes:
+                self.update_source = "forward"  # a measuring step without an optimizer: from the next one on
             if self.detail:  # weights move slowly: measured on detail steps, in fused ops
                 self._param_norms(field=0, of_grad=False)
                 if self._snapshot is not None:
                     self._update_norms()
+                    if not buf.on_cpu:
+                        # on a device the caching allocator makes a new snapshot cheap, and one kept
+                        # would sit through the next forward, on top of its activations (peak memory)
+                        self._snapshot_store = None
             if self.detail:
                 for i in self.layers_with_params:
                     ps = [local_tensor(p) for j, ref in enumerate(self._params)
@@ -659,7 +692,7 @@ class Capture:
                         buf.add_hist((i, "weight"), octave_counts(ps))
             if self._pending_units:  # unit vectors first seen this step get their rows now
                 buf.reserve_units(self._pending_units)
-            host = buf.fetch(with_hist=self.detail)
+            host = buf.fetch(with_hist=self.detail, loss=loss)
         views = buf.host_views(host)
         rec = self._record(step, views)
         for i, entry in list(self.last_inputs.items()):

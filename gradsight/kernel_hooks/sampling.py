@@ -18,6 +18,11 @@ MAX_SAMPLES = 4
 MAX_CAPTURE_ELEMENTS = 2**20
 """Most tensor elements one capture keeps (4 MiB in float32, 8 MiB as the float64 copies)."""
 
+MAX_KEPT_TOTAL = 2**23
+"""Most elements a watcher keeps per step over all layers (32 MiB in float32), spent in the
+order layers finish their forward: without it a GPT-2-sized model kept ~0.5 GB of layer
+inputs on the device (165 layers x up to 4 MiB), on top of its activations."""
+
 def _batch_size(args: tuple, kwargs: dict) -> int | None:
     for leaf in tree_flatten((args, kwargs))[0]:
         if isinstance(leaf, torch.Tensor) and leaf.dim() >= 1:
@@ -25,7 +30,28 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-def slice_batch(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_SAMPLES) -> tuple[tuple, dict]:
+def plan(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_SAMPLES,
+         max_elements: int = MAX_CAPTURE_ELEMENTS) -> tuple[int | None, int]:
+    """(samples kept along dim 0 — None when no tensor has a batch dimension —, elements
+    kept): as many samples as fit ``max_elements``, at least one."""
+    kwargs = dict(kwargs or {})
+    batch = _batch_size(tuple(args), kwargs)
+    tensors = [t for t in tree_flatten((tuple(args), kwargs))[0] if isinstance(t, torch.Tensor)]
+
+    def size(keep: int) -> int:
+        return sum(t[:keep].numel() if batch is not None and t.dim() and t.shape[0] == batch else t.numel()
+                   for t in tensors)
+
+    if batch is None:
+        return None, size(0)
+    keep = min(batch, max_samples)
+    while keep > 1 and size(keep) > max_elements:
+        keep -= 1
+    return keep, size(keep)
+
+
+def slice_batch(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_SAMPLES,
+                keep: int | None = None) -> tuple[tuple, dict]:
     """Detached copies of ``(args, kwargs)`` cut to the first few samples along dim 0.
 
     The batch size is dim 0 of the first tensor argument; every tensor with that
@@ -37,15 +63,8 @@ def slice_batch(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_
     if not isinstance(max_samples, int) or max_samples < 1:
         raise ValueError(f"max_samples must be an int >= 1, received {max_samples!r}.")
     batch = _batch_size(tuple(args), kwargs)
-    tensors = [t for t in tree_flatten((tuple(args), kwargs))[0] if isinstance(t, torch.Tensor)]
-    keep = batch if batch is not None else 0
-    if batch is not None:
-        keep = min(batch, max_samples)
-        while keep > 1:
-            size = sum(t[:keep].numel() if t.dim() and t.shape[0] == batch else t.numel() for t in tensors)
-            if size <= MAX_CAPTURE_ELEMENTS:
-                break
-            keep -= 1
+    if keep is None:  # ``keep`` from :func:`plan`, when the caller already planned
+        keep = plan(args, kwargs, max_samples)[0]
 
     def cut(x: Any) -> Any:
         if not isinstance(x, torch.Tensor):

@@ -28,6 +28,8 @@ from .summary import combine
 _LIGHT_UNMEASURED = [F["sum"], F["min"], F["max"], F["nonzero"]]
 _COUNTS = [F["nan"], F["posinf"], F["neginf"]]
 _SUMSQ = F["sumsq"]
+_COUNTS_SLICE = slice(F["nan"], F["neginf"] + 1)
+assert list(range(F["nan"], F["neginf"] + 1)) == _COUNTS, "the counts are adjacent fields"
 
 PARAM_FIELDS = ("sumsq", "grad_sumsq", "update_sumsq", "step_grad_sumsq")
 
@@ -53,6 +55,7 @@ class StepBuffer:
         self.input_written = np.zeros(L, dtype=bool)
         self.sat_numel = np.zeros(L, dtype=np.int64)
         self.param_written = np.zeros((P, len(PARAM_FIELDS)), dtype=bool)
+        self._loss: torch.Tensor | None = None
         self._allocate()
         self.reset()
 
@@ -77,6 +80,16 @@ class StepBuffer:
         # CPU: numpy views of the same memory, for writes of values already on the host
         self.np_stats = self.stats.numpy() if self.on_cpu else None
         self.np_params = self.params.numpy() if self.on_cpu else None
+        if not self.on_cpu:
+            # device: the columns reset each step as index tensors already there (indexing with a
+            # Python list copies the index to the device each time, and that copy waits), and
+            # page-locked host memory the step's numbers arrive in (a copy there does not block)
+            self._unmeasured_cols = torch.tensor(_LIGHT_UNMEASURED, device=self.device)
+            self._count_cols = torch.tensor(_COUNTS, device=self.device)
+            pin = self.device.type == "cuda"
+            self._host_data = torch.empty(self.data.shape, dtype=self.data.dtype, pin_memory=pin)
+            if getattr(self, "_host_hist", None) is None:
+                self._host_hist = torch.empty(self.hist.shape, dtype=self.hist.dtype, pin_memory=pin)
 
     def reserve_units(self, units: dict[int, torch.Tensor]) -> None:
         """Make room for per-unit vectors whose size a forward just revealed (first step of a
@@ -101,8 +114,8 @@ class StepBuffer:
             self.np_stats[:, _LIGHT_UNMEASURED] = np.nan
             self.np_stats[:, _COUNTS] = 0.0
         else:
-            self.stats[:, _LIGHT_UNMEASURED] = float("nan")
-            self.stats[:, _COUNTS] = 0.0
+            self.stats.index_fill_(1, self._unmeasured_cols, float("nan"))
+            self.stats.index_fill_(1, self._count_cols, 0.0)
         self.stat_written.fill(False)
         self.stat_numel.fill(0)
         self.input_written.fill(False)
@@ -117,6 +130,19 @@ class StepBuffer:
             self.np_stats[row, _SUMSQ] += sumsq
         else:
             self.np_stats[row, _SUMSQ] = sumsq
+            self.stat_written[row] = True
+        self.stat_numel[row] += numel
+
+    def write_light(self, row: int, sumsq: torch.Tensor, counts: torch.Tensor, numel: int) -> None:
+        """Light step on a device: the sum of squares and the non-finite counts, written (or
+        added) where they go, two ops; the other fields stay as :meth:`reset` left them."""
+        target = self.stats[row]
+        if self.stat_written[row]:
+            target[_SUMSQ].add_(sumsq)
+            target[_COUNTS_SLICE].add_(counts)
+        else:
+            target[_SUMSQ].copy_(sumsq)
+            target[_COUNTS_SLICE].copy_(counts)
             self.stat_written[row] = True
         self.stat_numel[row] += numel
 
@@ -186,9 +212,28 @@ class StepBuffer:
             self.hist_written.add(row)
         return True
 
-    def fetch(self, with_hist: bool):
-        """The step's device-to-host transfer (plus the histogram counts on detail steps)."""
-        return self.data.cpu().numpy(), (self.hist.cpu().numpy() if with_hist else None)
+    def fetch(self, with_hist: bool, loss: torch.Tensor | None = None):
+        """The step's device-to-host transfer (plus the histogram counts on detail steps): on a
+        device, asynchronous copies into page-locked memory and one wait for both — the step's
+        one host sync. The arrays returned are views, valid until the next fetch (the record
+        copies what it keeps)."""
+        self._loss = None
+        if self.on_cpu:
+            return self.data.numpy(), (self.hist.numpy() if with_hist else None)
+        cuda = self.device.type == "cuda"
+        if loss is not None:
+            self._loss = torch.empty((), dtype=torch.float64, pin_memory=cuda)
+            self._loss.copy_(loss.detach().reshape(()), non_blocking=cuda)
+        self._host_data.copy_(self.data, non_blocking=cuda)
+        if with_hist:
+            self._host_hist.copy_(self.hist, non_blocking=cuda)
+        if cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        return self._host_data.numpy(), (self._host_hist.numpy() if with_hist else None)
+
+    def fetched_loss(self) -> float | None:
+        """The loss that travelled with the last :meth:`fetch`, if one did."""
+        return None if self._loss is None else float(self._loss)
 
     # host-side views into a fetched array
     def host_views(self, fetched) -> dict:

@@ -4,7 +4,7 @@ Why these primitives: on CPU, float reductions (``sum``, ``vector_norm``, ``amin
 run at ~0.1-0.2 ns/element, while comparisons that produce bool tensors and
 ``count_nonzero`` are 5-20x slower (measured on this project's CI machine). So the full
 summary (detail steps) is four float passes: sum, sum of squares, min/max, and the number
-of non-zeros as the 1-norm of ``sign(x)``; the every-step summary is the sum of squares
+of non-zeros (numpy's ``count_nonzero`` on CPU, the 0-"norm" on a device); the every-step summary is the sum of squares
 alone (:func:`measure`). Everything else (mean, std, L2 norm, zero fraction) is
 derived on the host from these raw, *combinable* fields — combinable so that a module
 called several times per step, or several backward passes (gradient accumulation),
@@ -18,7 +18,9 @@ sum of squares says something is non-finite.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,23 +50,37 @@ def summarize(x: torch.Tensor) -> torch.Tensor:
         lo, hi = torch.aminmax(flat)  # NaN-propagating, as on the device
         nonzero = torch.tensor(float(np.count_nonzero(a)) - float(nan))  # NaN != 0 counts: taken out again
         return torch.stack([total, sumsq, lo, hi, nonzero, nan, posinf, neginf])
+    return device_row(flat, total, sumsq)
+
+
+def device_row(flat: torch.Tensor, total: torch.Tensor, sumsq: torch.Tensor) -> torch.Tensor:
+    """The full row on an accelerator: every field a device reduction, nothing read back
+    (device-agnostic, so tested on CPU)."""
     lo, hi = torch.aminmax(flat)
-    sign = torch.sign(flat)
-    nonzero = torch.linalg.vector_norm(sign, ord=1)  # |sign| is 1 for every non-zero
     nan, posinf, neginf = _nonfinite_counts(flat)
-    exact = (flat != 0).sum().float() - nan  # sign(NaN) is NaN; decided on the device
-    nonzero = torch.where(torch.isnan(nonzero), exact, nonzero)
+    # the 0-"norm" counts x != 0 in one pass with no temporary (NaN != 0: taken out again)
+    nonzero = torch.linalg.vector_norm(flat, ord=0) - nan
     return torch.stack([total, sumsq, lo, hi, nonzero, nan, posinf, neginf])
 
 
-def measure(x: torch.Tensor, detail: bool) -> torch.Tensor | float:
+class Light(NamedTuple):
+    """The light summary on an accelerator: the sum of squares and the (NaN, +Inf, -Inf)
+    counts as device tensors, written into the step buffer as they are (the other fields of
+    a light row stay "not measured")."""
+
+    sumsq: torch.Tensor
+    counts: torch.Tensor
+
+
+def measure(x: torch.Tensor, detail: bool, host: bool | None = None) -> torch.Tensor | float | Light:
     """A full row of :data:`FIELDS` on detail steps; otherwise the light every-step summary.
 
-    Light: one pass, the sum of squares (L2 norm; non-finite if anything is). On CPU it is
-    returned as a Python float (reading it is free there, and the buffer is host memory),
-    and a non-finite value — or one beyond float32's range — gets the full row, since that
-    is when the extra numbers matter. On an accelerator the light row also carries the
-    non-finite counts, computed asynchronously; unmeasured fields are NaN.
+    Light: one pass, the sum of squares (L2 norm; non-finite if anything is). On the host
+    (CPU; ``host`` defaults to the tensor's device) it is returned as a Python float (reading
+    it is free there, and the buffer is host memory), and a non-finite value — or one beyond
+    float32's range — gets the full row, since that is when the extra numbers matter. On an
+    accelerator nothing can be read without waiting, so the light summary is a :class:`Light`:
+    the sum of squares and the non-finite counts, computed asynchronously in 9 kernels.
     """
     if detail:
         return summarize(x)
@@ -73,14 +89,17 @@ def measure(x: torch.Tensor, detail: bool) -> torch.Tensor | float:
         x = x.float()  # float64 reductions are ~10x slower on CPU; half types accumulate in float32
     if x.numel() == 0:
         return summarize(x)
-    norm = l2_norm(x)
-    if x.device.type == "cpu":
-        value = norm.item()
+    if host is None:
+        host = x.device.type == "cpu"
+    if host:
+        value = l2_norm(x).item()
         value *= value
         return value if value <= _F32_MAX else summarize(x)  # NaN and Inf fail the test too
-    nan, posinf, neginf = _nonfinite_counts(x.reshape(-1))
-    unknown = torch.full((), float("nan"), device=x.device)
-    return torch.stack([unknown, norm.square(), unknown, unknown, unknown, nan, posinf, neginf])
+    half = x.dtype in _HALF
+    # one reduction (a device reduction is parallel as it is: no row split), squared on the device
+    sumsq = torch.linalg.vector_norm(x, dtype=torch.float32 if half else None).square()
+    counts = torch.stack([torch.isnan(x).sum(), torch.isposinf(x).sum(), torch.isneginf(x).sum()])
+    return Light(sumsq, counts)
 
 
 def sum_of_squares(flat: torch.Tensor) -> torch.Tensor:
@@ -127,8 +146,14 @@ def _nonfinite_counts(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _masks(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The min/max field masks on ``device``, copied there once (a host-to-device copy of a
+    pageable tensor waits for the device: once, not per call)."""
+    return _IS_MIN.to(device), _IS_MAX.to(device)
+
+
 def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Merge two rows of :data:`FIELDS` (several calls or backward passes in one step)."""
-    is_min = _IS_MIN.to(a.device)
-    is_max = _IS_MAX.to(a.device)
+    is_min, is_max = _masks(a.device)
     return torch.where(is_min, torch.minimum(a, b), torch.where(is_max, torch.maximum(a, b), a + b))

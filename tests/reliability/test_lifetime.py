@@ -41,7 +41,7 @@ def test_case6_errors_while_closing_a_step_never_reach_optimizer_step(monkeypatc
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     w = gs.watch(model, optimizer=opt)
-    monkeypatch.setattr(w._capture.buffer, "fetch", lambda with_hist: 1 / 0)
+    monkeypatch.setattr(w._capture.buffer, "fetch", lambda with_hist, loss=None: 1 / 0)
     x, y = batch(0)
     nn.functional.mse_loss(model(x), y).backward()
     with pytest.warns(GradsightWarning, match="<step>.*ZeroDivisionError"):
