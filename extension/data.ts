@@ -8,6 +8,8 @@ import {
   Finding,
   GradcheckReport,
   HIST_KINDS,
+  Heatmap,
+  HeatmapMetric,
   HistKind,
   Layer,
   RankOrigin,
@@ -38,10 +40,60 @@ export interface ISnapshotData {
 /** The rank dimension: w.ranks() as columns (one value per rank, in rank order). */
 export interface IRanksData {
   readonly worldSize: number;
-  /** The rank whose layer statistics the snapshot carries. */
+  /** The source's own rank: this process's (a live watcher), the job's top directory's (a recording). */
   readonly rank: number;
+  /** The rank whose layer statistics the snapshot carries (the one asked for, if the source holds it). */
+  readonly layersRank: number;
+  /** Whether the source holds every rank's layer statistics (a recording) or only its own. */
+  readonly perRankLayers: boolean;
   readonly columns: { readonly [name: string]: Float64Array };
   readonly firstBad: RankOrigin | null;
+}
+
+/** The layer x step heatmap (protocol heatmap), decoded: `values` and `nonfinite` row-major. */
+export interface IHeatmapData {
+  readonly watcher: string;
+  readonly metric: HeatmapMetric;
+  /** The rank the rows belong to; null for one process. */
+  readonly rank: number | null;
+  readonly layers: readonly string[];
+  /** First recorded step of each column. */
+  readonly steps: Float64Array;
+  /** layers x columns: the column's most extreme step; NaN where no step has a value. */
+  readonly values: Float64Array;
+  /** layers x columns: steps of the column whose value was NaN or +-Inf. */
+  readonly nonfinite: Float64Array;
+  readonly columns: number;
+  readonly totalSteps: number;
+  /** Recorded steps left out: no layer has a value there (a metric measured every few steps). */
+  readonly skippedSteps: number;
+  /** Recorded steps per column (1: every step is a column). */
+  readonly stepSpan: number;
+}
+
+export function heatmapData(msg: Heatmap, buffers: readonly Buffer[]): IHeatmapData {
+  const steps = decodeArray(msg.steps, buffers);
+  const values = decodeArray(msg.values, buffers);
+  const nonfinite = decodeArray(msg.nonfinite, buffers);
+  const cells = msg.layers.length * steps.length;
+  if (values.length !== cells || nonfinite.length !== cells) {
+    throw new Error(
+      `heatmap: ${msg.layers.length} layers x ${steps.length} columns, but ${values.length} values and ${nonfinite.length} counts`
+    );
+  }
+  return {
+    watcher: msg.watcher,
+    metric: msg.metric,
+    rank: msg.rank,
+    layers: msg.layers,
+    steps,
+    values,
+    nonfinite,
+    columns: steps.length,
+    totalSteps: msg.total_steps,
+    skippedSteps: msg.skipped_steps,
+    stepSpan: msg.step_span
+  };
 }
 
 /** One run of a comparison, decoded (see protocol compare_run). */
@@ -108,6 +160,8 @@ export function snapshotData(msg: Snapshot, buffers: readonly Buffer[]): ISnapsh
       ? {
           worldSize: msg.ranks.world_size,
           rank: msg.ranks.rank,
+          layersRank: msg.ranks.layers_rank,
+          perRankLayers: msg.ranks.per_rank_layers,
           columns: decodeColumns(msg.ranks.columns, buffers),
           firstBad: msg.ranks.first_bad
         }

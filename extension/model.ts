@@ -1,7 +1,7 @@
 /**
  * The panel's data store: the latest decoded state of the kernel's watchers for the views,
  * announced by the `changed` signal, and the actions that request more (selectWatcher,
- * selectLayer, refresh, runGradcheck, openRecording, compareWith, selectRank).
+ * selectLayer, refresh, runGradcheck, openRecording, compareWith, selectRank, selectHeatmapMetric).
  *
  * Following the notebook's kernel and keeping the comm open is the KernelFollower's job
  * (follower.ts); the store hears of each new connection and of its end. Views never talk
@@ -12,17 +12,39 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import packageInfo from '../package.json';
 import { Connection, IIncoming, ProtocolRequestError } from './connection';
-import { ICompareData, ILayerData, IReportsData, ISnapshotData, compareData, layerData, snapshotData } from './data';
+import {
+  ICompareData,
+  IHeatmapData,
+  ILayerData,
+  IReportsData,
+  ISnapshotData,
+  compareData,
+  heatmapData,
+  layerData,
+  snapshotData
+} from './data';
 import { ConnectionState, IKernelLike, ISessionLike, KernelFollower } from './follower';
-import { GradcheckReports, Layer, Snapshot, Status, WatcherSummary } from './protocol';
+import { GradcheckReports, HeatmapMetric, Layer, Snapshot, Status, WatcherSummary } from './protocol';
 
 export type { CommTargetCallback, ConnectionState, IKernelLike, ISessionLike } from './follower';
 
 export type Change =
-  'state' | 'status' | 'snapshot' | 'layer' | 'reports' | 'busy' | 'selection' | 'error' | 'compare' | 'rank';
+  | 'state'
+  | 'status'
+  | 'snapshot'
+  | 'layer'
+  | 'reports'
+  | 'busy'
+  | 'selection'
+  | 'error'
+  | 'compare'
+  | 'rank'
+  | 'heatmap';
 
 /** While training pushes snapshots of A, the comparison is re-read at most this often. */
 export const COMPARE_REFRESH_MS = 1000;
+/** While training pushes snapshots, the layer x step heatmap is re-read at most this often. */
+export const HEATMAP_REFRESH_MS = 1500;
 
 export namespace GradientsModel {
   export interface IOptions {
@@ -128,12 +150,60 @@ export class GradientsModel implements IDisposable {
     return ranks.firstBad?.rank ?? ranks.rank;
   }
 
-  /** Show this rank's figures (null: back to the default, see `rank`). */
-  selectRank(rank: number | null): void {
-    if (rank !== this._rank) {
-      this._rank = rank;
-      this._emit('rank');
+  /**
+   * The rank whose layer statistics the snapshot (flow chart, layer tables) carries; it differs
+   * from `rank` when the source does not hold that rank's layers (a live watcher holds its own
+   * process's only). Null for a single process.
+   */
+  get layersRank(): number | null {
+    return this._snapshot?.ranks?.layersRank ?? null;
+  }
+
+  /**
+   * Show this rank's figures (null: back to the default, see `rank`): its times at once, and,
+   * from a source that holds every rank's layers (a recording of the job), its layer charts.
+   */
+  async selectRank(rank: number | null): Promise<void> {
+    if (rank === this._rank) {
+      return;
     }
+    this._rank = rank;
+    this._emit('rank');
+    if (this._snapshot?.ranks?.perRankLayers) {
+      await this._fetchSnapshot();
+    }
+  }
+
+  /** The layer x step heatmap of the shown source (and rank), once the kernel sent it. */
+  get heatmap(): IHeatmapData | null {
+    return this._heatmap;
+  }
+  get heatmapMetric(): HeatmapMetric {
+    return this._heatmapMetric;
+  }
+
+  /**
+   * The heatmap view has room for `columns` step columns: ask the kernel for no more (drawing
+   * more columns than pixels would drop some, and a NaN step with them), and for more when a
+   * thinned heatmap gets wider.
+   */
+  async setHeatmapColumns(columns: number): Promise<void> {
+    const n = Math.max(8, Math.min(4096, Math.floor(columns)));
+    const shown = this._heatmap;
+    if (n === this._heatmapColumns || (shown && shown.stepSpan === 1 && shown.columns <= n)) {
+      return;
+    }
+    this._heatmapColumns = n;
+    await this._fetchHeatmap();
+  }
+
+  /** Show the heatmap of this metric; fetches it. */
+  async selectHeatmapMetric(metric: HeatmapMetric): Promise<void> {
+    if (metric !== this._heatmapMetric) {
+      this._heatmapMetric = metric;
+      this._emit('heatmap');
+    }
+    await this._fetchHeatmap();
   }
 
   /** Compare the shown source with `other` (null: stop comparing); fetches the comparison. */
@@ -164,6 +234,7 @@ export class GradientsModel implements IDisposable {
       this._layerData = null;
       this._rank = null;
       this._compare = null;
+      this._heatmap = null;
       if (name !== null && name === this._compareWith) {
         this._compareWith = null; // a run compared with itself says nothing
       }
@@ -198,6 +269,8 @@ export class GradientsModel implements IDisposable {
       this._watcher = name;
       this._layer = null;
       this._layerData = null;
+      this._rank = null;
+      this._heatmap = null;
       this._emit('selection');
       this._onSnapshot(reply.message, reply);
     } catch (e) {
@@ -213,6 +286,7 @@ export class GradientsModel implements IDisposable {
       this._fail(e);
     }
     await this._fetchLayer();
+    await this._fetchHeatmap();
     return name;
   }
 
@@ -315,6 +389,7 @@ export class GradientsModel implements IDisposable {
     this._status = null;
     this._snapshot = null;
     this._compare = null;
+    this._heatmap = null;
     this._layerData = null;
     this._reports = null;
     this._gradcheckRunning = false;
@@ -387,6 +462,73 @@ export class GradientsModel implements IDisposable {
     if (incoming.message.id === null && this._compareWith !== null) {
       this._maybeRefreshCompare(); // A trained on: so did its side of the comparison
     }
+    if (incoming.message.id === null) {
+      this._maybeRefreshHeatmap();
+    }
+    const ranks = this._snapshot.ranks;
+    if (ranks?.perRankLayers && this.rank !== ranks.layersRank && this.rank !== this._askedRank) {
+      // the rank shown by default (the one that went wrong first) was not asked for yet
+      if (this._fetchingSnapshot) {
+        this._snapshotStale = true;
+      } else {
+        void this._fetchSnapshot();
+      }
+    }
+  }
+
+  private _maybeRefreshHeatmap(): void {
+    if (this._heatmapping || Date.now() - this._heatmapFetched < HEATMAP_REFRESH_MS) {
+      return;
+    }
+    void this._fetchHeatmap();
+  }
+
+  /** The rank the views show, as the kernel is asked for it (null: the source's own). */
+  private _wantedRank(): number | null {
+    const snap = this._snapshot;
+    const same = snap !== null && (this._watcher === null || snap.watcher.name === this._watcher);
+    return same && snap.ranks ? this.rank : this._rank;
+  }
+
+  private async _fetchHeatmap(): Promise<void> {
+    const conn = this._conn;
+    const watcher = this.watcherName;
+    if (!conn || watcher === null || this._heatmapping) {
+      return;
+    }
+    const metric = this._heatmapMetric;
+    const rank = this._wantedRank();
+    const columns = this._heatmapColumns;
+    this._heatmapping = true;
+    this._heatmapFetched = Date.now();
+    try {
+      const reply = await conn.request({
+        kind: 'get_heatmap',
+        watcher,
+        metric,
+        rank,
+        ...(columns !== null ? { max_columns: columns } : {})
+      });
+      const msg = reply.message;
+      // the answer to a question still asked (the user may have picked another source or metric)
+      if (msg.kind === 'heatmap' && msg.watcher === this.watcherName && msg.metric === this._heatmapMetric) {
+        this._heatmap = heatmapData(msg, reply.buffers);
+        this._recovered();
+        this._emit('heatmap');
+      }
+    } catch (e) {
+      this._fail(e);
+    } finally {
+      this._heatmapping = false;
+    }
+    if (
+      this.watcherName !== watcher ||
+      this._heatmapMetric !== metric ||
+      this._wantedRank() !== rank ||
+      this._heatmapColumns !== columns
+    ) {
+      await this._fetchHeatmap(); // the user changed the question while this one was asked
+    }
   }
 
   private _maybeRefreshCompare(): void {
@@ -455,8 +597,10 @@ export class GradientsModel implements IDisposable {
       return;
     }
     this._fetchingSnapshot = true;
+    const rank = this._wantedRank();
+    this._askedRank = rank;
     try {
-      const reply = await conn.request({ kind: 'get_snapshot', watcher: this._watcher });
+      const reply = await conn.request({ kind: 'get_snapshot', watcher: this._watcher, rank });
       if (reply.message.kind === 'snapshot') {
         this._recovered();
         this._onSnapshot(reply.message, reply);
@@ -467,7 +611,13 @@ export class GradientsModel implements IDisposable {
     } finally {
       this._fetchingSnapshot = false;
     }
+    if (this._snapshotStale) {
+      this._snapshotStale = false;
+      await this._fetchSnapshot(); // now for the rank shown
+      return;
+    }
     await this._fetchLayer();
+    await this._fetchHeatmap();
   }
 
   private async _fetchLayer(): Promise<void> {
@@ -541,5 +691,14 @@ export class GradientsModel implements IDisposable {
   private _comparing = false;
   private _compareFetched = 0;
   private _rank: number | null = null;
+  /** The rank the last get_snapshot asked for (null: the source's own). */
+  private _askedRank: number | null = null;
+  private _snapshotStale = false;
+  private _heatmap: IHeatmapData | null = null;
+  private _heatmapMetric: HeatmapMetric = 'grad_norm';
+  /** Step columns the heatmap view has room for (null: not measured yet, the kernel's default). */
+  private _heatmapColumns: number | null = null;
+  private _heatmapping = false;
+  private _heatmapFetched = 0;
   private _changed = new Signal<this, Change>(this);
 }

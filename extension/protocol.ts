@@ -15,6 +15,7 @@ import type {
   ArrayRef,
   Columns,
   ErrorReply,
+  HeatmapMetric,
   HistKind,
   LayerMetric,
   Message,
@@ -34,11 +35,14 @@ export type {
   Finding,
   GetGradcheckReports,
   GetCompare,
+  GetHeatmap,
   GetLayer,
   GetSnapshot,
   GradcheckReport,
   GradcheckReports,
   GradcheckTensor,
+  Heatmap,
+  HeatmapMetric,
   Hello,
   HistKind,
   HistogramMsg,
@@ -72,6 +76,8 @@ export const REPLY_KINDS = definitions.reply_kind.enum as readonly ReplyKind[];
 export const HIST_KINDS = definitions.of.enum as readonly HistKind[];
 /** The per-layer statistics every watcher computes (snapshot columns, layer stats). */
 export const LAYER_METRICS = definitions.layer_metric.enum as readonly LayerMetric[];
+/** The metrics the layer x step heatmap offers. */
+export const HEATMAP_METRICS = definitions.heatmap_metric.enum as readonly HeatmapMetric[];
 /** Least to most severe. */
 export const SEVERITIES = definitions.severity.enum as readonly Severity[];
 

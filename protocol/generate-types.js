@@ -12,7 +12,7 @@ const { compile } = require('json-schema-to-typescript');
 
 const root = path.resolve(__dirname, '..');
 const schema = JSON.parse(fs.readFileSync(path.join(__dirname, 'schema.json'), 'utf-8'));
-const LISTS = ['kind', 'request_kind', 'reply_kind', 'layer_metric', 'of', 'severity'];
+const LISTS = ['kind', 'request_kind', 'reply_kind', 'layer_metric', 'heatmap_metric', 'of', 'severity'];
 
 const wrapper = {
   title: 'Protocol',

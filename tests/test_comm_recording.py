@@ -18,11 +18,9 @@ from torch import nn
 import gradsight as gs
 from gradsight import bus
 from gradsight.comm import payloads, recording_source
-from gradsight.comm.hub import Hub
-from gradsight.comm.schema import validate
 from gradsight.comm.session import Session
 from gradsight.comm.sources import KernelSources
-from gradsight.comm.testing import FakeComm
+from gradsight.comm.testing import CheckedComm, unthrottled_hub
 
 pytest.importorskip("pyarrow")
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,30 +56,20 @@ def _train(path: Path, steps: int = 12, name: str = "MLP") -> gs.Watcher:
     return w
 
 
-class Comm(FakeComm):
-    """FakeComm whose sends are checked against the schema (every outgoing message is a contract)."""
-
-    def send(self, data, buffers=None, **kw):
-        validate(data)
-        super().send(data, buffers, **kw)
-
-
 @pytest.fixture
 def hub():
-    h = Hub(KernelSources(bus, list), None, min_interval=0.0, max_share=None)
-    yield h
-    for s in list(h.sessions):
-        s.close()
+    with unthrottled_hub(KernelSources(bus, list)) as h:
+        yield h
     for rec in bus.open_recordings():
         rec.close()
 
 
-def _session(hub: Hub) -> tuple[Comm, Session]:
-    comm = Comm()
+def _session(hub) -> tuple[CheckedComm, Session]:
+    comm = CheckedComm()
     return comm, Session(comm, hub)
 
 
-def _request(comm: Comm, kind: str, **fields) -> dict:
+def _request(comm: CheckedComm, kind: str, **fields) -> dict:
     comm.deliver({"v": 1, "kind": kind, "id": f"t:{len(comm.sent)}", **fields})
     return comm.last()[0]
 

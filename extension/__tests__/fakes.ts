@@ -153,6 +153,8 @@ export class FakeKernel implements IKernelLike {
         }));
         return [{ ...msg, id: req.id, runs }, f.buffers];
       }
+      case 'get_heatmap':
+        return answer('heatmap', { watcher: req.watcher, metric: req.metric ?? 'grad_norm', rank: req.rank ?? null });
       case 'get_gradcheck_reports':
       case 'run_gradcheck':
         return answer('gradcheck_reports');

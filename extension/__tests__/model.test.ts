@@ -39,7 +39,7 @@ describe('GradientsModel', () => {
     expect(model.layer?.histograms.grad.length).toBe(2);
     expect(model.reports?.reports[0].passed).toBe(false);
     const kinds = t.kernel.requests.map(r => r.kind);
-    expect(kinds).toEqual(['hello', 'hello', 'get_snapshot', 'get_layer', 'get_gradcheck_reports']);
+    expect(kinds).toEqual(['hello', 'hello', 'get_snapshot', 'get_layer', 'get_heatmap', 'get_gradcheck_reports']);
     const getLayer = t.kernel.requests[3];
     expect(getLayer.follow).toBe(false); // the kernel's default is not pinned
     expect(t.kernel.targets.has('gradsight')).toBe(true);
@@ -177,7 +177,8 @@ describe('GradientsModel', () => {
     expect(model.snapshot?.watcher.name).toBe('MLP');
     expect(t.kernel.requests.map(r => [r.kind, r.layer ?? null])).toEqual([
       ['get_snapshot', null],
-      ['get_layer', 'fc1']
+      ['get_layer', 'fc1'],
+      ['get_heatmap', null]
     ]);
     expect(model.layer?.layer).toBe('fc1');
   });

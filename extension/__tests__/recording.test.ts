@@ -62,8 +62,9 @@ describe('opening a recording', () => {
     expect(model.watcherName).toBe(REC);
     expect(model.snapshot?.watcher.name).toBe(REC);
     expect(model.watchers.map(w => w.name)).toEqual(['MLP', REC]);
-    const last = kernel.requests[kernel.requests.length - 1];
-    expect(last).toMatchObject({ kind: 'get_layer', watcher: REC });
+    const [layer, heatmap] = kernel.requests.slice(-2);
+    expect(layer).toMatchObject({ kind: 'get_layer', watcher: REC });
+    expect(heatmap).toMatchObject({ kind: 'get_heatmap', watcher: REC });
     expect(model.layer?.watcher).toBe(REC);
     // the kernel's pushes for the live recording are taken; a push of another source is not
     kernel.push('snapshot_push', { watcher: { name: REC, step_count: 9, n_layers: 3 } });

@@ -1,6 +1,7 @@
 /**
  * Gradient flow: one horizontal bar per layer (model order, top to bottom) on a log scale,
  * coloured by the worst finding on that layer; clicking a row shows the layer in detail.
+ * In a torch.distributed source the bars are the selected rank's, or a note says whose.
  */
 import type { ActiveElement, ChartEvent, TooltipItem } from 'chart.js';
 
@@ -9,6 +10,7 @@ import type { GradientsModel } from '../model';
 import type { LayerMetric } from '../protocol';
 import { Chart, theme, withAlpha } from './charts';
 import { empty, fmt, h } from './dom';
+import { rankNote } from './ranks';
 import { SectionView } from './section';
 
 /** The metrics offered, by their schema names (protocol/schema.json layer_metric). */
@@ -21,7 +23,7 @@ const METRICS: { readonly [K in LayerMetric]?: string } = {
 
 export class FlowView extends SectionView {
   constructor(model: GradientsModel) {
-    super(model, 'Gradient flow', 'jp-gradsight-flow', ['snapshot', 'selection', 'layer']);
+    super(model, 'Gradient flow', 'jp-gradsight-flow', ['snapshot', 'selection', 'layer', 'rank']);
     this._select = h('select', { class: 'jp-gradsight-metric', 'aria-label': 'Metric' });
     for (const [key, label] of Object.entries(METRICS)) {
       this._select.appendChild(h('option', { value: key }, label));
@@ -31,9 +33,11 @@ export class FlowView extends SectionView {
     this._canvas = h('canvas', { 'aria-label': 'Per-layer gradient norms, log scale' });
     this._canvasBox.appendChild(this._canvas);
     this._note = h('div', { class: 'jp-gradsight-muted jp-gradsight-note' });
+    this._rankNote = h('div', { class: 'jp-gradsight-note jp-gradsight-rank-note', role: 'status' });
     this._empty = h('div');
     this.body.append(
       h('div', { class: 'jp-gradsight-controls' }, this._select),
+      this._rankNote,
       this._canvasBox,
       this._note,
       this._empty
@@ -43,6 +47,10 @@ export class FlowView extends SectionView {
   protected render(): void {
     const snap = this.model.snapshot;
     const metric = this._select.value as LayerMetric;
+    const shownRank = this.model.layersRank;
+    const other = rankNote(this.model, shownRank);
+    this._rankNote.textContent = other ?? '';
+    this._rankNote.style.display = other ? '' : 'none';
     const values = snap?.layers.columns[metric];
     const finite = values ? Array.from(values).filter(v => v > 0 && Number.isFinite(v)) : [];
     if (!snap || !values || finite.length === 0) {
@@ -81,6 +89,7 @@ export class FlowView extends SectionView {
     const zeros = Array.from(values).filter(v => v === 0).length;
     const nans = Array.from(values).filter(v => Number.isNaN(v)).length;
     this._note.textContent =
+      (shownRank !== null ? `rank ${shownRank} · ` : '') +
       `step ${snap.watcher.step_count}` +
       (zeros ? ` · ${zeros} layer(s) at exactly 0` : '') +
       (nans ? ` · ${nans} layer(s) without a value` : '') +
@@ -178,6 +187,7 @@ export class FlowView extends SectionView {
   private _canvasBox: HTMLElement;
   private _canvas: HTMLCanvasElement;
   private _note: HTMLElement;
+  private _rankNote: HTMLElement;
   private _empty: HTMLElement;
   private _chart: Chart<'bar', (number | null)[], string> | null = null;
   private _names: readonly string[] = [];

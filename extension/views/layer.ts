@@ -1,7 +1,8 @@
 /**
  * One layer in detail: its histograms over the recent steps (gradient, activation or
  * weight; darker is newer) on the common signed log-spaced grid the kernel regrids a series
- * onto, the non-finite and zero counts kept apart, and its latest statistics.
+ * onto, the non-finite and zero counts kept apart, and its latest statistics. They are the
+ * source's own rank's (a note says so when another rank is selected).
  */
 import type { TooltipItem } from 'chart.js';
 
@@ -37,7 +38,7 @@ const PARAM_STATS: [string, LayerMetric][] = [
 
 export class LayerView extends SectionView {
   constructor(model: GradientsModel) {
-    super(model, 'Layer', 'jp-gradsight-layer', ['layer', 'selection', 'snapshot']);
+    super(model, 'Layer', 'jp-gradsight-layer', ['layer', 'selection', 'snapshot', 'rank']);
     this._picker = h('select', { class: 'jp-gradsight-layer-select', 'aria-label': 'Layer' });
     this._picker.onchange = () => void this.model.selectLayer(this._picker.value);
     this._tabs = h('div', { class: 'jp-gradsight-tabs', role: 'tablist' });
@@ -55,8 +56,10 @@ export class LayerView extends SectionView {
     this._histNote = h('div', { class: 'jp-gradsight-hist-note' });
     this._histEmpty = h('div');
     this._stats = h('div', { class: 'jp-gradsight-stats' });
+    this._rankNote = h('div', { class: 'jp-gradsight-note jp-gradsight-rank-note', role: 'status' });
     this.body.append(
       h('div', { class: 'jp-gradsight-controls' }, this._picker),
+      this._rankNote,
       this._tabs,
       this._canvasBox,
       this._histNote,
@@ -77,6 +80,12 @@ export class LayerView extends SectionView {
       return;
     }
     this._fillPicker(snap.layers.names, snap.layers.types, name);
+    const ranks = snap.ranks;
+    const other = ranks && this.model.rank !== ranks.rank;
+    this._rankNote.style.display = other ? '' : 'none';
+    this._rankNote.textContent = other
+      ? `histograms and statistics below: rank ${ranks.rank} (${ranks.perRankLayers ? "the job's top directory; the panel serves one rank's histograms" : 'this process'})`
+      : '';
     const i = snap.layers.names.indexOf(name);
     const type = data?.type ?? (i >= 0 ? snap.layers.types[i] : '');
     this.titleNode.textContent = `Layer ${name || '(root)'}${type ? ` (${type})` : ''}`;
@@ -261,6 +270,7 @@ export class LayerView extends SectionView {
   private _histNote: HTMLElement;
   private _histEmpty: HTMLElement;
   private _stats: HTMLElement;
+  private _rankNote: HTMLElement;
   private _chart: Chart<'line', number[], string> | null = null;
   private _edges: Float64Array = new Float64Array(0);
 }

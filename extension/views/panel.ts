@@ -12,6 +12,7 @@ import { FindingsView } from './findings';
 import { FlowView } from './flow';
 import { GradcheckView } from './gradcheck';
 import { h } from './dom';
+import { HeatmapView } from './heatmap';
 import { LayerView } from './layer';
 import { RanksView } from './ranks';
 import { StatusView } from './status';
@@ -35,6 +36,7 @@ export class GradientsPanel extends Panel {
       new RanksView(model),
       new FindingsView(model),
       new FlowView(model),
+      new HeatmapView(model),
       new CompareView(model),
       new LayerView(model),
       new GradcheckView(model)

@@ -121,15 +121,34 @@ export class RanksView extends SectionView {
   }
 
   private _note(ranks: IRanksData, r: number): HTMLElement | null {
-    if (r === ranks.rank) {
-      return null;
+    const other = rankNote(this.model, ranks.layersRank);
+    if (other) {
+      return h('div', { class: 'jp-gradsight-note jp-gradsight-rank-note', role: 'status' }, other);
     }
-    return h(
-      'div',
-      { class: 'jp-gradsight-muted jp-gradsight-note' },
-      `Findings and times cover every rank; the layer statistics below are rank ${ranks.rank}'s (each rank's stay with that rank: its process, or its shard of a recording).`
+    return r === ranks.rank && !ranks.perRankLayers
+      ? null
+      : h('div', { class: 'jp-gradsight-muted jp-gradsight-note' }, `The layer charts below show rank ${r}.`);
+  }
+}
+
+/**
+ * What to say when a per-layer view shows rank `shown` while rank `model.rank` is selected (the
+ * source does not hold the selected rank's layers): never another rank's numbers under the
+ * selected rank's label. Null when they agree, or for a single process.
+ */
+export function rankNote(model: GradientsModel, shown: number | null): string | null {
+  const ranks = model.snapshot?.ranks;
+  const wanted = model.rank;
+  if (!ranks || shown === null || wanted === null || shown === wanted) {
+    return null;
+  }
+  if (!ranks.perRankLayers) {
+    return (
+      `layer charts show rank ${shown} (this process): rank ${wanted}'s layer statistics stay in rank ${wanted}'s ` +
+      'process. Record the job (gs.watch(..., record=path) on every rank) and open the recording to see every rank here.'
     );
   }
+  return `layer charts show rank ${shown}: this recording holds no layer statistics of rank ${wanted} (yet).`;
 }
 
 function ms(seconds: number): string {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import comparison, payloads, recording_source
+from . import comparison, heatmap, payloads, recording_source
 from .errors import ProtocolError
 from .limits import MAX_HIST_STEPS
 
@@ -22,7 +22,10 @@ class Context(Protocol):
     sources: Any
     executing: bool  # a cell is running: nothing may run the model now
 
+    rank: int | None  # the rank whose layers the pushes carry (None: the source's own)
+
     def follow(self, watcher: str | None = None, layer: str | None = None) -> None: ...
+    def follow_rank(self, rank: int | None) -> None: ...
     def snapshot_of(self, w: Any, request_id: str | None = None, **kw: Any) -> payloads.Message: ...
 
 
@@ -36,8 +39,10 @@ def hello(context: Context, req: dict[str, Any]) -> payloads.Message:
 def get_snapshot(context: Context, req: dict[str, Any]) -> payloads.Message:
     w = context.sources.find(req["watcher"])
     context.follow(watcher=w.name)
+    rank = req.get("rank")
+    context.follow_rank(None if rank is None else int(rank))
     recording_source.keep_fresh(context, w)
-    return context.snapshot_of(w, req["id"])
+    return context.snapshot_of(w, req["id"], rank=context.rank)
 
 
 def open_recording(context: Context, req: dict[str, Any]) -> payloads.Message:
@@ -64,6 +69,14 @@ def get_compare(context: Context, req: dict[str, Any]) -> payloads.Message:
     a = context.sources.find(req["watcher"])
     b = context.sources.find(req["other"])
     return comparison.compare(a, b, req.get("metric", comparison.DEFAULT_METRIC), req["id"])
+
+
+def get_heatmap(context: Context, req: dict[str, Any]) -> payloads.Message:
+    """One metric of every layer over the recorded steps (of one rank); reads only."""
+    w = context.sources.find(req["watcher"])
+    rank = req.get("rank")
+    return heatmap.heatmap(w, req.get("metric", heatmap.DEFAULT_METRIC), None if rank is None else int(rank), req["id"],
+                           int(req.get("max_columns", heatmap.MAX_STEP_COLUMNS)))
 
 
 def get_gradcheck_reports(context: Context, req: dict[str, Any]) -> payloads.Message:
@@ -102,4 +115,5 @@ HANDLERS: dict[str, Handler] = {
     "run_gradcheck": run_gradcheck,
     "open_recording": open_recording,
     "get_compare": get_compare,
+    "get_heatmap": get_heatmap,
 }

@@ -204,7 +204,33 @@ def first_bad_rank(df: pd.DataFrame) -> dict[str, Any] | None:
     }
 
 
-def ranks(w: Any, packer: Packer, findings_df: pd.DataFrame | None = None) -> dict[str, Any] | None:
+def own_rank(w: Any) -> int:
+    """The source's own rank: its process's (a live watcher), its top directory's (a recording)."""
+    return max(0, convert.integer(getattr(w, "rank", 0), 0) or 0)
+
+
+def holds_every_rank(w: Any) -> bool:
+    """Whether ``w`` holds every rank's layer statistics (a recording of the job) or only its own."""
+    return hasattr(w, "recording")  # comm.recording_source.RecordingSource
+
+
+def rank_layers(w: Any, rank: int | None, own: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int | None]:
+    """The layers table of ``rank`` (None: the source's own) and the rank it belongs to (None for
+    one process). A rank the source does not hold gives the source's own rank's table: the
+    panel says whose it shows rather than putting rank 0's numbers under rank 1's label."""
+    if world_size(w) < 2:
+        return (w.layers() if own is None else own), None
+    mine = own_rank(w)
+    if rank is not None and rank != mine and rank < world_size(w):
+        try:
+            return w.layers(rank=rank), rank
+        except ValueError as e:  # a live watcher (its own rank only), a missing shard
+            log.debug("%s: layers of rank %s unavailable: %s", getattr(w, "name", "?"), rank, e)
+    return (w.layers() if own is None else own), mine
+
+
+def ranks(w: Any, packer: Packer, findings_df: pd.DataFrame | None = None,
+          layers_rank: int | None = None) -> dict[str, Any] | None:
     """The snapshot's rank part (schema: ranks), or None for a source with one rank."""
     n = world_size(w)
     if n < 2:
@@ -215,9 +241,12 @@ def ranks(w: Any, packer: Packer, findings_df: pd.DataFrame | None = None) -> di
         log.warning("%s: no rank table for the panel: %s: %s", getattr(w, "name", "?"), type(e).__name__, e)
         return None
     cols, block = _numeric_block_uncached(table, ())
+    mine = own_rank(w)
     return {
         "world_size": n,
-        "rank": max(0, convert.integer(getattr(w, "rank", 0), 0) or 0),
+        "rank": mine,
+        "layers_rank": mine if layers_rank is None else layers_rank,
+        "per_rank_layers": holds_every_rank(w),
         "columns": {c: packer.ref(block[:, j]) for j, c in enumerate(cols)},
         "first_bad": first_bad_rank(w.findings() if findings_df is None else findings_df),
     }
@@ -230,14 +259,17 @@ def snapshot(
     layers: pd.DataFrame | None = None,
     findings_part: dict[str, Any] | None = None,
     findings_df: pd.DataFrame | None = None,
+    rank: int | None = None,
 ) -> Message:
     """Per-layer statistics, the per-step series and the findings of one watcher (and, in a
-    torch.distributed job, its rank part).
+    torch.distributed job, its rank part; the layer statistics are rank ``rank``'s where the
+    source holds them, see rank_layers).
 
-    `layers`, `findings_part` and `findings_df` let a push reuse what it already computed.
+    `layers` (the source's own rank's), `findings_part` and `findings_df` let a push reuse what
+    it already computed.
     """
     packer = Packer()
-    layers = w.layers() if layers is None else layers
+    layers, layers_rank = rank_layers(w, rank, layers)
     n = min(len(layers), MAX_LAYERS)
     names = [_name(x) for x in layers["layer"].iloc[:n]] if n else []
     types = (
@@ -269,7 +301,7 @@ def snapshot(
         "steps": {"total": len(steps), "columns": step_cols},
         "findings": findings_part,
     }
-    rank_part = ranks(w, packer, findings_df)
+    rank_part = ranks(w, packer, findings_df, layers_rank)
     if rank_part is not None:
         msg["ranks"] = rank_part
     return msg, packer.buffers

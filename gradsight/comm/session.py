@@ -43,6 +43,7 @@ class Session:
         self._lock = threading.RLock()
         self._watcher: str | None = None  # followed watcher; None: the most recent one
         self._layer: str | None = None  # followed layer; None: first flagged, else first
+        self._rank: int | None = None  # rank whose layers the pushes carry; None: the source's own
         self._push_failures: set[str] = set()
         self._hists = HistogramCache()
         # (weak watcher, time, payload, frame): a panel must not keep a closed watcher alive
@@ -103,8 +104,19 @@ class Session:
             if watcher is not None and watcher != self._watcher:
                 self._watcher = watcher
                 self._layer = None
+                self._rank = None
             if layer is not None:
                 self._layer = layer
+
+    def follow_rank(self, rank: int | None) -> None:
+        """The rank whose layer statistics the pushes carry (None: the source's own)."""
+        with self._lock:
+            self._rank = rank
+
+    @property
+    def rank(self) -> int | None:
+        with self._lock:
+            return self._rank
 
     def snapshot_of(self, w: Any, request_id: str | None = None, **kw: Any) -> payloads.Message:
         msg, buffers = payloads.snapshot(w, request_id, **kw)
@@ -164,7 +176,7 @@ class Session:
             return
         try:
             with self._lock:
-                name = self._watcher
+                name, rank = self._watcher, self._rank
             w = self.sources.find(name)
         except ProtocolError:
             return
@@ -172,7 +184,7 @@ class Session:
             return
         shared = {} if shared is None else shared
         try:
-            base = shared.get(("snapshot", id(w)))
+            base = shared.get(("snapshot", id(w), rank))
             if base is None:
                 layers = w.layers()
                 now = time.monotonic()
@@ -182,8 +194,8 @@ class Session:
                     cached = (weakref.ref(w), now, payloads.findings(frame), frame)
                     self._findings = cached
                 msg, buffers = payloads.snapshot(w, None, layers=layers, findings_part=cached[2],
-                                                 findings_df=cached[3])
-                base = shared[("snapshot", id(w))] = (msg, buffers, layers)
+                                                 findings_df=cached[3], rank=rank)
+                base = shared[("snapshot", id(w), rank)] = (msg, buffers, layers)
             msg, buffers, layers = base
             msg = dict(msg)  # the selected layer is this panel's own
             msg["selected_layer"] = layer = self._pick_layer(msg)

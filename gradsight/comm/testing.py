@@ -8,7 +8,8 @@ names and error types as gradsight.Watcher.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..detectors.finding import FINDING_COLUMNS
+from ..records.metrics import LAYER_METRICS
 from .buffers import unpack
 
 
@@ -61,6 +63,30 @@ class FakeComm:
         return unpack(ref, buffers)
 
 
+class CheckedComm(FakeComm):
+    """A FakeComm that validates every message sent against the schema: each one is a contract."""
+
+    def send(self, data: dict[str, Any], buffers: list[Any] | None = None, **kw: Any) -> None:
+        from .schema import validate
+
+        validate(data)
+        super().send(data, buffers, **kw)
+
+
+@contextmanager
+def unthrottled_hub(sources: Any) -> Iterator[Any]:
+    """A Hub on ``sources`` (a KernelSources) that pushes on every step, without a shell; its
+    sessions are closed on leaving."""
+    from .hub import Hub
+
+    hub = Hub(sources, None, min_interval=0.0, max_share=None)
+    try:
+        yield hub
+    finally:
+        for s in list(hub.sessions):
+            s.close()
+
+
 @dataclass
 class FakeHistogram:
     layer: str
@@ -100,7 +126,10 @@ class FakeWatcher:
         return self._layers.index(layer)
 
     def layers(self) -> pd.DataFrame:
-        s = self.step_count
+        return self._layers_at(self.step_count)
+
+    def _layers_at(self, s: int) -> pd.DataFrame:
+        """layers() as it read after ``s`` steps."""
         n = len(self._layers)
         decay = np.array([10.0 ** (-i) for i in range(n)])
         df = pd.DataFrame({"layer": self._layers, "type": self._types})
@@ -112,6 +141,16 @@ class FakeWatcher:
         df["update_ratio"] = [1e-3 if t == "Linear" else np.nan for t in self._types]
         df["step"] = s - 1
         return df
+
+    def history(self, metric: str, rank: int | None = None) -> pd.DataFrame:
+        """One row per step, one column per layer: the layers() column ``metric`` after each step."""
+        if metric not in LAYER_METRICS:
+            raise ValueError(f"gradsight: history({metric!r}): unknown metric")
+        frames = [self._layers_at(s + 1) for s in range(self.step_count)]
+        data = [f[metric].to_numpy(dtype=np.float64) if metric in f.columns else np.full(len(f), np.nan)
+                for f in frames]  # a metric this fake does not compute: never measured
+        return pd.DataFrame(np.array(data).reshape(len(data), len(self._layers)), columns=self._layers,
+                            index=pd.Index(np.arange(self.step_count), name="step"))
 
     def steps(self) -> pd.DataFrame:
         steps = np.arange(self.step_count)
@@ -162,6 +201,12 @@ class FakeRankedWatcher(FakeWatcher):
         self.rank = rank
         self.step_seconds = [0.01 * (1 + r) for r in range(world_size)]  # rank r takes (1+r)x as long
 
+    def layers(self, rank: int | None = None) -> pd.DataFrame:
+        """Like a live Watcher in a job: its own rank's layers only."""
+        if rank is not None and rank != self.rank:
+            raise ValueError(f"gradsight: layers(rank={rank}): this watcher is rank {self.rank}")
+        return super().layers()
+
     def add_finding(self, rank: int = -1, **row: Any) -> None:
         super().add_finding(**row)
         self._findings[-1]["rank"] = rank
@@ -179,8 +224,13 @@ class FakeRankedWatcher(FakeWatcher):
         return df
 
     def history(self, metric: str, rank: int | None = None) -> pd.DataFrame:
-        if metric not in self.RANK_COLUMNS or rank is None:
-            raise ValueError(f"gradsight: history({metric!r}, rank={rank!r}): not a per-rank metric")
+        """Every rank's step times; layer metrics of its own rank only, as a live Watcher."""
+        if metric not in self.RANK_COLUMNS:
+            if rank is not None and rank != self.rank:
+                raise ValueError(f"gradsight: history(rank={rank}): this watcher is rank {self.rank}")
+            return super().history(metric)
+        if rank is None:
+            raise ValueError(f"gradsight: history({metric!r}): a per-rank metric needs rank=")
         return pd.DataFrame({metric: np.full(self.step_count, self.step_seconds[rank])},
                             index=pd.Index(np.arange(self.step_count), name="step"))
 

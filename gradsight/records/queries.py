@@ -52,9 +52,14 @@ class RunQueries:
                              f"Known layers: w.layer_names ({len(h.names)} names).")
         return idx
 
-    def layers(self) -> pd.DataFrame:
-        """One row per watched module, in model order, with the latest step's statistics."""
-        h = self._history
+    def layers(self, rank: int | None = None) -> pd.DataFrame:
+        """One row per watched module, in model order, with the latest step's statistics (of rank
+        ``rank`` of a torch.distributed job: a watcher holds its own rank's, a recording every rank's)."""
+        if rank is None:
+            h = self._history
+        else:
+            self._check_rank(rank)
+            h = self._history_of(int(rank))
         L = h.n_layers
         metrics = h.latest_metrics or {}
         columns = {"layer": list(h.names), "type": list(h.types), "params": h.param_counts.copy(),

@@ -54,6 +54,19 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+def _this_checkouts_panel(installed: Path, tmp_path_factory) -> dict[str, str]:
+    """The environment that makes the server load this checkout's built panel (``jlpm build``
+    writes gradsight/labextension/) ahead of the venv's installed one, when they differ (a
+    worktree testing its own front-end against a venv another checkout installed)."""
+    built = ROOT / "gradsight" / "labextension"
+    if not (built / "package.json").exists() or installed.parent.resolve() == built.resolve():
+        return {}
+    data = tmp_path_factory.mktemp("jupyter-path")
+    (data / "labextensions").mkdir()
+    (data / "labextensions" / "gradsight").symlink_to(built, target_is_directory=True)
+    return {"JUPYTER_PATH": os.pathsep.join(filter(None, [str(data), os.environ.get("JUPYTER_PATH")]))}
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory, artifacts) -> LabServer:
     """JupyterLab on a free port, serving a temp folder with a copy of the example notebook."""
@@ -75,6 +88,7 @@ def lab(tmp_path_factory, artifacts) -> LabServer:
         JUPYTER_PLATFORM_DIRS="1",
         GRADSIGHT_COMM_LOG="debug",  # each push in lab-server.log
     )
+    env.update(_this_checkouts_panel(labext, tmp_path_factory))
     log = artifacts / "lab-server.log"
     cmd = [
         sys.executable,

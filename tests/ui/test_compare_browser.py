@@ -15,19 +15,10 @@ import sys
 from pathlib import Path
 
 import nbformat
+from lab_page import KERNEL_IDLE, PANEL, RUN_CELL, open_panel, widen_sidebar
 from playwright.sync_api import Page, expect
 
 ROOT = Path(__file__).resolve().parents[2]
-PANEL = "#gradsight-panel"
-KERNEL_IDLE = (
-    "() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle'"
-)
-RUN_CELL = """async (i) => {
-  const app = window.jupyterapp;
-  const nb = app.shell.currentWidget;
-  nb.content.activeCellIndex = i;
-  await app.commands.execute('notebook:run-cell');
-}"""
 SCRIPT = """import sys, torch, gradsight as gs
 from torch import nn
 
@@ -81,16 +72,8 @@ def test_panel_compares_two_recordings(page: Page, lab, artifacts):
     page.evaluate(RUN_CELL, 0)
     page.evaluate(RUN_CELL, 1)
     page.wait_for_function(KERNEL_IDLE)
-    page.locator('.jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id="gradsight-panel"]').click()
-    panel = page.locator(PANEL)
-    expect(panel.locator(".jp-gradsight-state")).to_have_attribute("data-state", "connected", timeout=60_000)
-    # a wider sidebar, as someone comparing runs would drag it
-    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)").last
-    box = handle.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] - 250, box["y"] + box["height"] / 2, steps=5)
-    page.mouse.up()
+    panel = open_panel(page)
+    widen_sidebar(page)  # as someone comparing runs would drag it
 
     a, b = "baseline [cmp_a]", "deeper [cmp_b]"
     panel.locator(".jp-gradsight-watcher-select").select_option(a)
@@ -170,4 +153,8 @@ def test_panel_rank_selector_marks_the_rank_that_went_wrong_first(page: Page, la
     expect(step_row.locator("td.jp-gradsight-bad")).to_have_count(2)  # its time and ratio stand out
     findings = page.locator(f"{PANEL} .jp-gradsight-findings")
     expect(findings.locator(".jp-gradsight-pill-rank")).to_have_count(3)
+    # a live watcher holds its own rank's layers only: the flow chart says whose it shows
+    expect(page.locator(f"{PANEL} .jp-gradsight-flow .jp-gradsight-rank-note")).to_contain_text(
+        "layer charts show rank 0 (this process)")
+    expect(page.locator(f"{PANEL} .jp-gradsight-error")).to_have_count(0)  # every request answered
     page.locator(PANEL).screenshot(path=str(artifacts / "ranks.png"))
