@@ -146,6 +146,12 @@ class FindingLog:
         self._seen[key] = ep
         return ep
 
+    def fingerprint(self) -> tuple:
+        """Changes whenever what the findings table would show changes (episodes are updated
+        in place): lets a reader skip rebuilding the table for an unchanged log."""
+        return tuple((id(e), e.step, e.last_step, e.count, e.severity, e.status, e.message, e.layer)
+                     for e in self.episodes)
+
     def fold(self, which: Callable[[Finding], bool]) -> list[Finding]:
         """Remove the open episodes ``which`` selects (another finding explains them):
         returned so that the explaining finding can list their layers."""

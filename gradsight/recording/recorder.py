@@ -136,6 +136,7 @@ class StreamRecorder:
         self._seen = 0
         self._pending: tuple | None = None
         self._next_snapshot = time.monotonic()
+        self._findings_fp: tuple | None = None  # the findings last handed to the writer
         self.closed = False
         atexit.register(self.close)
 
@@ -154,6 +155,12 @@ class StreamRecorder:
         return None if row is None else np.array([row[RANK_METRICS.index(m)] for m in RANK_STEP_COLUMNS])
 
     def _snapshot(self) -> None:
+        # the findings table costs ~8 ms to build on the training thread (pandas): only when the
+        # findings changed (a healthy run: never); a job's cross-rank findings are not fingerprinted
+        fp = None if self.world_size > 1 else self._watcher._detectors.log.fingerprint()
+        if fp is not None and fp == self._findings_fp:
+            return
+        self._findings_fp = fp
         ranks = None
         if self.world_size > 1:
             try:
