@@ -4,6 +4,7 @@ another process writes them."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -21,6 +22,18 @@ from gradsight.comm import payloads, recording_source
 from gradsight.comm.session import Session
 from gradsight.comm.sources import KernelSources
 from gradsight.comm.testing import CheckedComm, unthrottled_hub
+
+
+@pytest.fixture(autouse=True)
+def _only_this_tests_sources():
+    """These tests list the kernel's sources: close what earlier tests left alive (a recording or
+    watcher still referenced, e.g. from a traceback), so that the order of test files does not matter."""
+    gc.collect()
+    for w in bus.active_watchers():
+        w.close()
+    for rec in bus.open_recordings():
+        rec.close()
+    yield
 
 pytest.importorskip("pyarrow")
 ROOT = Path(__file__).resolve().parents[1]
