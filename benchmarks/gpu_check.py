@@ -36,9 +36,11 @@ COUNT_ARMS = ("plain", "default", "hist1", "record")
 
 
 def _build(key: str, arm: str, tmp: str):
+    """(one training step of ``arm``, what to close, the model) on the device, seeded."""
     torch.manual_seed(0)
     model, x, y = overhead.MODELS[key][1]()
-    return overhead.make_arm(arm, model.to(overhead.DEVICE), x.to(overhead.DEVICE), y.to(overhead.DEVICE), tmp)
+    model = model.to(overhead.DEVICE)
+    return (*overhead.make_arm(arm, model, x.to(overhead.DEVICE), y.to(overhead.DEVICE), tmp), model)
 
 
 def count_syncs(key: str, arm: str, steps: int = 5) -> dict[str, float]:
@@ -46,7 +48,7 @@ def count_syncs(key: str, arm: str, steps: int = 5) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
     with tempfile.TemporaryDirectory() as tmp:
-        step, closer = _build(key, arm, tmp)
+        step, closer, _ = _build(key, arm, tmp)
         for _ in range(3):
             step()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -78,10 +80,7 @@ def count_syncs(key: str, arm: str, steps: int = 5) -> dict[str, float]:
 def bit_identical(key: str = "mlp", steps: int = 3) -> dict[str, bool]:
     def train(arm: str):
         with tempfile.TemporaryDirectory() as tmp:
-            torch.manual_seed(0)
-            model, x, y = overhead.MODELS[key][1]()
-            model = model.to(overhead.DEVICE)
-            step, closer = overhead.make_arm(arm, model, x.to(overhead.DEVICE), y.to(overhead.DEVICE), tmp)
+            step, closer, model = _build(key, arm, tmp)
             for _ in range(steps):
                 step()
             if closer is not None:
@@ -101,7 +100,7 @@ def sanity(key: str, steps: int = 4) -> dict:
     for arm in ("default", "hist1"):
         with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("always")
-            step, watcher = _build(key, arm, tmp)
+            step, watcher, _ = _build(key, arm, tmp)
             for _ in range(steps):
                 step()
             h = watcher.history("grad_norm")
@@ -121,7 +120,7 @@ def peak_memory(key: str, arm: str, steps: int = 6) -> float:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        step, closer = _build(key, arm, tmp)
+        step, closer, _ = _build(key, arm, tmp)
         for _ in range(steps):
             step()
         if closer is not None:

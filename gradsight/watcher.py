@@ -228,9 +228,7 @@ class Watcher(RunQueries):
         try:
             if not self.closed:
                 self._release_hooks()
-                cross = getattr(self, "_cross", None)
-                if cross is not None:
-                    cross.close()
+                self._farewell()
         except Exception:
             pass
 
@@ -364,7 +362,7 @@ class Watcher(RunQueries):
         # with optimizer= its post-hook closes a step that stepped: one still open after a backward
         # was not stepped (a GradScaler skip, or an optimizer step left out)
         stepped = False if self._optimizer_ref is not None and self._capture.backward_passes else None
-        if _on_device(loss) and self._capture.capturing and self.on_nonfinite != "raise":
+        if _travels_with(loss, self._capture) and self._capture.capturing and self.on_nonfinite != "raise":
             _check_scalar(loss)  # read with the step's own transfer (see _record_step)
         else:
             loss = _to_float(loss) if loss is not None else None
@@ -662,8 +660,10 @@ def _identities(tensors) -> dict[int, weakref.ref]:
     return {id(t): weakref.ref(t) for t in tensors}
 
 
-def _on_device(loss: Any) -> bool:
-    return isinstance(loss, torch.Tensor) and loss.device.type != "cpu"
+def _travels_with(loss: Any, capture: Capture) -> bool:
+    """A loss on the device of the step's buffer rides in its one transfer; on another device
+    (model parallelism) its copy would not be covered by that device's wait, so it is read apart."""
+    return isinstance(loss, torch.Tensor) and loss.device.type != "cpu" and loss.device == capture.buffer.device
 
 
 def _check_scalar(loss: torch.Tensor) -> None:

@@ -684,7 +684,6 @@ class Capture:
                         # on a device the caching allocator makes a new snapshot cheap, and one kept
                         # would sit through the next forward, on top of its activations (peak memory)
                         self._snapshot_store = None
-            if self.detail:
                 for i in self.layers_with_params:
                     ps = [local_tensor(p) for j, ref in enumerate(self._params)
                           if self.param_layer[j] == i and (p := ref()) is not None]
