@@ -29,21 +29,25 @@ RUN_CELL = """async ([i, wait]) => {
   const done = app.commands.execute('notebook:run-cell');
   if (wait) { await done; }
 }"""
-SCRIPT = """import sys, time, torch, gradsight as gs
+SCRIPT = """import os, sys, time, torch, gradsight as gs
 from torch import nn
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
 opt = torch.optim.SGD(model.parameters(), lr=0.05)
 w = gs.watch(model, optimizer=opt, name="script", histogram_every=2,
              record=gs.RecordTo(sys.argv[1], flush_steps=1, flush_seconds=0.1))
-for step in range(int(sys.argv[2])):
+stop = sys.argv[1] + ".stop"   # the test creates it once it has seen enough: no race with a slow machine
+step = 0
+while step < int(sys.argv[2]) and not os.path.exists(stop):
     x = torch.randn(16, 8)
     loss = (model(x) - x[:, :1]).pow(2).mean()
     opt.zero_grad(); loss.backward(); opt.step(); w.step(loss=loss)
+    step += 1
     time.sleep(0.2)   # slow on purpose: the panel follows the run while it trains
 w.close()
+print(step)
 """
-STEPS = 40
+MAX_STEPS = 1500  # a bound only: the test stops the script through the stop file
 
 
 def _step(page: Page) -> int:
@@ -68,12 +72,12 @@ def test_panel_follows_a_recording_written_by_a_script(page: Page, lab, artifact
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell("import gradsight as gs"),
-                nbformat.v4.new_code_cell("import time\ntime.sleep(4)")]
+                nbformat.v4.new_code_cell("import time\ntime.sleep(10)")]
     nbformat.write(nb, lab.root / "nbs" / "recording.ipynb")
     run = lab.root / "runs" / "script1"
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(run), str(STEPS)], env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(run), str(MAX_STEPS)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         page.goto(f"{lab.url}/lab/tree/nbs/recording.ipynb?token={lab.token}&reset")
         page.wait_for_function(KERNEL_IDLE)
@@ -109,8 +113,11 @@ def test_panel_follows_a_recording_written_by_a_script(page: Page, lab, artifact
         )
         busy = _rises(page, "kernel busy")
         page.screenshot(path=str(artifacts / "recording-live.png"))
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
-        expect(panel.locator(".jp-gradsight-step")).to_contain_text(f"step {STEPS}", timeout=30_000)
+        Path(f"{run}.stop").touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        steps = int(out.split()[-1])
+        expect(panel.locator(".jp-gradsight-step")).to_contain_text(re.compile(rf"step {steps}\b"), timeout=30_000)
         expect(select).not_to_contain_text("live", timeout=30_000)
         page.screenshot(path=str(artifacts / "recording-finished.png"))
         print(f"steps seen while idle {idle}, while a cell ran {busy}")
