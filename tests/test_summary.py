@@ -38,6 +38,28 @@ def test_summary_matches_numpy(dtype):
     assert stats["zero_frac"][0] == pytest.approx((v == 0).mean())
 
 
+@pytest.mark.parametrize("nan", [False, True])
+def test_large_tensors_take_the_chunked_count_and_parallel_min_max(nan):
+    """Above PARALLEL_MIN / the count's chunk size the CPU row takes other code paths
+    (torch's aminmax, a chunked != 0 count): the same numbers as the naive reference."""
+    from gradsight.kernel_hooks.summary import _CHUNK, PARALLEL_MIN
+
+    g = torch.Generator().manual_seed(2)
+    n = max(PARALLEL_MIN, _CHUNK) * 3 + 17  # not a multiple of the chunk: a short last chunk
+    x = torch.relu(torch.randn(n, generator=g)) - 0.25
+    x[::97] = 0.0
+    x[5] = -0.0
+    x[-1] = 7.5  # the maximum sits in the short last chunk
+    if nan:
+        x[_CHUNK + 3] = float("nan")
+    row = summarize(x).double().numpy()
+    ref = naive(x.numpy())
+    assert row[F["nonzero"]] == ref["nonzero"]
+    assert row[F["nan"]] == (1 if nan else 0)
+    if not nan:
+        assert (row[F["min"]], row[F["max"]]) == (ref["min"], ref["max"]) == (-0.25, 7.5)
+
+
 def test_nonfinite_values_are_counted_not_dropped():
     x = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), float("-inf"), 0.0, -2.0, float("nan")])
     row = summarize(x).numpy()
