@@ -128,6 +128,7 @@ class Watcher(RunQueries):
                           on_root_forward=self._on_root_forward, modules=selected)
         if self.on_nonfinite == "raise":
             capture.on_root_inputs = self._keep_inputs
+        capture.trace = getattr(self, "_nan_tracer", None)
         self._param_ids = _identities(capture.parameters())
         return capture
 
@@ -140,6 +141,7 @@ class Watcher(RunQueries):
             from .kernel_hooks.nan_trace import NanTracer
 
             self._nan_tracer = NanTracer(self._compiled or model, list(self._capture.names))
+            self._capture.trace = self._nan_tracer
         self.name = bus.unique_name(name or type(model).__name__)
         self.closed = False
         self.step_count = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import PARALLEL_MIN, Light, l2_norm, measure
 from .tensors import float_tensors, local_tensor, tensor_key
+
+if TYPE_CHECKING:
+    from .nan_trace import NanTracer
 
 # Units of these can "die": no positive output for any sample.
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU,
@@ -175,6 +179,7 @@ class Capture:
         self.last_inputs: dict[int, tuple[int, tuple, dict]] = {}
         self.inputs_not_kept: set[int] = set()  # layers the per-step bound left out (last detail step)
         self.on_root_inputs: Callable[[tuple, dict], None] | None = None  # gs.watch(on_nonfinite="raise")
+        self.trace: NanTracer | None = None  # gs.watch(nan_trace="op"): its mode is left during our hooks
         self.began = False          # a training forward started since the watcher's last step boundary
         self._root_open = False     # the root's forward started and has not returned (yet)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
@@ -371,12 +376,19 @@ class Capture:
             self.inputs_not_kept.discard(i)
             self.last_inputs[i] = (-1, *slice_batch(args, kwargs, keep=keep))  # the step is filled in at harvest
 
+    def _leave_trace(self) -> bool:
+        """Run a hook's tensor work outside the exact-NaN tracer's dispatch mode (see
+        :meth:`.nan_trace.NanTracer.pause`); True when the caller must ``trace.resume()``."""
+        trace = self.trace
+        return trace is not None and trace.pause()
+
     def _make_forward_hook(self, i: int):
         def forward_hook(module, args, kwargs, output):
             if i == 0:
                 self._root_open = False  # the root's forward returned
             if not self._live():
                 return None
+            paused = self._leave_trace()
             try:
                 in_bwd = _in_backward()
                 if in_bwd and i in self._fwd_seen:
@@ -424,6 +436,9 @@ class Capture:
                         self._saturation(i, tensors[0])
             except Exception as exc:
                 self._on_error(self.names[i], exc)
+            finally:
+                if paused:
+                    self.trace.resume()
             return None
 
         return forward_hook
@@ -464,6 +479,7 @@ class Capture:
         def grad_hook(grad):
             if self._closed or self.paused or grad is None:
                 return None
+            paused = self._leave_trace()
             try:
                 now = time.perf_counter()
                 if self._bwd_first is None:
@@ -486,6 +502,9 @@ class Capture:
                         self.buffer.add_hist((r, "grad"), counts)
             except Exception as exc:
                 self._on_error(self.names[rows[0]], exc)
+            finally:
+                if paused:
+                    self.trace.resume()
             return None
 
         return grad_hook
@@ -510,6 +529,7 @@ class Capture:
         self._end_queued = False
         if self._closed:
             return
+        paused = self._leave_trace()
         try:
             self._bwd_last = time.perf_counter()
             self.completed_backwards += 1
@@ -517,6 +537,9 @@ class Capture:
             self._param_norms(field=1, of_grad=True)
         except Exception as exc:
             self._on_error("<parameters>", exc)
+        finally:
+            if paused:
+                self.trace.resume()
 
     def _mark_grads(self) -> None:
         for ref in self._params:  # the first parameter with a gradient (usually the first)
@@ -630,8 +653,13 @@ class Capture:
         if not self.capturing or self._closed:
             return
         self._opt_start = time.perf_counter()
-        self.measure_step_grads()
-        self.before_update()
+        paused = self._leave_trace()
+        try:
+            self.measure_step_grads()
+            self.before_update()
+        finally:
+            if paused:
+                self.trace.resume()
 
     def before_update(self) -> None:
         """A torch optimizer is about to step these parameters (with or without ``optimizer=``):
@@ -672,26 +700,31 @@ class Capture:
         ``buffer.fetched_loss()``): one host sync per step, not two."""
         buf = self.buffer
         self._closing = time.perf_counter()
-        with torch.no_grad():
-            if self.measure_update and self._snapshot is None and self.update_source == "unknown" \
-                    and self.backward_passes:
-                self.update_source = "forward"  # a measuring step without an optimizer: from the next one on
-            if self.detail:  # weights move slowly: measured on detail steps, in fused ops
-                self._param_norms(field=0, of_grad=False)
-                if self._snapshot is not None:
-                    self._update_norms()
-                    if not buf.on_cpu:
-                        # on a device the caching allocator makes a new snapshot cheap, and one kept
-                        # would sit through the next forward, on top of its activations (peak memory)
-                        self._snapshot_store = None
-                for i in self.layers_with_params:
-                    ps = [local_tensor(p) for j, ref in enumerate(self._params)
-                          if self.param_layer[j] == i and (p := ref()) is not None]
-                    if ps:
-                        buf.add_hist((i, "weight"), octave_counts(ps))
-            if self._pending_units:  # unit vectors first seen this step get their rows now
-                buf.reserve_units(self._pending_units)
-            host = buf.fetch(with_hist=self.detail, loss=loss)
+        paused = self._leave_trace()
+        try:
+            with torch.no_grad():
+                if self.measure_update and self._snapshot is None and self.update_source == "unknown" \
+                        and self.backward_passes:
+                    self.update_source = "forward"  # a measuring step without an optimizer: from the next one on
+                if self.detail:  # weights move slowly: measured on detail steps, in fused ops
+                    self._param_norms(field=0, of_grad=False)
+                    if self._snapshot is not None:
+                        self._update_norms()
+                        if not buf.on_cpu:
+                            # on a device the caching allocator makes a new snapshot cheap, and one kept
+                            # would sit through the next forward, on top of its activations (peak memory)
+                            self._snapshot_store = None
+                    for i in self.layers_with_params:
+                        ps = [local_tensor(p) for j, ref in enumerate(self._params)
+                              if self.param_layer[j] == i and (p := ref()) is not None]
+                        if ps:
+                            buf.add_hist((i, "weight"), octave_counts(ps))
+                if self._pending_units:  # unit vectors first seen this step get their rows now
+                    buf.reserve_units(self._pending_units)
+                host = buf.fetch(with_hist=self.detail, loss=loss)
+        finally:
+            if paused:
+                self.trace.resume()
         views = buf.host_views(host)
         rec = self._record(step, views)
         for i, entry in list(self.last_inputs.items()):
