@@ -269,7 +269,9 @@ class Capture:
 
     # --- per-step state ---------------------------------------------------------------
     def _reset_step_state(self) -> None:
-        self._produced: dict[tuple[int, int], tuple[weakref.ref, torch.Tensor, int]] = {}
+        # output tensor -> (weakref, its summary, the module that produced it, its histogram counts
+        # on detail steps): a container returning its child's output reuses both
+        self._produced: dict[tuple[int, int], tuple[weakref.ref, object, int, torch.Tensor | None]] = {}
         self._grad_rows: dict[tuple[int, int], tuple[weakref.ref, list[int]]] = {}
         self._input_sources: dict[int, set[int]] = {}
         self._pending_units: dict[int, torch.Tensor] = {}
@@ -409,25 +411,29 @@ class Capture:
                 if i not in self.dtypes:
                     self.dtypes[i] = _dtype_name(tensors[0].dtype)
                 rows = self._rows[i]
+                hist = self.activations and self.detail
+                counts = None
                 for t in tensors:
                     key = tensor_key(t)
                     hit = self._produced.get(key)
                     if hit is not None and hit[0]() is t:
-                        summary = hit[1]  # same tensor as a child's output: reuse
+                        summary, mine = hit[1], hit[3]  # same tensor as a child's output: reuse both
                     else:
                         summary = measure(t, self.detail)
-                        self._produced[key] = (weakref.ref(t), summary, i)
+                        mine = octave_counts([t]) if hist else None
+                        self._produced[key] = (weakref.ref(t), summary, i, mine)
                         if type(summary) is torch.Tensor and summary.device.type == "cpu" \
                                 and i in self._own_params:
                             self._check_own_params(i, summary)
+                    if mine is not None:
+                        counts = mine if counts is None else counts + mine
                     if self.activations:
                         for r in rows:
                             self._write(r, summary, t.numel())
                     if t.requires_grad:
                         self._watch_grad(t, key, rows)
                 if self.activations:
-                    if self.detail:
-                        counts = octave_counts(tensors)
+                    if counts is not None:
                         for r in rows:
                             self.buffer.add_hist((r, "activation"), counts)
                     if i in self.relu_rows:
