@@ -112,3 +112,53 @@ def test_a_watcher_histogram_of_a_large_layer_says_it_is_sampled_and_keeps_exact
     small = w.histogram("0", of="grad", step=0)  # 64 x 4096 values: above SAMPLE too
     assert small.sampled and small.total == relu.numel()
     w.close()
+
+
+def test_grid_count_is_searchsorted_on_every_row():
+    """rebin_many's vectorised coarse-bin assignment equals np.searchsorted(side="right")
+    row by row, values exactly on grid points and outside the grid included."""
+    from gradsight.records.histogram import _grid_count
+
+    rng = np.random.default_rng(3)
+    H, n = 30, 33
+    lo = rng.uniform(-40, 10, H)
+    hi = lo + rng.uniform(1e-9, 30, H)
+    step = (hi - lo) / (n - 1)
+    grid = np.arange(n)[None, :] * step[:, None] + lo[:, None]
+    grid[:, -1] = hi
+    r = rng.integers(0, H, 5000)
+    x = np.where(rng.random(5000) < 0.3, grid[r, rng.integers(0, n, 5000)],  # on a grid point
+                 rng.uniform(lo[r] - 2 * step[r], hi[r] + 2 * step[r]))
+    want = np.array([np.searchsorted(grid[k], v, side="right") for k, v in zip(r, x, strict=True)])
+    assert np.array_equal(_grid_count(grid, lo, step, r, x), want)
+
+
+def test_rebinning_many_equals_rebinning_each_alone():
+    """A step's histograms are rebinned together: no row may leak into another (offsets,
+    per-row reductions, sampled rows scaled apart)."""
+    from gradsight.records.histogram import FINE_SLOTS, rebin_many
+
+    rng = np.random.default_rng(4)
+    H = 25
+    fine = np.zeros((H, FINE_SLOTS), dtype=np.int64)
+    for h in range(H):
+        if h % 7 == 3:
+            continue  # an empty row
+        k = rng.integers(1, 60)
+        fine[h, rng.integers(0, 2048, k)] = rng.integers(1, 5000, k)
+        if h % 2:
+            fine[h, 2048], fine[h, 2049] = rng.integers(0, 9), int(fine[h, :2048].sum()) * 5
+    ez = np.where(np.arange(H) % 3 == 0, -1, rng.integers(0, 50, H))
+    en = np.where((np.arange(H) % 3 == 0)[:, None], -1, rng.integers(0, 3, (H, 3)))
+    et = np.where(np.arange(H) % 3 == 0, -1, fine[:, :2048].sum(1) * 5 + 100)
+    em = np.where(np.arange(H) % 3 == 0, np.nan, 10 ** rng.uniform(-3, 3, H))
+    together = rebin_many(fine, 16, exact_zero=ez, exact_nonfinite=en, exact_total=et, exact_max_abs=em)
+    for h in range(H):
+        alone = rebin_many(fine[h:h + 1], 16, exact_zero=ez[h:h + 1], exact_nonfinite=en[h:h + 1],
+                           exact_total=et[h:h + 1], exact_max_abs=em[h:h + 1])
+        a, b = together.histogram(h), alone.histogram(0)
+        assert np.array_equal(a.edges, b.edges) and np.array_equal(a.counts, b.counts), h
+        assert (a.zero, a.nan, a.posinf, a.neginf, a.subnormal, a.sampled) == \
+            (b.zero, b.nan, b.posinf, b.neginf, b.subnormal, b.sampled), h
+        if fine[h, 2049] and et[h] >= 0:  # sampled, scaled to the exact total
+            assert a.total + a.subnormal == et[h] or a.counts.sum() == 0

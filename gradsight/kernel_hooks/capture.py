@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..records.fields import F
-from ..records.histogram import rebin
+from ..records.histogram import rebin_many
 from ..records.step_record import StepRecord
 from . import sampling
 from .histogram import octave_counts
@@ -743,6 +743,31 @@ class Capture:
         self._reset_step_state()
         return rec
 
+    def _histograms(self, v: dict, stats: np.ndarray, numel: np.ndarray, step: int) -> dict:
+        """The step's histograms, rebinned together (:func:`rebin_many`). Activations and
+        gradients take their exact zero/NaN/Inf counts, size and largest magnitude from the
+        full one-pass statistics of the same tensors; weights have none (their bins are all)."""
+        buf, L = self.buffer, len(self.names)
+        keys = [(key, row) for key, row in buf.hist_rows.items() if row in buf.hist_written]
+        if not keys:
+            return {}
+        r = np.array([-1 if of == "weight" else i if of == "activation" else L + i for (i, of), _ in keys])
+        has = r >= 0
+        s = stats[np.where(has, r, 0)]
+        nonzero = s[:, F["nonzero"]]
+        n = numel[np.where(has, r, 0)]
+        bad = s[:, _NONFINITE]
+        with np.errstate(invalid="ignore"):
+            exact_zero = np.where(has & np.isfinite(nonzero), n - nonzero - s[:, F["nan"]], -1).astype(np.int64)
+            exact_bad = np.where((has & np.isfinite(bad).all(1))[:, None], bad, -1).astype(np.int64)
+            lo, hi = np.abs(s[:, F["min"]]), np.abs(s[:, F["max"]])
+            max_abs = np.where(has, np.where(hi > lo, hi, lo), np.nan)  # Python's max(lo, hi), NaN and all
+        rows = rebin_many(v["hist"][[row for _, row in keys]], self.bins, exact_zero=exact_zero,
+                          exact_nonfinite=exact_bad, exact_total=np.where(has, n, -1).astype(np.int64),
+                          exact_max_abs=max_abs)
+        return {key: rows.histogram(k, layer=self.names[key[0]], of=key[1], step=step)
+                for k, (key, _) in enumerate(keys)}
+
     def _record(self, step: int, v: dict) -> StepRecord:
         buf = self.buffer
         L = len(self.names)
@@ -773,23 +798,7 @@ class Capture:
         for i in buf.units_written:
             off, size = buf.units_offsets[i]
             units[i] = v["units"][off:off + size].copy()
-        hist = {}
-        if "hist" in v:
-            for key, row in buf.hist_rows.items():
-                if row in buf.hist_written:
-                    i, of = key
-                    exact_zero = exact_bad = exact_total = max_abs = None
-                    if of != "weight":  # the full one-pass statistics of the same tensors are exact
-                        r = i if of == "activation" else L + i
-                        exact_zero = int(numel[r] - stats[r, F["nonzero"]] - stats[r, F["nan"]]) \
-                            if np.isfinite(stats[r, F["nonzero"]]) else None
-                        bad = stats[r, _NONFINITE]
-                        exact_bad = tuple(int(c) for c in bad) if np.isfinite(bad).all() else None
-                        exact_total = int(numel[r])
-                        max_abs = float(max(abs(stats[r, F["min"]]), abs(stats[r, F["max"]])))
-                    hist[key] = rebin(v["hist"][row], self.bins, layer=self.names[i], of=of, step=step,
-                                      exact_zero=exact_zero, exact_nonfinite=exact_bad, exact_total=exact_total,
-                                      exact_max_abs=max_abs)
+        hist = self._histograms(v, stats, numel, step) if "hist" in v else {}
         backward_s = (self._bwd_last - self._bwd_first) if self._bwd_first is not None \
             and self._bwd_last is not None else float("nan")
         # the step's time split: data (previous close -> first forward), forward, backward, optimizer
