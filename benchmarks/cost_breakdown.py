@@ -49,7 +49,7 @@ from gradsight.records.histogram import FINE_SLOTS  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402
 
-_ORIG = {"measure": C.measure, "octave_counts": C.octave_counts, "rebin": C.rebin}
+_ORIG = {"measure": C.measure, "octave_counts": C.octave_counts, "rebin_many": C.rebin_many}
 _METHODS = ("_param_norms", "measure_step_grads", "_units", "_note_inputs", "_take_snapshot")
 _ORIG.update({m: getattr(C.Capture, m) for m in _METHODS})
 
@@ -62,9 +62,10 @@ _CACHED_HIST = {}
 
 
 def _cached_rebin(fine, bins, **kw):
-    if bins not in _CACHED_HIST:
-        _CACHED_HIST[bins] = _ORIG["rebin"](np.zeros(FINE_SLOTS, dtype=np.int64), bins)
-    return _CACHED_HIST[bins]
+    key = (len(fine), bins)
+    if key not in _CACHED_HIST:
+        _CACHED_HIST[key] = _ORIG["rebin_many"](np.zeros((len(fine), FINE_SLOTS), dtype=np.int64), bins)
+    return _CACHED_HIST[key]
 
 
 def _noop(self, *a, **k):
@@ -76,7 +77,7 @@ PARTS = {
     "param norms": {"_param_norms": _noop, "measure_step_grads": _noop},
     "units": {"_units": _noop},
     "inputs": {"_note_inputs": _noop},
-    "histograms": {"octave_counts": _no_counts, "rebin": _cached_rebin},
+    "histograms": {"octave_counts": _no_counts, "rebin_many": _cached_rebin},
     "update": {"_take_snapshot": _noop},
 }
 LIGHT_PARTS = ("summaries", "param norms", "units", "inputs")

@@ -35,3 +35,30 @@ def test_the_default_bound_keeps_every_layer_of_a_small_model():
     assert not w._capture.inputs_not_kept
     assert {w._capture.names[i] for i in w._capture.last_inputs} == {"0", "2", "3"}
     w.close()
+
+
+def test_self_attention_keeps_its_one_input_once_and_still_checks_three():
+    """q, k and v of self-attention are one tensor: the watcher keeps one copy (the budget
+    counts it once), and w.gradcheck still checks the three inputs apart."""
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True, dtype=torch.float64)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    model = Block()
+    w = gs.watch(model)
+    model(torch.randn(6, 5, 8, dtype=torch.float64)).sum().backward()
+    w.step()
+    entry = w._capture.last_inputs[w._capture.index["attn"]]
+    q, k, v = entry[1][:3]
+    assert q is k is v and q.shape == (4, 5, 8)
+    assert sampling.plan(entry[1], entry[2])[1] == q.numel()  # counted once
+    report = w.gradcheck("attn")
+    assert report.passed
+    assert {"query", "key", "value"} <= set(report.to_frame()["name"])  # three inputs, each perturbed alone
+    w.close()

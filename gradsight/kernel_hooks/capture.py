@@ -376,7 +376,7 @@ class Capture:
                 return
             self._kept_elements += size
             self.inputs_not_kept.discard(i)
-            self.last_inputs[i] = (-1, *slice_batch(args, kwargs, keep=keep))  # the step is filled in at harvest
+            self.last_inputs[i] = (-1, *slice_batch(args, kwargs, keep=keep, share=True))  # the step is filled in at harvest
 
     def _leave_trace(self) -> bool:
         """Run a hook's tensor work outside the exact-NaN tracer's dispatch mode (see

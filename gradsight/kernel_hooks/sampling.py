@@ -36,7 +36,8 @@ def plan(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_SAMPLES
     kept): as many samples as fit ``max_elements``, at least one."""
     kwargs = dict(kwargs or {})
     batch = _batch_size(tuple(args), kwargs)
-    tensors = [t for t in tree_flatten((tuple(args), kwargs))[0] if isinstance(t, torch.Tensor)]
+    # one tensor passed several times (self-attention's q, k, v) is kept once (slice_batch(share=True))
+    tensors = list({id(t): t for t in tree_flatten((tuple(args), kwargs))[0] if isinstance(t, torch.Tensor)}.values())
 
     def size(keep: int) -> int:
         return sum(t[:keep].numel() if batch is not None and t.dim() and t.shape[0] == batch else t.numel()
@@ -51,13 +52,15 @@ def plan(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_SAMPLES
 
 
 def slice_batch(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_SAMPLES,
-                keep: int | None = None) -> tuple[tuple, dict]:
+                keep: int | None = None, share: bool = False) -> tuple[tuple, dict]:
     """Detached copies of ``(args, kwargs)`` cut to the first few samples along dim 0.
 
     The batch size is dim 0 of the first tensor argument; every tensor with that
     leading size is sliced, others (masks, lookup tables) are copied whole. Fewer than
     ``max_samples`` samples are kept when needed to stay within ``MAX_CAPTURE_ELEMENTS``.
-    Non-tensor arguments are passed through as they are.
+    Non-tensor arguments are passed through as they are. ``share``: a tensor passed
+    several times gets one copy (the capture's, to copy self-attention's input once, not
+    three times); the checker asks for separate copies, one independent input each.
     """
     kwargs = dict(kwargs or {})
     if not isinstance(max_samples, int) or max_samples < 1:
@@ -66,12 +69,18 @@ def slice_batch(args: tuple, kwargs: dict | None = None, max_samples: int = MAX_
     if keep is None:  # ``keep`` from :func:`plan`, when the caller already planned
         keep = plan(args, kwargs, max_samples)[0]
 
+    copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
     def cut(x: Any) -> Any:
         if not isinstance(x, torch.Tensor):
             return x
-        x = x.detach()
-        if batch is not None and x.dim() >= 1 and x.shape[0] == batch:
-            x = x[:keep]
-        return x.clone()
+        hit = copies.get(id(x)) if share else None
+        if hit is not None and hit[0] is x:  # one tensor passed several times (self-attention's q, k, v)
+            return hit[1]
+        y = x.detach()
+        if batch is not None and y.dim() >= 1 and y.shape[0] == batch:
+            y = y[:keep]
+        copies[id(x)] = (x, y := y.clone())
+        return y
 
     return tree_map(cut, tuple(args)), tree_map(cut, kwargs)
