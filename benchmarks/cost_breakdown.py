@@ -18,10 +18,12 @@ own step, so the difference to the full arm is what that part costs *in situ*
 - ``inputs``: where each module's input came from (NaN origin) and, on histogram steps,
   the copy of a few input samples kept for ``w.gradcheck(layer)``;
 - ``histograms``: the octave counts and their rebinning on the host;
-- ``update``: the snapshot of the weights before the optimizer step and the update norms.
+- ``update``: the snapshot of the weights before the optimizer step and the update norms;
+- ``detectors``: the detectors' work at each step's close (the record and the history stay).
 
 What is left with every part knocked out is the hooks themselves and gradsight's
-per-step bookkeeping (Python). The no-op-hook floor runs in the same rounds.
+per-step bookkeeping (Python): the step record and the history. The step's close (record,
+history, detectors) is also timed directly, inside the default arm. The no-op-hook floor runs in the same rounds.
 Knock-outs are benchmark-only monkeypatches; a knocked-out arm's findings are meaningless.
 Writes benchmarks/results/cost_breakdown.md.
 """
@@ -43,15 +45,19 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gradsight as gs  # noqa: E402
+from gradsight.detectors.engine import DetectorEngine  # noqa: E402
 from gradsight.kernel_hooks import capture as C  # noqa: E402
 from gradsight.records.histogram import FINE_SLOTS  # noqa: E402
+from gradsight.watcher import Watcher  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402
 
-_ORIG = {"measure": C.measure, "octave_counts": C.octave_counts, "rebin_many": C.rebin_many}
-_METHODS = ("_param_norms", "measure_step_grads", "_units", "_note_inputs", "_take_snapshot")
-_ORIG.update({m: getattr(C.Capture, m) for m in _METHODS})
+_OWNERS = {"measure": C, "octave_counts": C, "rebin_many": C, "update": DetectorEngine,
+           **{m: C.Capture for m in ("_param_norms", "measure_step_grads", "_units", "_note_inputs",
+                                      "_take_snapshot")}}
+"""What each knock-out replaces: the attribute of that name on that module or class."""
+_ORIG = {name: getattr(owner, name) for name, owner in _OWNERS.items()}
 
 
 def _no_counts(tensors):
@@ -79,18 +85,15 @@ PARTS = {
     "inputs": {"_note_inputs": _noop},
     "histograms": {"octave_counts": _no_counts, "rebin_many": _cached_rebin},
     "update": {"_take_snapshot": _noop},
+    "detectors": {"update": lambda self, rec, metrics=None: []},
 }
-LIGHT_PARTS = ("summaries", "param norms", "units", "inputs")
+LIGHT_PARTS = ("summaries", "param norms", "units", "inputs", "detectors")
 HIST_PARTS = ("summaries", "histograms", "param norms", "update", "inputs", "units")
 
 
 def _apply(patch: dict) -> None:
     for name, orig in _ORIG.items():
-        value = patch.get(name, orig)
-        if name in _METHODS:
-            setattr(C.Capture, name, value)
-        else:
-            setattr(C, name, value)
+        setattr(_OWNERS[name], name, patch.get(name, orig))
 
 
 def arms_for() -> dict[str, tuple[str, dict]]:
@@ -98,7 +101,7 @@ def arms_for() -> dict[str, tuple[str, dict]]:
     arms = {"default (every-step capture)": ("light", {})}
     for p in LIGHT_PARTS:
         arms[f"  - {p}"] = ("light", PARTS[p])
-    arms["  - all four"] = ("light", {k: v for p in LIGHT_PARTS for k, v in PARTS[p].items()})
+    arms["  - all five"] = ("light", {k: v for p in LIGHT_PARTS for k, v in PARTS[p].items()})
     arms["histogram_every=1"] = ("hist1", {})
     for p in HIST_PARTS:
         arms[f"  - {p} "] = ("hist1", PARTS[p])
@@ -106,8 +109,25 @@ def arms_for() -> dict[str, tuple[str, dict]]:
     return arms
 
 
+_CLOSE: dict[str, list[float]] = {}
+"""Watcher name -> seconds spent in each step's close (record, history, detectors)."""
+_record_step = Watcher._record_step
+
+
+def _timed_close(self, *a, **k):
+    t0 = time.perf_counter()
+    try:
+        return _record_step(self, *a, **k)
+    finally:
+        _CLOSE.setdefault(self.name, []).append(time.perf_counter() - t0)
+
+
+Watcher._record_step = _timed_close
+
+
 def run(key: str, rounds: int, warmup: int) -> list[tuple[str, float, float, float]]:
     torch.manual_seed(0)
+    _CLOSE.clear()
     base, x, y = overhead.MODELS[key][1]()
     arms = arms_for()
     built = {}
@@ -154,6 +174,9 @@ def run(key: str, rounds: int, warmup: int) -> list[tuple[str, float, float, flo
             cost = statistics.median((f - k) / p for f, k, p in
                                      zip(times[parent], times[a], times["plain"], strict=True))
         rows.append((a, statistics.median(times[a]) * 1e3, ratio, plain * 1e3, cost))
+    close = _CLOSE.get(built["default (every-step capture)"][2].name, [])[warmup:]
+    rows.append(("close", statistics.median(close) * 1e3 if close else float("nan"), float("nan"), plain * 1e3,
+                 float("nan")))
     return rows
 
 
@@ -187,7 +210,7 @@ def main() -> None:
         "| arm | " + " | ".join(f"{overhead.MODELS[k][0].split(',')[0]}: ratio; cost" for k in keys) + " |",
         "|---|" + "---:|" * len(keys),
     ]
-    labels = [r[0] for r in results[keys[0]]]
+    labels = [r[0] for r in results[keys[0]]][:-1]
     for n, label in enumerate(labels):
         cells = []
         for k in keys:
@@ -202,6 +225,9 @@ def main() -> None:
         if label.startswith("  - "):
             shown = "&nbsp;&nbsp;" + shown
         lines.append(f"| {shown} | " + " | ".join(cells) + " |")
+    lines += ["", "The default arm's step close (record, history, detectors; timed inside the step, median): " + "; ".join(
+        f"{overhead.MODELS[k][0].split(',')[0]} {results[k][-1][1]:.2f} ms ({results[k][-1][1] / results[k][-1][3]:.1%} "
+        "of the plain step)" for k in keys) + "."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
