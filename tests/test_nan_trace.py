@@ -122,3 +122,43 @@ def test_gradient_accumulation_keeps_the_backward_source():
         tracer.remove()
     assert events and (events[0].forward_op, events[0].layer) == ("aten::sqrt", "1")
     assert events[0].source.endswith(":" + line_of("SQRT_LINE").rsplit(":", 1)[1])
+
+
+def test_the_capture_works_outside_the_tracers_mode(monkeypatch):
+    """gradsight's own summaries step out of the tracer's dispatch mode (NanTracer.pause):
+    none of their ops reaches the tracer (each would pay the mode's Python round trip), the
+    mode is back in place after every hook, and a NaN is still traced to its op."""
+    import gradsight as gs
+
+    seen = []
+    original = NanTracer._called_by_gradsight
+
+    def counting(self, frame):
+        own = original(self, frame)
+        seen.append(own)
+        return own
+
+    monkeypatch.setattr(NanTracer, "_called_by_gradsight", counting)
+    class MaybeLog(nn.Module):  # log of a Linear's output: NaN where it is negative, once switched on
+        on = False
+
+        def forward(self, x):
+            return torch.log(x) if self.on else x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1), MaybeLog())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gs.watch(model, optimizer=opt, nan_trace="op", histogram_every=2)
+    for _ in range(4):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+    assert seen and not any(seen), "a gradsight op went through the tracer's mode"
+    assert _get_current_dispatch_mode() is None  # the step closed: the mode is popped
+    model[3].on = True
+    opt.zero_grad()
+    model(torch.randn(64, 8)).pow(2).mean().backward()
+    opt.step()
+    f = w.findings()
+    assert (f.iloc[0].layer, f.iloc[0].phase, f.iloc[0].op) == ("3", "forward", "aten::log")
+    w.close()

@@ -283,16 +283,23 @@ class NanTracer:
         """Step out of the mode for gradsight's own tensor work (the capture's hooks), if it is
         the innermost one; True when it did (then :meth:`resume`). Every op dispatched through
         the mode pays its Python round trip (~10-20 us) even when it is then skipped as
-        gradsight's own; about a third of a CNN step's ops are. Another mode pushed after ours
+        gradsight's own, and many of a watched step's ops are. Another mode pushed after ours
         stays untouched: then ``_called_by_gradsight`` still skips our ops."""
-        if self._active and _get_current_dispatch_mode() is self._mode:
-            _pop_mode()
-            return True
+        try:
+            if self._active and _get_current_dispatch_mode() is self._mode:
+                _pop_mode()
+                return True
+        except Exception as exc:  # never from a hook into the user's step
+            self._error(exc)
         return False
 
     def resume(self) -> None:
         """Re-enter the mode after :meth:`pause` returned True."""
-        _push_mode(self._mode)
+        try:
+            _push_mode(self._mode)
+        except Exception as exc:  # the step goes on untraced; the next forward pushes it again
+            self._active = False
+            self._error(exc)
 
     def harvest(self) -> list[NanEvent]:
         """Events since the last harvest; ends the step's tracing (the next forward restarts it)."""
