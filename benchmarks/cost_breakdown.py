@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gradsight as gs  # noqa: E402
@@ -143,13 +142,7 @@ def run(key: str, rounds: int, warmup: int) -> list[tuple[str, float, float, flo
         model, opt, w, patch = built[label]
         _apply(patch)
         try:
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            w.step(loss)
-            return time.perf_counter() - t0
+            return overhead.train_step(model, opt, x, y, w)
         finally:
             _apply({})
 

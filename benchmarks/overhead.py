@@ -90,7 +90,7 @@ class HookTool:
     def _grad(self, g):
         self._summary(g)
 
-    def step(self) -> None:
+    def step(self, loss=None) -> None:
         if self.stats:
             torch.stack(self.stats).cpu()  # one transfer per step
             self.stats = []
@@ -98,6 +98,21 @@ class HookTool:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def train_step(model: nn.Module, opt, x, y, tool=None, anomaly: bool = False) -> float:
+    """One timed training step, as every benchmark arm runs it: forward, cross-entropy,
+    backward, optimizer step, then ``tool.step(loss)`` (a watcher or a hook tool) inside the
+    timing. Seconds."""
+    t0 = time.perf_counter()
+    with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+    opt.step()
+    if tool is not None:
+        tool.step(loss)
+    return time.perf_counter() - t0
 
 
 def make_arm(arm: str, model: nn.Module, x, y, tmp: str):
@@ -117,17 +132,7 @@ def make_arm(arm: str, model: nn.Module, x, y, tmp: str):
     anomaly = arm == "anomaly"
 
     def step() -> float:
-        t0 = time.perf_counter()
-        with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-        opt.step()
-        if watcher is not None:
-            watcher.step(loss)
-        if tool is not None:
-            tool.step()
-        return time.perf_counter() - t0
+        return train_step(model, opt, x, y, watcher or tool, anomaly=anomaly)
 
     return step, (watcher or tool)
 

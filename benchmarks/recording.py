@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gradsight as gs  # noqa: E402
@@ -35,6 +34,7 @@ from gradsight.records.step_record import StepRecord  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
+import overhead  # noqa: E402
 
 
 class Synthetic:
@@ -165,14 +165,9 @@ def measure_overhead(key: str, steps: int, warmup: int, tmp: Path) -> dict:
     for r in range(warmup + steps):
         for a in (order if r % 2 == 0 else order[::-1]):
             model, opt, w = arms[a]
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            w.step(loss)
+            dt = overhead.train_step(model, opt, x, y, w)
             if r >= warmup:
-                times[a].append(time.perf_counter() - t0)
+                times[a].append(dt)
     for _, _, w in arms.values():
         w.close()
     ratios = sorted(t / p for t, p in zip(times["recorded"], times["watched"], strict=True))

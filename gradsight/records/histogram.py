@@ -59,6 +59,7 @@ _NAN_IDX, _POSINF_IDX, _NEGINF_IDX = np.flatnonzero(_IS_NAN), np.flatnonzero(_PO
 _TINY_IDX = np.flatnonzero(_TINY)
 _NOT_NORMAL_IDX = np.flatnonzero(~_NORMAL)
 
+
 @dataclass(frozen=True)
 class Histogram:
     """One histogram of a layer's gradient, activation or weight at one step.
