@@ -47,7 +47,8 @@ def summary(rec: Any, path: str) -> tuple[str, bool]:
     if len(st):
         loss = st["loss"].to_numpy(dtype=np.float64)
         lines.append(f"steps {int(st['step'].iloc[0])}-{int(st['step'].iloc[-1])} ({len(st)} stored) | "
-                     f"{len(rec.layer_names)} layers | loss {_loss_line(st['step'].to_numpy(), loss)}")
+                     f"{len(rec.layer_names)} layers")
+        lines.append(f"loss: {_loss_line(st['step'].to_numpy(), loss)}")
         gn = st["total_grad_norm"].to_numpy(dtype=np.float64)
         lines.append(f"total gradient norm: last {_num(gn[-1])}, max {_num(np.nanmax(gn) if np.isfinite(gn).any() else np.nan)}")
     else:
@@ -71,7 +72,7 @@ def summary(rec: Any, path: str) -> tuple[str, bool]:
             lines += _wrap(f"hint: {f['hint']}", " " * 10, " " * 16)
     if len(found) > MAX_FINDINGS:
         lines.append(f"  ... and {len(found) - MAX_FINDINGS} more: gs.open({path!r}).findings()")
-    return "\n".join(_clip(line.rstrip()) for line in lines), "error" in sev
+    return "\n".join(out for line in lines for out in _fit(line.rstrip())), "error" in sev
 
 
 def _layers(df) -> list[str]:
@@ -102,14 +103,21 @@ def _layers(df) -> list[str]:
 
 
 def _loss_line(steps, loss) -> str:
+    """First and last loss, the minimum, and where it turned non-finite. A NaN loss is also what a step
+    without ``w.step(loss=...)`` stores, so NaNs before the first finite loss are not called non-finite;
+    after it they are (the run went on giving its loss), and the last value shown is the last step's."""
     ok = np.isfinite(loss)
     if not ok.any():
-        return "not recorded" if np.isnan(loss).all() else "non-finite"
+        return "no finite value (NaN: not passed to w.step(loss=...), or non-finite)" if np.isnan(loss).all() \
+            else "non-finite"
     first, last = np.nonzero(ok)[0][[0, -1]]
     best = int(np.nanargmin(np.where(ok, loss, np.nan)))
-    text = f"{_num(loss[first])} -> {_num(loss[last])} (min {_num(loss[best])} at step {int(steps[best])})"
-    if (~ok & ~np.isnan(loss)).any():
-        text += f"; NaN/Inf from step {int(steps[np.nonzero(~ok & ~np.isnan(loss))[0][0]])}"
+    text = f"{_num(loss[first])} -> {_num(loss[-1])} (min {_num(loss[best])} at step {int(steps[best])})"
+    bad = np.nonzero(~ok & ((np.arange(len(loss)) > first) | np.isinf(loss)))[0]
+    if bad.size:
+        text += f"; NaN/Inf from step {int(steps[bad[0]])}"
+        if last < len(loss) - 1:
+            text += f", last finite {_num(loss[last])} at step {int(steps[last])}"
     return text
 
 
@@ -126,8 +134,12 @@ def _wrap(text: str, first: str, rest: str) -> list[str]:
     return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False) or [first]
 
 
-def _clip(s: str) -> str:
-    return s if len(s) <= WIDTH else s[:WIDTH - 3] + "..."
+def _fit(s: str) -> list[str]:
+    """A line as is, or wrapped (continued with 4 more spaces of indent): nothing is cut off."""
+    if len(s) <= WIDTH:
+        return [s]
+    indent = " " * (len(s) - len(s.lstrip()))
+    return _wrap(s.strip(), indent, indent + "    ")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -93,3 +94,33 @@ def test_every_figure_takes_a_recording(runs):
     for fig in (gw.gradient_flow(rec), gw.heatmap(rec), gw.training_curves(rec), gw.distribution(rec, layer),
                 gw.histogram(rec, layer), gw.dead_units(rec, "1")):
         assert fig.axes
+
+
+def test_summary_shows_a_loss_that_turned_nan_not_the_last_finite_one(tmp_path, capsys):
+    """A run whose loss goes NaN at step 6: the loss line must say so (it showed the last finite loss as
+    the run's last, as if training ended well)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.warns(gs.GradsightWarning), gs.watch(model, optimizer=opt, record=tmp_path / "run") as w:
+        for step in range(10):
+            x = torch.randn(16, 8)
+            if step == 6:
+                x[0, 0] = float("nan")  # the weights turn NaN at this step's update: every later loss is NaN
+            loss = (model(x) - x[:, :1]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            w.step(loss=loss)
+    losses = gs.open(tmp_path / "run").steps()["loss"].to_numpy()
+    assert np.isfinite(losses[:6]).all() and np.isnan(losses[6:]).all()
+    assert main(["summary", str(tmp_path / "run")]) == 1
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("loss: "))
+    assert f"-> nan (min {losses[:6].min():.4g} at step {int(np.argmin(losses[:6]))}); NaN/Inf from step 6, " \
+           f"last finite {losses[5]:.4g} at step 5" in line, line
+    from gradsight.cli import _loss_line
+
+    steps = np.arange(5)
+    assert _loss_line(steps, np.full(5, np.nan)).startswith("no finite value")  # never given, or NaN throughout
+    assert _loss_line(steps, np.array([np.nan, 2.0, 1.0, 3.0, 1.5])) == "2 -> 1.5 (min 1 at step 2)"  # no loss at 0
+    assert _loss_line(steps, np.array([np.inf, 2.0, 1.0, 3.0, 1.5])).endswith("; NaN/Inf from step 0")
