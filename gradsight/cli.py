@@ -40,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
 def summary(rec: Any, path: str) -> tuple[str, bool]:
     """The one-screen text and whether an error-severity finding exists."""
     lines = []
-    state = "live, still recording" if rec.live else rec.manifest.get("state", "?")
-    lines.append(f"gradsight recording {path} - {rec.name!r} ({state}; format {rec.manifest.get('format_version')}, "
-                 f"written by gradsight {rec.manifest.get('gradsight_version')})")
+    state = {"live": "live, still recording", "ended early": "ended early: a writer stopped without closing "
+             "the recording (killed or crashed)"}.get(rec.state, rec.state)
+    world = int(getattr(rec, "world_size", 1))
+    job = f"torch.distributed job of {world} ranks; " if world > 1 else ""
+    lines.append(f"gradsight recording {path} - {rec.name!r} ({state}; {job}format "
+                 f"{rec.manifest.get('format_version')}, written by gradsight {rec.manifest.get('gradsight_version')})")
     st = rec.steps()
     if len(st):
         loss = st["loss"].to_numpy(dtype=np.float64)
@@ -54,10 +57,13 @@ def summary(rec: Any, path: str) -> tuple[str, bool]:
     else:
         lines.append(f"no steps recorded yet | {len(rec.layer_names)} layers")
     if rec.problems:
-        lines.append(f"{len(rec.problems)} damaged chunk(s) skipped:")
+        lines.append(f"{len(rec.problems)} problem(s) reading it:")
         lines += [f"  {p}" for p in rec.problems]
     lines.append("")
-    lines += _layers(rec.layers())
+    if world > 1:
+        lines += _ranks(rec)
+        lines.append("")
+    lines += _layers(rec.layers(), f"rank {rec.rank}'s " if world > 1 else "")
     lines.append("")
     found = rec.findings()
     sev = found["severity"].astype(str).tolist() if len(found) else []
@@ -66,7 +72,8 @@ def summary(rec: Any, path: str) -> tuple[str, bool]:
     for _, f in found.head(MAX_FINDINGS).iterrows():
         span = f"step {f['step']}" if f["step"] == f["last_step"] else f"steps {f['step']}-{f['last_step']}"
         where = f["layer"] if str(f["layer"]) else "(model)"
-        lines += _wrap(f"{str(f['severity']).upper():7} {f['kind']} at {where}, {span} (x{f['count']}): "
+        rank = f" [rank {int(f['rank'])}]" if world > 1 and "rank" in found and int(f["rank"]) >= 0 else ""
+        lines += _wrap(f"{str(f['severity']).upper():7} {f['kind']}{rank} at {where}, {span} (x{f['count']}): "
                        f"{f['message']}", "  ", " " * 10)
         if str(f.get("hint", "")):
             lines += _wrap(f"hint: {f['hint']}", " " * 10, " " * 16)
@@ -75,7 +82,32 @@ def summary(rec: Any, path: str) -> tuple[str, bool]:
     return "\n".join(out for line in lines for out in _fit(line.rstrip())), "error" in sev
 
 
-def _layers(df) -> list[str]:
+def _ranks(rec: Any) -> list[str]:
+    """One line per rank of a job (median times, non-finite steps, findings naming it)."""
+    try:
+        df = rec.ranks()
+    except ValueError as exc:
+        return [f"Ranks: {exc}"]
+    out = ["Ranks (median seconds per step):",
+           f"  {'rank':>4} {'steps':>6} {'step_s':>9} {'busy_s':>9} {'allreduce_s':>11} {'first NaN/Inf':>13} "
+           f"{'findings':>8}"]
+    shown = list(range(len(df)))
+    if len(shown) > MAX_LAYER_ROWS:
+        half = MAX_LAYER_ROWS // 2
+        shown = shown[:half] + [-1] + shown[-half:]
+    for k in shown:
+        if k < 0:
+            out.append(f"  ... {len(df) - 2 * (MAX_LAYER_ROWS // 2)} more ranks ...")
+            continue
+        r = df.iloc[k]
+        first = int(r["first_nonfinite_step"])
+        out.append(f"  {int(r['rank']):>4} {int(r['steps']):>6} {_num(r['step_s']):>9} {_num(r['busy_s']):>9} "
+                   f"{_num(r['allreduce_s']):>11} {('step ' + str(first)) if first >= 0 else '-':>13} "
+                   f"{int(r['findings']):>8}")
+    return out
+
+
+def _layers(df, whose: str = "") -> list[str]:
     from .widgets.source import leaf_layers
 
     if not len(df):
@@ -83,7 +115,7 @@ def _layers(df) -> list[str]:
     idx = leaf_layers([str(n) for n in df["layer"]])
     rows = df.iloc[idx]
     step = int(df["step"].iloc[0])
-    out = [f"Layers (leaf modules, values at step {step}):" if step >= 0 else "Layers (no step yet):",
+    out = [f"Layers ({whose}leaf modules, values at step {step}):" if step >= 0 else "Layers (no step yet):",
            f"  {'layer':32} {'type':16} {'grad_norm':>10} {'act_norm':>10} {'update/w':>10}  non-finite"]
     shown = list(range(len(rows)))
     if len(shown) > MAX_LAYER_ROWS:

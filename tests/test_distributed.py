@@ -647,6 +647,21 @@ def test_every_rank_recording_into_one_path_opens_as_one_run_with_a_rank_dimensi
             pd.testing.assert_frame_equal(saved.history(m, rank=r), rec.history(m, rank=r))
 
 
+def test_the_summary_of_a_job_names_the_rank_of_each_finding(world2, capsys):
+    """`gradsight summary` of a job: whose layers it shows, a line per rank, and each finding's rank (a
+    nan_origin of the rank that inherited the NaN read like the origin's without it)."""
+    from gradsight.cli import main
+
+    assert main(["summary", _outs(world2, "ranked_recording")[0]["path"]]) == 1
+    out = capsys.readouterr().out
+    assert "torch.distributed job of 2 ranks" in out and "Layers (rank 0's leaf modules" in out
+    ranks = out[out.index("Ranks ("):].splitlines()[2:4]
+    assert [line.split()[0] for line in ranks] == ["0", "1"] and "step 4" in ranks[1], ranks
+    assert "rank_nonfinite [rank 1] at module.fc1, step 4" in out
+    assert "nan_origin [rank 0] at (model), step 4" in out  # inherited through the all-reduce
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
 def test_views_work_on_a_ranked_recording_through_the_same_api_as_a_watcher(world2):
     """What a dashboard with a rank selector reads (ranks(), history(m, rank=r), rank, world_size) is
     one definition, RunQueries', on a Watcher and a Recording alike; every view opens on a ranked run."""

@@ -102,6 +102,10 @@ def test_a_writer_killed_with_sigkill_loses_at_most_its_last_chunk(tmp_path):
     last = writer.last
     after = gs.open(path)
     assert not after.live and after.problems == []
+    assert after.state == "ended early" and "ended early" in repr(after)  # not "recording": its writer is gone
+    from gradsight.cli import summary
+
+    assert "(ended early: a writer stopped without closing" in " ".join(summary(after, str(path))[0].split())
     n = check_consistent(after)
     assert n >= last + 1 - 4 * FLUSH_STEPS, (n, last)  # the last chunk (and the held-back step) at most
     assert len(set(seen)) > 3  # the follower saw the run grow
@@ -128,7 +132,7 @@ def test_two_readers_follow_one_writer(tmp_path):
         rec.refresh()
         assert not rec.live
     fresh = gs.open(path)
-    assert fresh.step_count == 60
+    assert fresh.step_count == 60 and fresh.state == "closed" and a.state == "closed"
     for rec in (a, b):
         for q in ("steps", "layers", "findings"):
             pd.testing.assert_frame_equal(getattr(rec, q)(), getattr(fresh, q)())

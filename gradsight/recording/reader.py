@@ -212,6 +212,14 @@ class Recording(RunQueries):
         return not self.live
 
     @property
+    def state(self) -> str:
+        """"live" while a writer appends, "closed" once every shard was closed, else "ended early": a
+        writer stopped without closing its shard (killed or crashed), or a rank never recorded."""
+        if self.live:
+            return "live"
+        return "closed" if self._closed else "ended early"
+
+    @property
     def problems(self) -> list[str]:
         """Damaged chunks that were skipped, by file name; shards that ended early or are missing, by rank."""
         out = [p for r in sorted(self._shards) for p in self._shards[r].loader.problems]
@@ -267,6 +275,6 @@ class Recording(RunQueries):
         return watcher_html(self)
 
     def __repr__(self) -> str:
-        state = "live" if self.live else self.manifest.get("state", "?")
+        state = self.state
         return (f"<gradsight.Recording {self.name!r} at {str(self.root)!r}: {len(self.layer_names)} layers, "
                 f"{self.step_count} steps, {state}>")
