@@ -91,11 +91,7 @@ def _ranks(rec: Any) -> list[str]:
     out = ["Ranks (median seconds per step):",
            f"  {'rank':>4} {'steps':>6} {'step_s':>9} {'busy_s':>9} {'allreduce_s':>11} {'first NaN/Inf':>13} "
            f"{'findings':>8}"]
-    shown = list(range(len(df)))
-    if len(shown) > MAX_LAYER_ROWS:
-        half = MAX_LAYER_ROWS // 2
-        shown = shown[:half] + [-1] + shown[-half:]
-    for k in shown:
+    for k in _shown(len(df)):
         if k < 0:
             out.append(f"  ... {len(df) - 2 * (MAX_LAYER_ROWS // 2)} more ranks ...")
             continue
@@ -117,11 +113,7 @@ def _layers(df, whose: str = "") -> list[str]:
     step = int(df["step"].iloc[0])
     out = [f"Layers ({whose}leaf modules, values at step {step}):" if step >= 0 else "Layers (no step yet):",
            f"  {'layer':32} {'type':16} {'grad_norm':>10} {'act_norm':>10} {'update/w':>10}  non-finite"]
-    shown = list(range(len(rows)))
-    if len(shown) > MAX_LAYER_ROWS:
-        half = MAX_LAYER_ROWS // 2
-        shown = shown[:half] + [-1] + shown[-half:]
-    for k in shown:
+    for k in _shown(len(rows)):
         if k < 0:
             out.append(f"  ... {len(rows) - 2 * (MAX_LAYER_ROWS // 2)} more layers ...")
             continue
@@ -132,6 +124,14 @@ def _layers(df, whose: str = "") -> list[str]:
         out.append(f"  {name[-32:]:32} {str(r['type'])[:16]:16} {_num(r['grad_norm']):>10} {_num(r['act_norm']):>10} "
                    f"{_num(r['update_ratio']):>10}  {'NaN/Inf' if bad else ''}")
     return out
+
+
+def _shown(n: int) -> list[int]:
+    """Row positions to print: all, or the first and last MAX_LAYER_ROWS / 2 with -1 for the gap."""
+    if n <= MAX_LAYER_ROWS:
+        return list(range(n))
+    half = MAX_LAYER_ROWS // 2
+    return list(range(half)) + [-1] + list(range(n - half, n))
 
 
 def _loss_line(steps, loss) -> str:
