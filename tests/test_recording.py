@@ -458,3 +458,28 @@ def test_a_format_1_0_recording_without_ranks_still_opens(tmp_path):
         rec.ranks()
     with pytest.raises(ValueError, match="rank 0 only"):
         rec.history("grad_norm", rank=1)
+
+
+def test_a_relative_path_keeps_naming_the_same_directory_after_a_change_of_working_directory(tmp_path, monkeypatch):
+    """A notebook's ``%cd`` (os.chdir) mid-run must not send the writer's chunks, nor a reader's looks,
+    to a directory of the same name somewhere else."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    w = gs.watch(model, optimizer=opt, record=gs.RecordTo("runs/x", flush_steps=2, flush_seconds=0.05))
+    rec = gs.open("runs/x")
+    for step in range(8):
+        if step == 3:
+            monkeypatch.chdir(tmp_path / "elsewhere")
+        loss = model(torch.randn(4, 8)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        w.step(loss=loss)
+    w.close()
+    assert w.errors == [] and not (tmp_path / "elsewhere" / "runs").exists()
+    rec.refresh()
+    assert rec.steps()["step"].tolist() == list(range(8)) and rec.problems == [] and not rec.live
+    assert gs.open(tmp_path / "runs" / "x").step_count == 8
+    gs.watch(_mlp(), record=tmp_path / "runs" / "x").close()  # not "being recorded right now": it was closed

@@ -68,7 +68,7 @@ def resolve(path: Any, where: str = "gradsight.open") -> Path:
     """The recording directory ``path`` names (the directory, or its manifest.json)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{where} takes the path of a recording directory (str or Path); got {type(path).__name__}.")
-    p = Path(path).expanduser()
+    p = Path(path).expanduser().absolute()  # followed later: an os.chdir must not move it
     if not p.exists():
         raise RecordingNotFound(f"{where}: {str(p)!r} does not exist. Pass the directory given to "
                                 f"gs.watch(..., record=...) or w.save(...); check the path and the working "

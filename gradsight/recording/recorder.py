@@ -48,7 +48,8 @@ def prepare_directory(path: Any, where: str, rank: int = 0, world_size: int = 1)
     is replaced. Rank 0 of a job leaves ``ranks/`` (the other ranks' shards) to their writers."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{where}: the recording path must be a str or Path; got {type(path).__name__}.")
-    root = shard_root(Path(path).expanduser(), rank)
+    # absolute now: a relative path must keep naming this directory after an os.chdir (a notebook's %cd)
+    root = shard_root(Path(path).expanduser().absolute(), rank)
     others = {SHARDS} if rank == 0 and world_size > 1 else set()
     if root.resolve() in _WRITING:
         raise RecordingError(f"{where}: {str(root)!r} is being recorded right now by watcher "
