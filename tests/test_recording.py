@@ -4,6 +4,7 @@ plain Parquet + JSON; bad paths and files get clear errors; writing never blocks
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import warnings
@@ -483,3 +484,39 @@ def test_a_relative_path_keeps_naming_the_same_directory_after_a_change_of_worki
     assert rec.steps()["step"].tolist() == list(range(8)) and rec.problems == [] and not rec.live
     assert gs.open(tmp_path / "runs" / "x").step_count == 8
     gs.watch(_mlp(), record=tmp_path / "runs" / "x").close()  # not "being recorded right now": it was closed
+
+
+def test_a_path_that_holds_another_run_is_refused_by_every_rank_with_the_path_to_change(tmp_path):
+    """A job started into a path that holds another run: rank r >= 1 must neither write its shard into
+    a one-process recording (it did: runs/x/ranks/1 appeared in it) nor suggest a new shard path."""
+    from gradsight.recording.recorder import prepare_directory
+
+    _train(_mlp(), 2, tmp_path / "single").close()
+    with pytest.raises(RecordingError, match=r"holds another run \('Sequential', closed, world size 1\), not this "
+                                             r"job of 2 ranks: rank 1 would write its shard into it"):
+        prepare_directory(tmp_path / "single", "gs.watch(record=...)", rank=1, world_size=2)
+    assert not (tmp_path / "single" / "ranks").exists()
+    # an earlier job of the same size, written by other processes: every rank names the job's path
+    job = tmp_path / "job"
+    _train(_mlp(), 2, job).close()
+    manifest = json.loads((job / "manifest.json").read_text())
+    manifest.update(world_size=2, writer={"pid": -1, "host": "elsewhere"})
+    (job / "manifest.json").write_text(json.dumps(manifest))
+    (job / "ranks" / "1").mkdir(parents=True)
+    (job / "ranks" / "1" / "manifest.json").write_text(json.dumps(manifest | {"rank": 1, "state": "recording"}))
+    os.utime(job / "ranks" / "1" / "manifest.json", (time.time() - 3600, time.time() - 3600))  # untouched: gone
+    for rank, state in ((0, "closed"), (1, "ended early: its writer stopped without closing it")):
+        with pytest.raises(RecordingError) as err:
+            prepare_directory(job, "gs.watch(record=...)", rank=rank, world_size=2)
+        said = str(err.value)
+        assert f"{str(job)!r} already holds a recording" in said and f"'Sequential', {state}" in said, said
+        assert f"record='{job}-2' in every rank" in said and "ranks/1-2" not in said, said
+
+
+def test_a_directory_that_cannot_be_created_is_a_clear_error_and_leaves_no_hook(tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    model = _mlp()
+    for where in (tmp_path / "afile" / "run", "/proc/gradsight-run"):  # a file in the way; a read-only place
+        with pytest.raises(RecordingError, match=r"cannot write a recording in .*Pass a directory this process can"):
+            gs.watch(model, record=where)
+        assert all(not m._forward_hooks for m in model.modules())

@@ -125,6 +125,19 @@ def _major(version: Any, file: Path, where: str) -> int:
         raise RecordingError(f"{where}: {str(file)!r} has an unreadable format version {version!r}.") from None
 
 
+def stale_after(manifest: dict[str, Any]) -> float:
+    """Seconds without a touch of the manifest after which its writer counts as gone: max(10 s, 20 T)."""
+    chunks = manifest.get("chunks") or {}
+    return max(10.0, 20 * float(chunks.get("seconds") or 0.5))
+
+
+def state_of(manifest: dict[str, Any], root: Path) -> str:
+    """"closed", "live" (its writer still appends) or "ended early" (the writer stopped without closing)."""
+    if manifest.get("state") == "closed":
+        return "closed"
+    return "live" if writer_alive(manifest, root, stale_after(manifest)) else "ended early"
+
+
 def writer_alive(manifest: dict[str, Any], root: Path, stale_after: float) -> bool:
     """Whether the writer still appends: not closed, its process alive (same host), and the
     manifest touched within ``stale_after`` seconds (any host)."""

@@ -36,7 +36,7 @@ from .format import (
     shard_root,
     temp_name,
 )
-from .manifest import HOST, new_manifest, read_manifest
+from .manifest import HOST, new_manifest, read_manifest, state_of
 from .writer import FLUSH_SECONDS, FLUSH_STEPS, QUEUE_STEPS, RecordingWriter
 
 _WRITING: dict[Path, str] = {}  # directories this process is streaming into -> watcher name
@@ -45,42 +45,71 @@ _WRITING: dict[Path, str] = {}  # directories this process is streaming into -> 
 def prepare_directory(path: Any, where: str, rank: int = 0, world_size: int = 1) -> Path:
     """A directory to write a new recording into (rank ``rank``'s shard of a torch.distributed job):
     created, empty, or an earlier recording of this same process (a re-run notebook cell), which
-    is replaced. Rank 0 of a job leaves ``ranks/`` (the other ranks' shards) to their writers."""
+    is replaced. Rank 0 of a job leaves ``ranks/`` (the other ranks' shards) to their writers; rank
+    r >= 1 refuses a path whose top directory holds another run (a single process, another world size)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{where}: the recording path must be a str or Path; got {type(path).__name__}.")
     # absolute now: a relative path must keep naming this directory after an os.chdir (a notebook's %cd)
-    root = shard_root(Path(path).expanduser().absolute(), rank)
+    top = Path(path).expanduser().absolute()
+    root = shard_root(top, rank)
     others = {SHARDS} if rank == 0 and world_size > 1 else set()
     if root.resolve() in _WRITING:
         raise RecordingError(f"{where}: {str(root)!r} is being recorded right now by watcher "
                              f"{_WRITING[root.resolve()]!r} in this process. Pass another path, or close that "
                              "watcher first (w.close()).")
-    if root.exists() and not root.is_dir():
-        raise RecordingError(f"{where}: {str(root)!r} is a file; a recording is a directory. Pass a new "
-                             "directory path, e.g. 'runs/exp1'.")
-    if root.is_dir() and any(not e.startswith(".") and e not in others for e in os.listdir(root)):
-        try:
-            old = read_manifest(root, where)
-        except RecordingError:
-            raise RecordingError(f"{where}: {str(root)!r} is not empty and is not a gradsight recording; refusing "
-                                 "to write into it. Pass a new directory path.") from None
-        writer = old.get("writer") or {}
-        if writer.get("pid") != os.getpid() or writer.get("host") != HOST:
-            raise RecordingError(f"{where}: {str(root)!r} already holds a recording ({old.get('name')!r}, "
-                                 f"{old.get('state')}). Pass a new path (e.g. '{root}-2') or delete it first "
-                                 f"(shutil.rmtree).")
-        for t in TABLES:  # this process wrote it: a re-run cell records afresh
-            shutil.rmtree(root / t, ignore_errors=True)
-        for f in (LATEST, FINDINGS, RANKS, MANIFEST):
-            (root / f).unlink(missing_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
-    probe = root / temp_name("probe", str(os.getpid()))
+    shard = f"; rank {rank}'s shard {str(root)!r}" if rank else ""
+    taken = (f"Pass a new path (e.g. record='{top}-2' in every rank) or delete {str(top)!r} first "
+             "(shutil.rmtree).")
     try:
+        if rank and (top / MANIFEST).is_file():
+            old = _manifest_or_none(top)
+            if old is not None and int(old.get("world_size", 1)) != world_size:
+                raise RecordingError(f"{where}: {str(top)!r} already holds another run ({_describe(old, top)}, "
+                                     f"world size {old.get('world_size', 1)}), not this job of {world_size} ranks: "
+                                     f"rank {rank} would write its shard into it. {taken}")
+        if root.exists() and not root.is_dir():
+            raise RecordingError(f"{where}: {str(root)!r} is a file; a recording is a directory. Pass a new "
+                                 "directory path, e.g. 'runs/exp1'.")
+        if root.is_dir() and any(not e.startswith(".") and e not in others for e in os.listdir(root)):
+            old = _manifest_or_none(root)
+            if old is None:
+                raise RecordingError(f"{where}: {str(root)!r} is not empty and is not a gradsight recording; "
+                                     "refusing to write into it. Pass a new directory path.")
+            writer = old.get("writer") or {}
+            if writer.get("pid") != os.getpid() or writer.get("host") != HOST:
+                raise RecordingError(f"{where}: {str(top)!r} already holds a recording ({_describe(old, root)}"
+                                     f"{shard}). {taken}")
+            for t in TABLES:  # this process wrote it: a re-run cell records afresh
+                shutil.rmtree(root / t, ignore_errors=True)
+            for f in (LATEST, FINDINGS, RANKS, MANIFEST):
+                (root / f).unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / temp_name("probe", str(os.getpid()))
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as exc:
-        raise RecordingError(f"{where}: cannot write in {str(root)!r} ({exc}). Pass a writable directory.") from None
+    except OSError as exc:  # read-only, a file where a directory should be, no permission
+        raise RecordingError(f"{where}: cannot write a recording in {str(root)!r} ({type(exc).__name__}: "
+                             f"{exc.strerror or exc}). Pass a directory this process can create and write "
+                             "(e.g. under your home or the job's output directory).") from None
     return root
+
+
+def _manifest_or_none(root: Path) -> dict[str, Any] | None:
+    try:
+        return read_manifest(root, "")
+    except RecordingError:
+        return None
+
+
+def _describe(manifest: dict[str, Any], root: Path) -> str:
+    """The old run in a refusal: its name and whether it is closed, still written, or ended early."""
+    writer = manifest.get("writer") or {}
+    state = state_of(manifest, root)
+    if state == "live":
+        state = f"still being recorded by process {writer.get('pid')} on {writer.get('host')}"
+    elif state == "ended early":
+        state = "ended early: its writer stopped without closing it"
+    return f"{manifest.get('name')!r}, {state}"
 
 
 def manifest_for(q: Any, source: str, flush_steps: int, flush_seconds: float, units_window: int,

@@ -18,7 +18,7 @@ from ..records.run_history import RunHistory
 from .format import RANK_STEP_COLUMNS
 from .ingest import ingest
 from .loader import Loader
-from .manifest import read_manifest, writer_alive
+from .manifest import read_manifest, stale_after, writer_alive
 
 
 def _tuples(df: pd.DataFrame) -> pd.DataFrame:
@@ -47,8 +47,7 @@ class Shard:
         self.rank_scalars = DecimatingStore(self.run.scalars.capacity, (len(RANK_STEP_COLUMNS),), dtype=np.float64)
         self.findings: pd.DataFrame | None = None
         self.ranks: pd.DataFrame | None = None
-        chunks = manifest.get("chunks") or {}
-        self.stale_after = max(10.0, 20 * float(chunks.get("seconds") or 0.5))
+        self.stale_after = stale_after(manifest)
         self.closed = manifest.get("state") == "closed"
 
     def poll(self) -> bool:
