@@ -360,6 +360,30 @@ def close_early(rank, world):
     return {"closed": closed, "closed_warnings": said, "collected": collected}
 
 
+def rewatch(rank, world):
+    """A notebook re-running its watch cell 6 times in one job (each watch closes the previous watcher):
+    each watcher's gloo group is destroyed once every rank is done with it, instead of piling up."""
+    import os
+
+    from torch.distributed import distributed_c10d as c10d
+
+    def count():
+        return len(c10d._world.pg_map), len(os.listdir("/proc/self/task"))
+
+    model = _ddp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = count()
+    judged, sizes, t0 = [], [], time.monotonic()
+    for _ in range(6):
+        w = gs.watch(model, optimizer=opt)
+        _train(model, opt, rank, 2)
+        judged.append(int(w.ranks()["steps"].min()))
+        sizes.append(count())
+    w.close()
+    return {"before": before, "sizes": sizes, "judged": judged, "errors": list(w.errors),
+            "s": time.monotonic() - t0}
+
+
 def gs_rank_metrics():
     from gradsight.records.queries import RANK_METRICS
 
@@ -368,12 +392,12 @@ def gs_rank_metrics():
 
 SCENARIOS = {f.__name__: f for f in (healthy, nan_rank1_step7, skipped_bucket, changed_param, straggler,
                                      fsdp2_norms, opaque_wrapper, different_models, only_rank0_watches,
-                                     edit_midrun, edit_one_rank, ranked_recording, nan_cross_off, close_early)}
+                                     edit_midrun, edit_one_rank, ranked_recording, nan_cross_off, close_early, rewatch)}
 
 
 WORLD2 = ["healthy", "skipped_bucket", "changed_param", "straggler", "fsdp2_norms", "opaque_wrapper",
           "different_models", "only_rank0_watches", "edit_midrun", "edit_one_rank", "ranked_recording",
-          "nan_cross_off", "close_early"]
+          "nan_cross_off", "close_early", "rewatch"]
 
 
 @pytest.fixture(scope="module")
@@ -498,6 +522,21 @@ def test_a_rank_that_stops_watching_never_stalls_the_others(world2):
     assert not [m for m in zero["closed_warnings"] if "stopped watching" in m]
     assert one["collected"]["steps"] == list(range(5)) and (one["collected"]["ranks"]["steps"] == 2).all()
     assert max(out[k]["s"] for out in outs for k in ("closed", "collected")) < 30
+
+
+def test_re_watching_in_one_job_destroys_each_watchers_gloo_group_once_every_rank_is_done(world2):
+    """Each watcher that joined the cross-rank part made its own gloo group (3 threads and a socket per
+    peer here) and none was ever destroyed: 6 re-watches held 6 groups. Now a group goes once every
+    rank is done with it, and every watcher's exchange still works."""
+    for out in _outs(world2, "rewatch"):
+        assert out["errors"] == [] and out["judged"] == [2] * 6 and out["s"] < 60, out
+        groups0, threads0 = out["before"]
+        held = [g - groups0 for g, _ in out["sizes"]]
+        assert max(held) <= 2, out["sizes"]       # this watcher's group, and at most the previous one
+        by_groups = {}  # the process's thread count follows the groups held, not the number of watches
+        for g, t in out["sizes"]:
+            by_groups.setdefault(g, set()).add(t)
+        assert all(len(t) == 1 for t in by_groups.values()), out["sizes"]
 
 
 def test_comm_hook_skipping_one_bucket_on_one_rank_is_replica_divergence(world2):

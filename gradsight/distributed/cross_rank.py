@@ -25,8 +25,10 @@ from ..detectors.straggler import Straggler
 from ..records.fields import F
 from ..records.queries import RANK_METRICS
 from ..records.step_record import StepRecord
+from . import groups
 from .comm_timer import CommTimer, install
 from .context import RankContext
+from .handshake import agreed_key
 from .layout import Layout
 from .packet import HI, Gathered
 
@@ -40,7 +42,9 @@ HISTORY_ROWS = 8192  # captured steps of per-rank scalars kept (a ring: W x 5 x 
 class CrossRank:
     def __init__(self, ctx: RankContext, layout: Layout, checksum_every: int):
         self.ctx = ctx
-        self.group, self.device = _own_group(ctx)
+        self.key = agreed_key()  # names the group below on every rank (groups.py: when to destroy it)
+        self.group, self.device = groups.create(ctx.backend)
+        self._retired = False
         self.layout = layout
         layout.packet.bind(self.group, self.device)
         self.pending: Layout | None = None  # the re-made capture's layout, sent at the next exchange
@@ -225,28 +229,38 @@ class CrossRank:
         """This rank stops watching: judge what is in flight, then post a farewell packet (``closing``)
         that the other ranks' next exchange receives, whenever they get there, so that every rank drops
         the cross-rank part at the same exchange instead of waiting for this one forever. Nothing here
-        waits for them."""
+        waits for them. The group is retired: destroyed once every rank is done with it (groups.py)."""
         with self._lock:
-            if self.disabled:
-                return
-            try:  # the last step's collective, unless a rank never joins it (gone, or far behind)
-                self._settle(timeout=CLOSE_WAIT_S)
-            except Exception:  # a failed collective, or a process group already destroyed
-                self._flight = None
-            if self.disabled:
-                return
-            self._flight = None  # not waited for: the farewell follows it, in order, on every rank
-            self.disabled = "this watcher was closed"
-            if self.group is None:  # no group of our own: an unmatched collective would shift the user's
-                return
-            if not torch.distributed.is_initialized():  # the job's groups are destroyed: nobody is waiting
-                return
-            vec = np.zeros(self.packet.size)
-            vec[HI["closing"]] = 1.0
-            vec[HI["layout"]] = self.layout.crc
-            vec[HI["step"]] = -1.0
-            with contextlib.suppress(Exception):  # the process group is gone: nobody waits
-                self._farewell = self.packet.farewell(vec)
+            try:
+                self._close()
+            finally:
+                if not self._retired:
+                    self._retired = True
+                    farewell = self._farewell[0] if self._farewell is not None else None
+                    groups.retire(self.group, self.key, self.rank, self.ctx.world_size,
+                                  [self.packet.pending(), farewell], keep=(self.packet, self._farewell))
+
+    def _close(self) -> None:
+        if self.disabled:
+            return
+        try:  # the last step's collective, unless a rank never joins it (gone, or far behind)
+            self._settle(timeout=CLOSE_WAIT_S)
+        except Exception:  # a failed collective, or a process group already destroyed
+            self._flight = None
+        if self.disabled:
+            return
+        self._flight = None  # not waited for: the farewell follows it, in order, on every rank
+        self.disabled = "this watcher was closed"
+        if self.group is None:  # no group of our own: an unmatched collective would shift the user's
+            return
+        if not torch.distributed.is_initialized():  # the job's groups are destroyed: nobody is waiting
+            return
+        vec = np.zeros(self.packet.size)
+        vec[HI["closing"]] = 1.0
+        vec[HI["layout"]] = self.layout.crc
+        vec[HI["step"]] = -1.0
+        with contextlib.suppress(Exception):  # the process group is gone: nobody waits
+            self._farewell = self.packet.farewell(vec)
 
     def _pack(self, rec: StepRecord, header: dict) -> float:
         """Pack this rank's packet into the send buffer; returns its local origin phase (0: finite)."""
@@ -415,18 +429,6 @@ class _Flight:
     g: Gathered | None = None     # the gathered packets, once waited for
     judge: bool = True            # the step is judged (no rank dropped it, the exchange is open)
     dropped_checked: bool = False  # already checked for a rank that dropped the step (sharded path)
-
-
-def _own_group(ctx: RankContext):
-    """gradsight's own gloo process group (every rank makes it, right after the handshake): its
-    collectives never queue behind the user's nor shift them. None (the default group) if gloo is
-    missing; the packet then lives on the backend's device."""
-    try:
-        return torch.distributed.new_group(backend="gloo"), torch.device("cpu")
-    except Exception:
-        device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in ctx.backend.lower() \
-            else torch.device("cpu")
-        return None, device
 
 
 _EMPTY = np.zeros((0, 4))

@@ -23,6 +23,7 @@ import torch
 TIMEOUT = 5.0   # seconds a rank waits for the others' signatures (then: no cross-rank part)
 EPOCH = "gradsight/watch/epoch"
 _counters: dict[int, tuple[object, str, int]] = {}   # id(store) -> (store, epoch, handshakes in that epoch)
+_agreed: dict[int, str] = {}  # id(store) -> the key of this process's last handshake that agreed
 
 
 def _store():
@@ -39,10 +40,22 @@ def agree(rank: int, world: int, signature: str, timeout: float | None = None) -
     _, seen, n = _counters.get(id(store), (store, epoch, 0))
     n = n if seen == epoch else 0
     _counters[id(store)] = (store, epoch, n + 1)
-    why = _handshake(store, f"gradsight/watch/{epoch}/{n}", rank, world, signature, timeout)
+    key = f"gradsight/watch/{epoch}/{n}"
+    why = _handshake(store, key, rank, world, signature, timeout)
     if why:
         store.compare_set(EPOCH, epoch, str(int(epoch) + 1))  # every rank's next watch starts afresh
+    else:
+        _agreed[id(store)] = key
     return why
+
+
+def agreed_key() -> str:
+    """The store key of this process's last handshake that agreed: the same on every rank, unique
+    in the job (it names the group the ranks make next, see groups.py); "" if none."""
+    try:
+        return _agreed.get(id(_store()), "")
+    except Exception:
+        return ""
 
 
 def _handshake(store, key: str, rank: int, world: int, signature: str, timeout: float) -> str:

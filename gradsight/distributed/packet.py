@@ -129,6 +129,10 @@ class Packet:
             time.sleep(0.001)
         return True
 
+    def pending(self):
+        """The launched collective not waited for (its work), if any."""
+        return self._work
+
     def wait(self) -> np.ndarray:
         """The launched collective's result: [W, size], every rank's packet (a view of the buffer)."""
         if self._early is not None:
