@@ -520,3 +520,30 @@ def test_a_directory_that_cannot_be_created_is_a_clear_error_and_leaves_no_hook(
         with pytest.raises(RecordingError, match=r"cannot write a recording in .*Pass a directory this process can"):
             gs.watch(model, record=where)
         assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_reader_never_mixes_in_a_new_run_written_into_the_same_path(tmp_path):
+    """A follower of a run whose directory is deleted and recorded into again (a re-run cell, or
+    rm -rf and the script started again): it spliced the new run's later steps onto the old run's
+    (no warning), and a query while the directory was gone raised FileNotFoundError."""
+    import shutil
+
+    path = tmp_path / "run"
+    first = _train(_mlp(), 30, gs.RecordTo(path, flush_steps=5, flush_seconds=0.05))
+    rec = gs.open(path)
+    deadline = time.monotonic() + 30
+    while len(rec.steps()) < 25:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    old = rec.steps()
+    rec.poll_seconds = float("inf")  # the reader looks next only when told
+    first.close()
+    shutil.rmtree(path)
+    assert not rec.refresh() and rec.steps().equals(old)  # the directory is gone: nothing new, no error
+    second = _train(_mlp(seed=1), 60, gs.RecordTo(path, flush_steps=5, flush_seconds=0.05), seed=7)
+    second.close()
+    with pytest.warns(GradsightWarning, match=f"now holds another run.*keeps the {len(old)} steps it read"):
+        rec.refresh()
+    pd.testing.assert_frame_equal(rec.steps(), old)  # only the first run's steps, none of the second's
+    assert not rec.live and any("now holds another run" in p for p in rec.problems)
+    assert gs.open(path).step_count == 60

@@ -7,6 +7,7 @@ ranks never wait for each other and a rank that dies takes only its own last chu
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import pandas as pd
 
 from ..records.history import DecimatingStore
 from ..records.run_history import RunHistory
-from .format import RANK_STEP_COLUMNS
+from ..warnings import GradsightWarning
+from .format import RANK_STEP_COLUMNS, RecordingError
 from .ingest import ingest
 from .loader import Loader
 from .manifest import read_manifest, stale_after, writer_alive
@@ -27,6 +29,12 @@ def _tuples(df: pd.DataFrame) -> pd.DataFrame:
         if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], np.ndarray):
             df[c] = df[c].map(tuple)
     return df
+
+
+def _identity(manifest: dict[str, Any]) -> tuple:
+    """What tells one run from another written later into the same directory."""
+    w = manifest.get("writer") or {}
+    return manifest.get("created"), w.get("pid"), w.get("host")
 
 
 class Shard:
@@ -49,13 +57,26 @@ class Shard:
         self.ranks: pd.DataFrame | None = None
         self.stale_after = stale_after(manifest)
         self.closed = manifest.get("state") == "closed"
+        self.replaced = False  # the directory now holds another run: reading stopped
 
     def poll(self) -> bool:
-        """Read what this shard's writer added since the last look; True if anything was new."""
+        """Read what this shard's writer added since the last look; True if anything was new. A directory
+        that is gone or holds another run now (deleted and recorded into again) stops the reading: what
+        was read stays, and it is never mixed with the new run's steps."""
+        if self.replaced:
+            return False
         if not self.closed:
-            self.manifest = read_manifest(self.root)
+            manifest = self._current()
+            if manifest is None:
+                return False
+            self.manifest = manifest
             self.closed = self.manifest.get("state") == "closed"
-        up = self.loader.poll(closed=self.closed)
+        try:
+            up = self.loader.poll(closed=self.closed)
+        except OSError:  # the directory went away while we read
+            return False
+        if not self.closed and self._current() is None:  # replaced while we read: these rows may be the new run's
+            return False
         if up.findings is not None:
             self.findings = _tuples(up.findings)
         if up.ranks is not None:
@@ -65,9 +86,26 @@ class Shard:
             self.rank_scalars.append(int(s), row)
         return bool(up)
 
+    def _current(self) -> dict[str, Any] | None:
+        """The manifest now, if it is still this run's (None: missing for now, or another run's)."""
+        try:
+            manifest = read_manifest(self.root)
+        except (RecordingError, OSError):  # deleted, or being written again: nothing new this look
+            return None
+        if _identity(manifest) == _identity(self.manifest):
+            return manifest
+        self.replaced = True
+        w = manifest.get("writer") or {}
+        note = (f"gradsight: {str(self.root)!r} now holds another run (started by process {w.get('pid')} on "
+                f"{w.get('host')}); this Recording keeps the {self.last_step + 1} steps it read of the earlier one "
+                f"and stops following. Open the path again (gs.open) to see the new run.")
+        self.loader.problems.append(note)
+        warnings.warn(note, GradsightWarning, stacklevel=5)
+        return None
+
     def alive(self) -> bool:
         """The writer still appends (see manifest.writer_alive)."""
-        return not self.closed and writer_alive(self.manifest, self.root, self.stale_after)
+        return not self.closed and not self.replaced and writer_alive(self.manifest, self.root, self.stale_after)
 
     @property
     def last_step(self) -> int:
