@@ -547,3 +547,15 @@ def test_a_reader_never_mixes_in_a_new_run_written_into_the_same_path(tmp_path):
     pd.testing.assert_frame_equal(rec.steps(), old)  # only the first run's steps, none of the second's
     assert not rec.live and any("now holds another run" in p for p in rec.problems)
     assert gs.open(path).step_count == 60
+
+
+def test_a_job_where_only_rank_0_recorded_is_closed_not_ended_early(tmp_path):
+    """record= on rank 0 only (a common pattern): rank 1's missing shard is a problem to name, but
+    nothing was killed, so the run reads 'closed' (it read 'ended early')."""
+    _train(_mlp(), 3, tmp_path / "job").close()
+    manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())
+    (tmp_path / "job" / "manifest.json").write_text(json.dumps(manifest | {"world_size": 2}))
+    with pytest.warns(GradsightWarning, match="rank 1 of 2 has no shard"):
+        rec = gs.open(tmp_path / "job")
+    assert rec.state == "closed" and not rec.live and "closed" in repr(rec)
+    assert len(rec.problems) == 1 and "rank 1 of 2 has no shard" in rec.problems[0]

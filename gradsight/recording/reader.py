@@ -213,11 +213,11 @@ class Recording(RunQueries):
 
     @property
     def state(self) -> str:
-        """"live" while a writer appends, "closed" once every shard was closed, else "ended early": a
-        writer stopped without closing its shard (killed or crashed), or a rank never recorded."""
+        """"live" while a writer appends, "ended early" when a writer stopped without closing its shard
+        (killed or crashed), else "closed" (a rank that never recorded is in ``problems``)."""
         if self.live:
             return "live"
-        return "closed" if self._closed else "ended early"
+        return "closed" if all(s.closed for s in list(self._shards.values())) else "ended early"
 
     @property
     def problems(self) -> list[str]:
