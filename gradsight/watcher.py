@@ -285,11 +285,17 @@ class Watcher(RunQueries):
         self._opt_handles = [optimizer.register_step_pre_hook(self._optimizer_pre_step),
                              optimizer.register_step_post_hook(self._optimizer_post_step)]
         self._optimizer_ref = weakref.ref(optimizer)
+        self._know_params(optimizer)
+
+    def _know_params(self, optimizer: torch.optim.Optimizer) -> None:
         self._opt_param_ids = _identities(p for g in optimizer.param_groups for p in g["params"])
+        self._capture.limit_updates(self._opt_param_ids)
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
             try:
+                if sum(len(g["params"]) for g in optimizer.param_groups) != len(self._opt_param_ids):
+                    self._know_params(optimizer)  # add_param_group since: its parameters are stepped too
                 self._capture.optimizer_pre_step()
             except Exception as exc:  # never raise from optimizer.step()
                 self._hook_error("<optimizer>", exc)

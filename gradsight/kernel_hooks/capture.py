@@ -32,7 +32,7 @@ from .sampling import plan, slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import PARALLEL_MIN, Light, l2_norm, measure
-from .tensors import float_tensors, local_tensor, tensor_key
+from .tensors import float_tensors, grad_values, local_tensor, tensor_key
 
 if TYPE_CHECKING:
     from .nan_trace import NanTracer
@@ -184,6 +184,7 @@ class Capture:
         self._root_open = False     # the root's forward started and has not returned (yet)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
+        self._stepped: set[int] | None = None  # parameters whose update is measured (None: all)
         self.changes: ModelChanges | None = None
         try:
             self._register(model, modules, on_root_forward)
@@ -198,6 +199,15 @@ class Capture:
             report(where, exc)
 
     # --- what the watcher may read ----------------------------------------------------
+    def limit_updates(self, stepped: dict[int, weakref.ref]) -> None:
+        """Measure updates only of the parameters in ``stepped`` (id -> weakref: those the
+        ``optimizer=`` given steps). The step closes right after that optimizer's step, before
+        a second optimizer (``SparseAdam`` for sparse embeddings, another for some parameter
+        groups) moves its own, so theirs would read as an exact 0; unmeasured, they are NaN."""
+        held = {j for j, ref in enumerate(self._params)
+                if (p := ref()) is not None and (r := stepped.get(id(p))) is not None and r() is p}
+        self._stepped = None if len(held) == len(self._params) else held
+
     def parameters(self) -> list[nn.Parameter]:
         """The watched parameters that still exist, in model order."""
         return [p for ref in self._params if (p := ref()) is not None]
@@ -562,7 +572,7 @@ class Capture:
             t = None if p is None else (p.grad if of_grad else p)
             if t is not None:
                 index.append(j)
-                tensors.append(local_tensor(t.detach()))
+                tensors.append(grad_values(t.detach()) if of_grad else local_tensor(t.detach()))
                 if versions is not None:
                     versions[j] = (id(t), t._version)
         if tensors:
@@ -636,7 +646,9 @@ class Capture:
         """Copy the parameters before the optimizer moves them (update-measuring steps only),
         into the same buffers each time: a fresh 10 MB allocation per step costs its page
         faults again (measured ~1 ms per 10 MB here)."""
-        params = [None if (p := ref()) is None else local_tensor(p.detach()) for ref in self._params]
+        only = self._stepped
+        params = [None if (p := ref()) is None or (only is not None and j not in only) else local_tensor(p.detach())
+                  for j, ref in enumerate(self._params)]
         store = self._snapshot_store
         if store is None or len(store) != len(params) or any(
                 (a is None) != (b is None) or (a is not None and (a.shape != b.shape or a.dtype != b.dtype
@@ -692,7 +704,7 @@ class Capture:
                 same.append(j)
             else:
                 index.append(j)
-                tensors.append(local_tensor(g.detach()))
+                tensors.append(grad_values(g.detach()))
         if same:
             self.buffer.copy_param_field(self._device_index(same), same, 1, 3)
         if tensors:
