@@ -185,6 +185,10 @@ class Capture:
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
         self._stepped: set[int] | None = None  # parameters whose update is measured (None: all)
+        # a forgotten zero_grad (see _check_carry): the gradient left in .grad at the last close
+        self._carry: tuple | None = None
+        self._carry_content: bool | None = None  # off CPU: what the one content read said (see there)
+        self.stale_grad: str | None = None  # checked since the last record: "" zeroed, else a parameter
         self.changes: ModelChanges | None = None
         try:
             self._register(model, modules, on_root_forward)
@@ -307,6 +311,7 @@ class Capture:
         self._end_queued = False
         self.completed_backwards = 0
         self._grad_mark: tuple | None = None  # see grads_moved
+        self._updating = False  # an optimizer is about to step (or stepped) this step's parameters
         self._grad_versions: dict[int, tuple[int, int]] = {}  # parameter -> (id, version) of the grad measured
 
     def _live(self) -> bool:
@@ -528,8 +533,53 @@ class Capture:
     def _param_hook(self, p) -> None:
         """A parameter's gradient was accumulated: make sure the end of this backward pass
         measures all parameter gradients at once (cheap: no tensor work here)."""
+        if self._carry is not None:
+            self._check_carry()
         if not self._closed and not self.paused and self.capturing:
             self._queue_end_of_backward()
+
+    def _keep_carry(self) -> None:
+        """At a step's close: if the weights moved since its backward (an optimizer stepped),
+        remember the gradient still in ``.grad`` — one parameter's, by identity and version."""
+        self._carry = None
+        mark = self._grad_mark
+        if mark is None:
+            return
+        p = mark[0]()
+        # moved: an optimizer's pre-step hook said so (fused optimizers bump no version counter)
+        if p is not None and (self._updating or p._version != mark[1]) and (g := p.grad) is not None:
+            self._carry = (mark[0], weakref.ref(g), g._version)
+
+    def _check_carry(self) -> None:
+        """The first gradient of the next backward arrived: is the gradient kept at the last close
+        still there, untouched and non-zero? Then nothing zeroed the gradients since the update,
+        and this backward adds to them (a forgotten ``zero_grad``). The kept parameter (the
+        model's first) accumulates late in backward; if it went first, its version has moved and
+        nothing is said. Zeroing through ``.data`` bumps no version, hence the content read: free
+        on CPU; on a device, read once per watcher (then trusted: a loop zeroes one way)."""
+        pref, gref, version = self._carry
+        self._carry = None
+        if self._closed:
+            return
+        p, g = pref(), gref()
+        if p is None or g is None or p.grad is not g or g._version != version:
+            self.stale_grad = ""
+            return
+        if g.device.type == "cpu" or self._carry_content is None:
+            paused = self._leave_trace()
+            try:
+                with torch.no_grad():
+                    self._carry_content = bool(g.detach().ne(0).any())
+            except Exception:
+                return
+            finally:
+                if paused:
+                    self.trace.resume()
+        if not self._carry_content:
+            self.stale_grad = ""
+            return
+        j = next((j for j, r in enumerate(self._params) if r is pref), None)
+        self.stale_grad = self.param_names[j] if j is not None else "?"
 
     def _queue_end_of_backward(self) -> None:
         if not self._end_queued:
@@ -683,6 +733,7 @@ class Capture:
         """A torch optimizer is about to step these parameters (with or without ``optimizer=``):
         the moment to copy them on update-measuring steps."""
         self.update_source = "optimizer"
+        self._updating = True
         if self.capturing and not self._closed and self.measure_update and self._snapshot is None:
             self._take_snapshot()
 
@@ -751,6 +802,7 @@ class Capture:
         for h in self._tensor_handles:
             h.remove()
         self._tensor_handles.clear()
+        self._keep_carry()
         buf.reset()
         self._reset_step_state()
         return rec
@@ -834,5 +886,9 @@ class Capture:
             backward_passes=self.backward_passes, forward_passes=self.forward_passes, detail=self.detail,
             input_sources={i: tuple(sorted(s)) for i, s in self._input_sources.items() if s},
             data_s=data_s, optimizer_s=optimizer_s, saved_bytes=self.saved.take(),
-            param_finite_at_forward=finite_fwd,
+            param_finite_at_forward=finite_fwd, stale_grad=self._take_stale_grad(),
         )
+
+    def _take_stale_grad(self) -> str | None:
+        out, self.stale_grad = self.stale_grad, None
+        return out
