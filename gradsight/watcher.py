@@ -501,7 +501,14 @@ class Watcher(RunQueries):
             return
         self._warned_empty = True
         model = self.model
-        why = ("the forward ran under torch.no_grad(), in eval() mode, or through torch.compile"
+        if model is not None and self._capture.eval_forwards_with_grad:
+            warnings.warn(f"gradsight: step {rec.step} of {self.name!r} trained with the model in eval() mode "
+                          "(model.training is False): Dropout is off and BatchNorm normalises with its running "
+                          "statistics, and gradsight captures train-mode forwards only. If that is not deliberate, "
+                          "call model.train() after evaluating; if it is (frozen BatchNorm), only parameter "
+                          "statistics are recorded.", GradsightWarning, stacklevel=4)
+            return
+        why = ("the forward ran under torch.no_grad() or through torch.compile"
                if model is not None else "the model was garbage-collected")
         warnings.warn(f"gradsight: step {rec.step} of {self.name!r} had gradients but no layer was seen in "
                       f"forward ({why}); only parameter statistics are recorded.", GradsightWarning, stacklevel=4)

@@ -189,6 +189,7 @@ class Capture:
         self._carry: tuple | None = None
         self._carry_content: bool | None = None  # off CPU: what the one content read said (see there)
         self.stale_grad: str | None = None  # checked since the last record: "" zeroed, else a parameter
+        self.eval_forwards_with_grad = 0  # forwards in eval() mode with gradients enabled, ever
         self.changes: ModelChanges | None = None
         try:
             self._register(model, modules, on_root_forward)
@@ -349,6 +350,7 @@ class Capture:
                 self._on_error(self.names[0], exc)
         model = self._model()
         if model is None or not model.training:
+            self.eval_forwards_with_grad += model is not None  # not captured; said if a step had only these
             return
         self._root_open = True
         if not self.capturing:
