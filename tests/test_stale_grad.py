@@ -159,3 +159,34 @@ def test_forgotten_zero_grad_is_caught_with_adam_too():
             opt.step()
     assert _kinds(w) == ["stale_grad"]
     w.close()
+
+
+@pytest.mark.filterwarnings("ignore::gradsight.GradsightWarning")
+@pytest.mark.parametrize("forget", [False, True])
+@pytest.mark.parametrize("given", ["G", "D"])
+def test_a_gan_in_one_module_with_two_optimizers_stays_silent_unless_a_zero_grad_is_missing(given, forget):
+    """D's backward does not reach G's parameters (the fake batch is detached): G's gradient from
+    the last G step is still in .grad then, correctly, until optG.zero_grad() before G's backward."""
+    torch.manual_seed(0)
+    gan = nn.ModuleDict({"G": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6)),
+                         "D": nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))})
+    gan.forward = lambda z: gan["D"](gan["G"](z))  # watched as one model
+    opt_g = torch.optim.Adam(gan["G"].parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(gan["D"].parameters(), lr=1e-3)
+    w = gs.watch(gan, optimizer=opt_g if given == "G" else opt_d)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    for _ in range(5):
+        real, z = torch.randn(16, 6), torch.randn(16, 4)
+        fake = gan["G"](z)
+        if not (forget and given == "D"):
+            opt_d.zero_grad()
+        d_real, d_fake = gan["D"](real), gan["D"](fake.detach())
+        (bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))).backward()
+        opt_d.step()
+        if not (forget and given == "G"):
+            opt_g.zero_grad()
+        d_fake = gan["D"](fake)
+        bce(d_fake, torch.ones_like(d_fake)).backward()
+        opt_g.step()
+    assert ("stale_grad" in _kinds(w)) == forget
+    w.close()

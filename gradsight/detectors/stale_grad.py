@@ -2,12 +2,12 @@
 
 A forgotten (or misplaced) ``optimizer.zero_grad()`` is silent in PyTorch: each backward adds
 to the gradient already in ``.grad``, so every update uses the sum of all gradients since the
-last zeroing — an ever larger, stale step that no loss curve explains. Capture checks it with
-version counters (:meth:`~gradsight.kernel_hooks.capture.Capture._check_carry`): the gradient
-kept at a step's close, after the update, is still the same tensor, unmodified and non-zero,
-when the next backward starts adding to it. Gradient accumulation (several backwards, then one
-update, then ``zero_grad``), ``zero_grad`` before or after the forward, ``set_to_none`` either
-way and zeroing through ``.data`` all stay silent; the evidence is exact, so one record confirms.
+last zeroing — an ever larger, stale step that no loss curve explains. Capture follows one
+parameter's gradient from an update to the next by version counters
+(:mod:`gradsight.kernel_hooks.grad_carry`): the record says whether the next update was given
+the gradient the previous one used plus new additions. Gradient accumulation, ``zero_grad``
+anywhere before the backward, ``set_to_none`` either way, zeroing through ``.data`` and a GAN's
+two optimizers all stay silent; the evidence is exact, so one record confirms.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ class StaleGrad:
 
     def update(self, rec: StepRecord, metrics: dict, ctx: Context) -> list[Finding]:
         param = rec.stale_grad
-        if param is None:  # not checked since the last record (no update before this backward)
+        if param is None:  # not judged since the last record (no update followed one)
             ctx.hold(KIND)
             return []
         if not param:
             return []
         return [Finding(step=rec.step, layer="", key="", kind=KIND, severity="warning", phase="backward",
-                        message=("The gradients are not zeroed between optimizer steps: each backward adds to the "
-                                 "gradient the previous update already used (checked on "
-                                 f"{param!r}, last at step {rec.step}: the same tensor, unchanged since the update and "
-                                 "non-zero, when the backward began). Every update then uses the sum of all "
-                                 "gradients since the last zeroing."),
+                        message=("The gradients are not zeroed between optimizer steps: the optimizer stepped with "
+                                 "the gradient the previous update already used plus this step's (checked on "
+                                 f"{param!r}, last at step {rec.step}: the same tensor, never zeroed, added to by "
+                                 "backward). Every update then uses the sum of all gradients since the last "
+                                 "zeroing."),
                         hint=HINT)]

@@ -26,6 +26,7 @@ from ..records.fields import F
 from ..records.histogram import rebin_many
 from ..records.step_record import StepRecord
 from . import sampling
+from .grad_carry import GradCarry
 from .histogram import octave_counts
 from .model_changes import ModelChanges
 from .sampling import plan, slice_batch
@@ -185,10 +186,7 @@ class Capture:
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
         self._stepped: set[int] | None = None  # parameters whose update is measured (None: all)
-        # a forgotten zero_grad (see _check_carry): the gradient left in .grad at the last close
-        self._carry: tuple | None = None
-        self._carry_content: bool | None = None  # off CPU: what the one content read said (see there)
-        self.stale_grad: str | None = None  # checked since the last record: "" zeroed, else a parameter
+        self.carry = GradCarry(self._traceless)  # a forgotten zero_grad (see grad_carry.py)
         self.eval_forwards_with_grad = 0  # forwards in eval() mode with gradients enabled, ever
         self.changes: ModelChanges | None = None
         try:
@@ -240,6 +238,7 @@ class Capture:
     def remove(self) -> None:
         """Remove every hook this capture placed: modules, parameters and live tensors."""
         self._closed = True
+        self.carry.drop()
         for h in self._handles + self._tensor_handles:
             h.remove()
         self._handles.clear()
@@ -535,53 +534,33 @@ class Capture:
     def _param_hook(self, p) -> None:
         """A parameter's gradient was accumulated: make sure the end of this backward pass
         measures all parameter gradients at once (cheap: no tensor work here)."""
-        if self._carry is not None:
-            self._check_carry()
         if not self._closed and not self.paused and self.capturing:
             self._queue_end_of_backward()
 
     def _keep_carry(self) -> None:
-        """At a step's close: if the weights moved since its backward (an optimizer stepped),
-        remember the gradient still in ``.grad`` — one parameter's, by identity and version."""
-        self._carry = None
+        """At a step's close: if an optimizer stepped the parameters since the backward, follow
+        the gradient it used on one parameter it steps (:class:`~.grad_carry.GradCarry`)."""
+        self.carry.drop()
         mark = self._grad_mark
-        if mark is None:
+        p = mark[0]() if mark is not None else None
+        # moved: the optimizer's pre-step said so (fused optimizers bump no version counter)
+        if p is None or not (self._updating or p._version != mark[1]):
             return
-        p = mark[0]()
-        # moved: an optimizer's pre-step hook said so (fused optimizers bump no version counter)
-        if p is not None and (self._updating or p._version != mark[1]) and (g := p.grad) is not None:
-            self._carry = (mark[0], weakref.ref(g), g._version)
+        j = next((j for j, r in enumerate(self._params) if r is mark[0]), None)
+        if self._stepped is not None:  # a parameter the given optimizer steps, not another's
+            j = next((j for j, r in enumerate(self._params)
+                      if j in self._stepped and (q := r()) is not None and q.grad is not None), None)
+        if j is not None and (q := self._params[j]()) is not None:
+            self.carry.keep(q, self.param_names[j])
 
-    def _check_carry(self) -> None:
-        """The first gradient of the next backward arrived: is the gradient kept at the last close
-        still there, untouched and non-zero? Then nothing zeroed the gradients since the update,
-        and this backward adds to them (a forgotten ``zero_grad``). The kept parameter (the
-        model's first) accumulates late in backward; if it went first, its version has moved and
-        nothing is said. Zeroing through ``.data`` bumps no version, hence the content read: free
-        on CPU; on a device, read once per watcher (then trusted: a loop zeroes one way)."""
-        pref, gref, version = self._carry
-        self._carry = None
-        if self._closed:
-            return
-        p, g = pref(), gref()
-        if p is None or g is None or p.grad is not g or g._version != version:
-            self.stale_grad = ""
-            return
-        if g.device.type == "cpu" or self._carry_content is None:
-            paused = self._leave_trace()
-            try:
-                with torch.no_grad():
-                    self._carry_content = bool(g.detach().ne(0).any())
-            except Exception:
-                return
-            finally:
-                if paused:
-                    self.trace.resume()
-        if not self._carry_content:
-            self.stale_grad = ""
-            return
-        j = next((j for j, r in enumerate(self._params) if r is pref), None)
-        self.stale_grad = self.param_names[j] if j is not None else "?"
+    def _traceless(self, op):
+        paused = self._leave_trace()
+        try:
+            with torch.no_grad():
+                return op()
+        finally:
+            if paused:
+                self.trace.resume()
 
     def _queue_end_of_backward(self) -> None:
         if not self._end_queued:
@@ -720,6 +699,7 @@ class Capture:
         """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
         clipping, so clipping shows as the ratio to the accumulated norm), and a snapshot
         of the weights on update-measuring steps."""
+        self.carry.confirm()  # every step, captured or not
         if not self.capturing or self._closed:
             return
         self._opt_start = time.perf_counter()
@@ -736,6 +716,7 @@ class Capture:
         the moment to copy them on update-measuring steps."""
         self.update_source = "optimizer"
         self._updating = True
+        self.carry.confirm()
         if self.capturing and not self._closed and self.measure_update and self._snapshot is None:
             self._take_snapshot()
 
@@ -888,9 +869,5 @@ class Capture:
             backward_passes=self.backward_passes, forward_passes=self.forward_passes, detail=self.detail,
             input_sources={i: tuple(sorted(s)) for i, s in self._input_sources.items() if s},
             data_s=data_s, optimizer_s=optimizer_s, saved_bytes=self.saved.take(),
-            param_finite_at_forward=finite_fwd, stale_grad=self._take_stale_grad(),
+            param_finite_at_forward=finite_fwd, stale_grad=self.carry.take(),
         )
-
-    def _take_stale_grad(self) -> str | None:
-        out, self.stale_grad = self.stale_grad, None
-        return out
