@@ -326,8 +326,8 @@ class Capture:
         # on_root_forward (the watcher's) is held by this closure, i.e. by the model's hook
         # table: an open watcher lives as long as its model; closed, nothing holds it
         def pre_hook(module, args, kwargs):
-            if self._closed or not torch.is_grad_enabled() or _in_backward():
-                return None
+            if self._closed or not torch.is_grad_enabled() or _in_backward() or module is not self._model():
+                return None  # (a copy.deepcopy of the model carries this hook: not ours)
             target = self
             if on_root_forward is not None:
                 # the watcher may close a step (skipped, forgotten) or follow a model change,
@@ -401,7 +401,11 @@ class Capture:
         return trace is not None and trace.pause()
 
     def _make_forward_hook(self, i: int):
+        mid = self.module_ids[i]
+
         def forward_hook(module, args, kwargs, output):
+            if id(module) != mid:
+                return None  # a copy.deepcopy of the model carries this hook: not a watched module
             if i == 0:
                 self._root_open = False  # the root's forward returned
             if not self._live():
