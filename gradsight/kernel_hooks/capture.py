@@ -77,6 +77,14 @@ def _fit32(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x.clamp(max=_F32_MAX), x)
 
 
+def _compiling() -> bool:
+    """Dynamo is tracing the hook. Hooks check that their ``module`` is the one they were put on
+    (``copy.deepcopy`` copies hook tables, so a copy's forwards would write into the watched
+    model's step), except while tracing: touching ``module`` there trips dynamo's mutation
+    tracking, so the check short-circuits before it."""
+    return torch.compiler.is_compiling()
+
+
 def _unit_dims(ndim: int) -> tuple[int, ...] | None:
     """Dimensions to reduce so that one value per unit remains.
 
@@ -325,9 +333,12 @@ class Capture:
     def _make_root_pre_hook(self, on_root_forward):
         # on_root_forward (the watcher's) is held by this closure, i.e. by the model's hook
         # table: an open watcher lives as long as its model; closed, nothing holds it
+        root = id(self._model())
+
         def pre_hook(module, args, kwargs):
-            if self._closed or not torch.is_grad_enabled() or _in_backward() or module is not self._model():
-                return None  # (a copy.deepcopy of the model carries this hook: not ours)
+            if self._closed or not torch.is_grad_enabled() or _in_backward() or (
+                    not _compiling() and id(module) != root):  # a deep copy's (see _compiling)
+                return None
             target = self
             if on_root_forward is not None:
                 # the watcher may close a step (skipped, forgotten) or follow a model change,
@@ -404,8 +415,8 @@ class Capture:
         mid = self.module_ids[i]
 
         def forward_hook(module, args, kwargs, output):
-            if id(module) != mid:
-                return None  # a copy.deepcopy of the model carries this hook: not a watched module
+            if not _compiling() and id(module) != mid:  # a deep copy's (see _compiling)
+                return None
             if i == 0:
                 self._root_open = False  # the root's forward returned
             if not self._live():
