@@ -61,8 +61,7 @@ def retire(group: Any, key: str, rank: int, world: int, works: list, keep: tuple
     """The watcher that used ``group`` stopped: destroy the group once every rank is done with it."""
     if group is None or not key:
         return
-    with _lock:
-        _retired.append(_Retired(group, key, rank, world, [w for w in works if w is not None], keep))
+    _retired.append(_Retired(group, key, rank, world, [w for w in works if w is not None], keep))  # atomic
     sweep()
 
 
@@ -70,8 +69,15 @@ def sweep() -> None:
     """Destroy the retired groups that every rank is done with. Never waits, never raises."""
     if not _retired or sys.is_finalizing():
         return
-    with _lock, contextlib.suppress(Exception):  # a store or group already gone: the groups stay, as before
-        _sweep()
+    # never blocks: a sweep already running (another thread, or a watcher collected in the middle of this
+    # one, which closes and retires from inside it) does the work
+    if not _lock.acquire(blocking=False):
+        return
+    try:
+        with contextlib.suppress(Exception):  # a store or group already gone: the groups stay, as before
+            _sweep()
+    finally:
+        _lock.release()
 
 
 def _sweep() -> None:
