@@ -26,6 +26,7 @@ from ..records.fields import F
 from ..records.histogram import rebin_many
 from ..records.step_record import StepRecord
 from . import sampling
+from .backward_pass import TrainingPass
 from .filters import hookable
 from .grad_carry import GradCarry
 from .histogram import octave_counts
@@ -197,8 +198,7 @@ class Capture:
         self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
         self._stepped: set[int] | None = None  # parameters whose update is measured (None: all)
         self.carry = GradCarry(self._traceless)  # a forgotten zero_grad (see grad_carry.py)
-        self._pass_task = -1      # the backward pass (graph task) last asked about, and whether it
-        self._pass_trains = True  # accumulates into the parameters (see _training_pass)
+        self._training_pass = TrainingPass(self._params)  # .backward(), not autograd.grad to the inputs
         self.eval_forwards_with_grad = 0  # forwards in eval() mode with gradients enabled, ever
         self.changes: ModelChanges | None = None
         try:
@@ -550,36 +550,6 @@ class Capture:
             return None
 
         return grad_hook
-
-    def _training_pass(self) -> bool:
-        """Is the running backward pass one that accumulates into the parameters (``.backward()``),
-        not an ``autograd.grad`` to the inputs — a gradient penalty (WGAN-GP, R1), a PINN's
-        derivatives, a saliency map — whose output gradients would otherwise be merged into the
-        step's and whose pass would count as a training backward (the next forward then closed a
-        'skipped' step)? Asked once per pass (graph task), of the parameters last in the model
-        first: does the engine run one's gradient accumulator?"""
-        task = torch._C._current_graph_task_id()
-        if task != self._pass_task:
-            self._pass_task = task
-            self._pass_trains = self._accumulates()
-        return self._pass_trains
-
-    def _accumulates(self) -> bool:
-        trainable = 0
-        try:
-            for ref in reversed(self._params):
-                p = ref()
-                if p is None or not p.requires_grad:
-                    continue
-                trainable += 1
-                try:
-                    if torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(p).node):
-                        return True
-                except RuntimeError:  # a leaf that autograd.grad() captures: not accumulated
-                    return False
-        except Exception:  # torch < 2.2 (no get_gradient_edge): count every pass, as before
-            return True
-        return trainable == 0  # a model without trainable parameters: every pass is its backward
 
     def _param_hook(self, p) -> None:
         """A parameter's gradient was accumulated: make sure the end of this backward pass
