@@ -135,6 +135,8 @@ export interface ILayerData {
   readonly watcher: string;
   readonly layer: string;
   readonly type: string;
+  /** The rank the stats and histograms belong to (null: one process). */
+  readonly rank: number | null;
   readonly stats: { readonly [name: string]: number | null };
   readonly histograms: { readonly [K in HistKind]: readonly IHistogramData[] };
 }
@@ -258,7 +260,14 @@ export function layerData(msg: Layer, buffers: readonly Buffer[]): ILayerData {
       zero: h.zero
     }));
   }
-  return { watcher: msg.watcher, layer: msg.layer, type: msg.type, stats: msg.stats, histograms };
+  return {
+    watcher: msg.watcher,
+    layer: msg.layer,
+    type: msg.type,
+    rank: msg.rank ?? null,
+    stats: msg.stats,
+    histograms
+  };
 }
 
 /**
