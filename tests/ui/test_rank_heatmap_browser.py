@@ -22,8 +22,10 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pytest
 from lab_page import KERNEL_IDLE, PANEL, RUN_CELL, open_panel, widen_sidebar
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 # what the panel's store holds (the bars and the heatmap are drawn from it)
@@ -94,7 +96,14 @@ def _open_panel(page: Page, lab, name: str, cells: int):
 
 
 def _wait_model(page: Page, predicate: str) -> dict:
-    page.wait_for_function(f"() => {{ const m = ({MODEL})(); return {predicate}; }}", timeout=30_000)
+    """What the panel's store holds once ``predicate`` holds; a clear failure naming what it holds instead."""
+    try:
+        page.wait_for_function(f"() => {{ const m = ({MODEL})(); return {predicate}; }}", timeout=30_000)
+    except PlaywrightTimeout:
+        held = page.evaluate(MODEL)
+        pytest.fail(f"the panel never reached {predicate} in 30 s; it holds rank {held['rank']}, layers of rank "
+                    f"{held['layersRank']}, heatmap of rank {held['heatmapRank']}, layer detail of rank "
+                    f"{held['layerRank']}")
     return page.evaluate(MODEL)
 
 
