@@ -287,11 +287,23 @@ export function sameEdges(a: Float64Array, b: Float64Array): boolean {
   return a === b || (a.length === b.length && a.every((v, i) => v === b[i]));
 }
 
-/** The most severe finding per layer: what the gradient-flow chart colours a bar by. */
-export function worstSeverityByLayer(rows: readonly Finding[]): Map<string, Severity> {
+/**
+ * Whether a finding belongs on a chart of rank `rank`'s layers: one of that rank's, or of no single
+ * rank (null: a finding of one process, or one that names no single rank); every finding when
+ * `rank` is null (one process).
+ */
+export function ofRank(f: Finding, rank: number | null): boolean {
+  return rank === null || f.rank === null || f.rank === undefined || f.rank === rank;
+}
+
+/**
+ * The most severe finding per layer: what the gradient-flow chart colours a bar by (of the
+ * findings of rank `rank`, see ofRank: a layer of rank 0 is not coloured by rank 1's NaN).
+ */
+export function worstSeverityByLayer(rows: readonly Finding[], rank: number | null = null): Map<string, Severity> {
   const out = new Map<string, Severity>();
   for (const f of rows) {
-    if (f.layer === null) {
+    if (f.layer === null || !ofRank(f, rank)) {
       continue;
     }
     const prev = out.get(f.layer);

@@ -278,8 +278,15 @@ def test_the_rank_dropdown_switches_the_layer_views_of_a_ranked_recording(ranked
             pd.testing.assert_frame_equal(given["dead_units"].unit_history(relu), rec.unit_history(relu, rank=rank))
             # the picture itself: the gradient flow of rank's layers table, drawn directly
             flows[rank] = bytes(dash.images["flow"].value)
-            direct = gradient_flow(rec.layers(rank=rank), findings=dash._findings, selected=linear)
+            of_rank = dash._findings[dash._findings["rank"].isin([rank, -1])]  # the naive filter
+            direct = gradient_flow(rec.layers(rank=rank), findings=of_rank, selected=linear)
             assert flows[rank] == style.png_bytes(direct)
+        # rank 1's NaN origin flags rank 1's layer, not rank 0's layer of the same name
+        found = dash._findings
+        origin = found[found["kind"] == "rank_nonfinite"]
+        assert len(origin) and set(origin["rank"]) == {1}
+        assert not source.findings_of_rank(found, 0)["kind"].eq("rank_nonfinite").any()
+        assert source.findings_of_rank(found, 1)["kind"].eq("rank_nonfinite").any()
         assert flows[0] != flows[1]
         assert not np.allclose(rec.layers(rank=0)["grad_norm"], rec.layers(rank=1)["grad_norm"])
         # the training curves are the job's top directory's (rank 0's) step scalars whatever the rank

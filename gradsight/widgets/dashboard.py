@@ -13,7 +13,8 @@ dropdown, a line naming the rank that went wrong first, and a "Ranks" tab with p
 times (:mod:`.rank_times`). The rank chosen there is the one the layer views (gradient flow,
 histograms, heatmap, dead units) show when the source holds its layer statistics — a recording
 of the job holds every rank's; a live watcher only its own rank's (and every rank's step times
-and findings), and then a line says whose layers are shown.
+and findings), and then a line says whose layers are shown. Layers are flagged by the findings
+of the rank shown (and those of no single rank).
 
 Live: while displayed, the dashboard subscribes to the watcher's steps
 (:func:`gradsight.bus.subscribe`) and redraws the visible tab from
@@ -270,15 +271,15 @@ class Dashboard(widgets.VBox):
         layer = self.layer.value
         found = self._findings
         try:
-            v, _ = self.layer_source() if tab in (0, 1, 2, 4) else (w, None)
+            v, shown = self.layer_source() if tab in (0, 1, 2, 4) else (w, None)
             if tab == 0:
-                self._show("flow", gradient_flow(v, findings=found, selected=layer))
+                self._show("flow", gradient_flow(v, findings=source.findings_of_rank(found, shown), selected=layer))
             elif tab == 1:
                 step = self.step.value if self.step.value != -1 else None
                 self._show("hist", histogram(v, layer, of=self.of.value, step=step))
                 self._show("dist", distribution(v, layer, of=self.of.value, selected_step=step))
             elif tab == 2:
-                self._show("heat", heatmap(v, findings=found))
+                self._show("heat", heatmap(v, findings=source.findings_of_rank(found, shown)))
             elif tab == 3:
                 self._show("curves", training_curves(w))
             elif tab == 4:

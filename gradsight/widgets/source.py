@@ -161,6 +161,16 @@ def of_rank(src, rank: int | None):
     return RankView(src, rank), int(rank)
 
 
+def findings_of_rank(findings: pd.DataFrame, rank: int | None) -> pd.DataFrame:
+    """The findings a view of rank ``rank``'s layers marks: that rank's, and those of no single rank
+    (rank -1 or missing); all of them for one process (``rank`` None). A layer of rank 0 is not
+    flagged by the NaN rank 1 produced in the layer of the same name."""
+    if rank is None or "rank" not in findings.columns:
+        return findings
+    ranks = pd.to_numeric(findings["rank"], errors="coerce")
+    return findings[(ranks == rank) | (ranks < 0) | ranks.isna()]
+
+
 def label(src) -> str:
     """How a chooser names a source: its run name; a recording adds its directory (a recording of
     the model watched in this kernel has the same run name)."""
