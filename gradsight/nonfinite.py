@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .kernel_hooks.tensors import grad_values
 from .records.fields import F
 from .records.step_record import StepRecord
 
@@ -80,7 +81,7 @@ def grads_finite(params: list[torch.Tensor]) -> tuple[bool, list[int]]:
     index = [j for j, p in enumerate(params) if p.grad is not None]
     if not index:
         return True, []
-    grads = [params[j].grad.detach() for j in index]
+    grads = [grad_values(params[j].grad.detach()) for j in index]
     try:
         norms = torch._foreach_norm(grads)
     except Exception:

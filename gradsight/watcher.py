@@ -285,11 +285,17 @@ class Watcher(RunQueries):
         self._opt_handles = [optimizer.register_step_pre_hook(self._optimizer_pre_step),
                              optimizer.register_step_post_hook(self._optimizer_post_step)]
         self._optimizer_ref = weakref.ref(optimizer)
+        self._know_params(optimizer)
+
+    def _know_params(self, optimizer: torch.optim.Optimizer) -> None:
         self._opt_param_ids = _identities(p for g in optimizer.param_groups for p in g["params"])
+        self._capture.limit_updates(self._opt_param_ids)
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
         if not self.closed:
             try:
+                if sum(len(g["params"]) for g in optimizer.param_groups) != len(self._opt_param_ids):
+                    self._know_params(optimizer)  # add_param_group since: its parameters are stepped too
                 self._capture.optimizer_pre_step()
             except Exception as exc:  # never raise from optimizer.step()
                 self._hook_error("<optimizer>", exc)
@@ -495,7 +501,14 @@ class Watcher(RunQueries):
             return
         self._warned_empty = True
         model = self.model
-        why = ("the forward ran under torch.no_grad(), in eval() mode, or through torch.compile"
+        if model is not None and self._capture.eval_forwards_with_grad:
+            warnings.warn(f"gradsight: step {rec.step} of {self.name!r} trained with the model in eval() mode "
+                          "(model.training is False): Dropout is off and BatchNorm normalises with its running "
+                          "statistics, and gradsight captures train-mode forwards only. If that is not deliberate, "
+                          "call model.train() after evaluating; if it is (frozen BatchNorm), only parameter "
+                          "statistics are recorded.", GradsightWarning, stacklevel=4)
+            return
+        why = ("the forward ran under torch.no_grad() or through torch.compile"
                if model is not None else "the model was garbage-collected")
         warnings.warn(f"gradsight: step {rec.step} of {self.name!r} had gradients but no layer was seen in "
                       f"forward ({why}); only parameter statistics are recorded.", GradsightWarning, stacklevel=4)

@@ -127,7 +127,7 @@ def test_no_grad_and_eval_forwards_are_not_training_steps():
         model.eval()
         model(torch.randn(2, 4)).sum().backward()
         model.train()
-        with pytest.warns(gs.GradsightWarning, match="no layer was seen"):  # never silently empty
+        with pytest.warns(gs.GradsightWarning, match=r"in eval\(\) mode .*call model.train\(\)"):  # never silently empty
             w.step()
         assert w.last_record().forward_order == []
         one_step(model, w, torch.randn(2, 4))
@@ -267,3 +267,34 @@ def test_every_n_steps():
         for _ in range(5):
             one_step(model, w, torch.randn(3, 4))
         assert list(w.history("grad_norm").index) == [0, 2, 4]
+
+
+def test_a_deep_copy_of_a_watched_model_trains_without_touching_the_watcher():
+    """copy.deepcopy copies the module hook tables: the copy's forwards (an EMA or a MAML inner
+    loop trains one) must not write into the watched model's step."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    w = gs.watch(model, optimizer=opt)
+    x = torch.randn(16, 4)
+
+    def step(m, o, inp):
+        o.zero_grad()
+        m(inp).square().mean().backward()
+        o.step()
+
+    step(model, opt, x)
+    twin = copy.deepcopy(model)
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.01)
+    opt.zero_grad()
+    with torch.no_grad():  # not a training forward
+        act = model[0](x)  # what the watched model's first layer will output this step
+    step(twin, twin_opt, torch.full((16, 4), float("nan")))  # the copy sees NaN, between two real steps
+    step(model, opt, x)
+    assert w.step_count == 2 and w.findings().empty
+    rec = w.last_record()
+    assert rec.act_numel[1] == act.numel() and rec.forward_passes == 1
+    assert w.layers().set_index("layer").loc["0", "act_norm"] == pytest.approx(act.norm().item(), rel=1e-5)
+    w.close()

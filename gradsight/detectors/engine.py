@@ -30,12 +30,13 @@ from .loss import LossWatch
 from .nonfinite import NonFinite
 from .precision import Underflow
 from .saturation import Saturation
+from .stale_grad import StaleGrad
 from .thresholds import as_thresholds
 
 __all__ = ["DETECTORS", "DetectorEngine", "FINDING_COLUMNS"]
 
 DETECTORS: tuple[type[Detector], ...] = (NonFinite, LossWatch, GradientScale, DeadUnits, Saturation, Underflow,
-                                         Clipping)
+                                         Clipping, StaleGrad)
 
 
 class DetectorEngine:

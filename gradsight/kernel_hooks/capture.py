@@ -26,13 +26,14 @@ from ..records.fields import F
 from ..records.histogram import rebin_many
 from ..records.step_record import StepRecord
 from . import sampling
+from .grad_carry import GradCarry
 from .histogram import octave_counts
 from .model_changes import ModelChanges
 from .sampling import plan, slice_batch
 from .saved_bytes import SavedBytes
 from .step_buffer import StepBuffer
 from .summary import PARALLEL_MIN, Light, l2_norm, measure
-from .tensors import float_tensors, local_tensor, tensor_key
+from .tensors import float_tensors, grad_values, local_tensor, tensor_key
 
 if TYPE_CHECKING:
     from .nan_trace import NanTracer
@@ -184,6 +185,9 @@ class Capture:
         self._root_open = False     # the root's forward started and has not returned (yet)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
+        self._stepped: set[int] | None = None  # parameters whose update is measured (None: all)
+        self.carry = GradCarry(self._traceless)  # a forgotten zero_grad (see grad_carry.py)
+        self.eval_forwards_with_grad = 0  # forwards in eval() mode with gradients enabled, ever
         self.changes: ModelChanges | None = None
         try:
             self._register(model, modules, on_root_forward)
@@ -198,6 +202,15 @@ class Capture:
             report(where, exc)
 
     # --- what the watcher may read ----------------------------------------------------
+    def limit_updates(self, stepped: dict[int, weakref.ref]) -> None:
+        """Measure updates only of the parameters in ``stepped`` (id -> weakref: those the
+        ``optimizer=`` given steps). The step closes right after that optimizer's step, before
+        a second optimizer (``SparseAdam`` for sparse embeddings, another for some parameter
+        groups) moves its own, so theirs would read as an exact 0; unmeasured, they are NaN."""
+        held = {j for j, ref in enumerate(self._params)
+                if (p := ref()) is not None and (r := stepped.get(id(p))) is not None and r() is p}
+        self._stepped = None if len(held) == len(self._params) else held
+
     def parameters(self) -> list[nn.Parameter]:
         """The watched parameters that still exist, in model order."""
         return [p for ref in self._params if (p := ref()) is not None]
@@ -225,6 +238,7 @@ class Capture:
     def remove(self) -> None:
         """Remove every hook this capture placed: modules, parameters and live tensors."""
         self._closed = True
+        self.carry.drop()
         for h in self._handles + self._tensor_handles:
             h.remove()
         self._handles.clear()
@@ -297,6 +311,7 @@ class Capture:
         self._end_queued = False
         self.completed_backwards = 0
         self._grad_mark: tuple | None = None  # see grads_moved
+        self._updating = False  # an optimizer is about to step (or stepped) this step's parameters
         self._grad_versions: dict[int, tuple[int, int]] = {}  # parameter -> (id, version) of the grad measured
 
     def _live(self) -> bool:
@@ -311,8 +326,8 @@ class Capture:
         # on_root_forward (the watcher's) is held by this closure, i.e. by the model's hook
         # table: an open watcher lives as long as its model; closed, nothing holds it
         def pre_hook(module, args, kwargs):
-            if self._closed or not torch.is_grad_enabled() or _in_backward():
-                return None
+            if self._closed or not torch.is_grad_enabled() or _in_backward() or module is not self._model():
+                return None  # (a copy.deepcopy of the model carries this hook: not ours)
             target = self
             if on_root_forward is not None:
                 # the watcher may close a step (skipped, forgotten) or follow a model change,
@@ -334,6 +349,7 @@ class Capture:
                 self._on_error(self.names[0], exc)
         model = self._model()
         if model is None or not model.training:
+            self.eval_forwards_with_grad += model is not None  # not captured; said if a step had only these
             return
         self._root_open = True
         if not self.capturing:
@@ -385,7 +401,11 @@ class Capture:
         return trace is not None and trace.pause()
 
     def _make_forward_hook(self, i: int):
+        mid = self.module_ids[i]
+
         def forward_hook(module, args, kwargs, output):
+            if id(module) != mid:
+                return None  # a copy.deepcopy of the model carries this hook: not a watched module
             if i == 0:
                 self._root_open = False  # the root's forward returned
             if not self._live():
@@ -521,6 +541,31 @@ class Capture:
         if not self._closed and not self.paused and self.capturing:
             self._queue_end_of_backward()
 
+    def _keep_carry(self) -> None:
+        """At a step's close: if an optimizer stepped the parameters since the backward, follow
+        the gradient it used on one parameter it steps (:class:`~.grad_carry.GradCarry`)."""
+        self.carry.drop()
+        mark = self._grad_mark
+        p = mark[0]() if mark is not None else None
+        # moved: the optimizer's pre-step said so (fused optimizers bump no version counter)
+        if p is None or not (self._updating or p._version != mark[1]):
+            return
+        j = next((j for j, r in enumerate(self._params) if r is mark[0]), None)
+        if self._stepped is not None:  # a parameter the given optimizer steps, not another's
+            j = next((j for j, r in enumerate(self._params)
+                      if j in self._stepped and (q := r()) is not None and q.grad is not None), None)
+        if j is not None and (q := self._params[j]()) is not None:
+            self.carry.keep(q, self.param_names[j])
+
+    def _traceless(self, op):
+        paused = self._leave_trace()
+        try:
+            with torch.no_grad():
+                return op()
+        finally:
+            if paused:
+                self.trace.resume()
+
     def _queue_end_of_backward(self) -> None:
         if not self._end_queued:
             self._end_queued = True
@@ -562,7 +607,7 @@ class Capture:
             t = None if p is None else (p.grad if of_grad else p)
             if t is not None:
                 index.append(j)
-                tensors.append(local_tensor(t.detach()))
+                tensors.append(grad_values(t.detach()) if of_grad else local_tensor(t.detach()))
                 if versions is not None:
                     versions[j] = (id(t), t._version)
         if tensors:
@@ -636,7 +681,9 @@ class Capture:
         """Copy the parameters before the optimizer moves them (update-measuring steps only),
         into the same buffers each time: a fresh 10 MB allocation per step costs its page
         faults again (measured ~1 ms per 10 MB here)."""
-        params = [None if (p := ref()) is None else local_tensor(p.detach()) for ref in self._params]
+        only = self._stepped
+        params = [None if (p := ref()) is None or (only is not None and j not in only) else local_tensor(p.detach())
+                  for j, ref in enumerate(self._params)]
         store = self._snapshot_store
         if store is None or len(store) != len(params) or any(
                 (a is None) != (b is None) or (a is not None and (a.shape != b.shape or a.dtype != b.dtype
@@ -656,6 +703,7 @@ class Capture:
         """Just before ``optimizer.step()``: the gradient the optimizer will use (after any
         clipping, so clipping shows as the ratio to the accumulated norm), and a snapshot
         of the weights on update-measuring steps."""
+        self.carry.confirm()  # every step, captured or not
         if not self.capturing or self._closed:
             return
         self._opt_start = time.perf_counter()
@@ -671,6 +719,8 @@ class Capture:
         """A torch optimizer is about to step these parameters (with or without ``optimizer=``):
         the moment to copy them on update-measuring steps."""
         self.update_source = "optimizer"
+        self._updating = True
+        self.carry.confirm()
         if self.capturing and not self._closed and self.measure_update and self._snapshot is None:
             self._take_snapshot()
 
@@ -692,7 +742,7 @@ class Capture:
                 same.append(j)
             else:
                 index.append(j)
-                tensors.append(local_tensor(g.detach()))
+                tensors.append(grad_values(g.detach()))
         if same:
             self.buffer.copy_param_field(self._device_index(same), same, 1, 3)
         if tensors:
@@ -739,6 +789,7 @@ class Capture:
         for h in self._tensor_handles:
             h.remove()
         self._tensor_handles.clear()
+        self._keep_carry()
         buf.reset()
         self._reset_step_state()
         return rec
@@ -822,5 +873,5 @@ class Capture:
             backward_passes=self.backward_passes, forward_passes=self.forward_passes, detail=self.detail,
             input_sources={i: tuple(sorted(s)) for i, s in self._input_sources.items() if s},
             data_s=data_s, optimizer_s=optimizer_s, saved_bytes=self.saved.take(),
-            param_finite_at_forward=finite_fwd,
+            param_finite_at_forward=finite_fwd, stale_grad=self.carry.take(),
         )

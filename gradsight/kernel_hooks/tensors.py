@@ -50,3 +50,23 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     across ranks; a DTensor op here would start a hidden collective every step."""
     to_local = getattr(t, "to_local", None)
     return to_local() if to_local is not None and hasattr(t, "placements") else t
+
+
+_COMPRESSED = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+def grad_values(t: torch.Tensor) -> torch.Tensor:
+    """The values whose squares sum to ``||t||^2``: this rank's shard (:func:`local_tensor`) and,
+    for a sparse gradient (``nn.Embedding(sparse=True)``, ``EmbeddingBag``), its stored values —
+    torch has no norm of a sparse layout, and a COO gradient repeats the indices a batch saw
+    twice, whose values add up, so it is coalesced (into a new tensor; ``p.grad`` is untouched)."""
+    t = local_tensor(t)
+    layout = t.layout
+    if layout is torch.strided:
+        return t
+    if layout is torch.sparse_coo:
+        return t.coalesce().values()
+    if layout in _COMPRESSED:
+        return t.values()
+    return t
+

@@ -65,6 +65,9 @@ class StepRecord:
     # layer -> the watched layers whose outputs it took as inputs this step (the module graph;
     # the detectors use it to find which module's backward turned a gradient non-finite)
     input_sources: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # since the last record, was .grad zeroed between an optimizer update and the next backward?
+    # None: not checked; "": yes; else the parameter whose old gradient that backward added to
+    stale_grad: str | None = None
 
     @property
     def n_layers(self) -> int:
