@@ -298,3 +298,33 @@ def test_a_deep_copy_of_a_watched_model_trains_without_touching_the_watcher():
     assert rec.act_numel[1] == act.numel() and rec.forward_passes == 1
     assert w.layers().set_index("layer").loc["0", "act_norm"] == pytest.approx(act.norm().item(), rel=1e-5)
     w.close()
+
+
+@pytest.mark.parametrize("case", ["wgan-gp", "pinn"])
+def test_an_autograd_grad_to_the_inputs_is_not_a_training_backward(case):
+    """A gradient penalty (WGAN-GP) or a PINN's derivatives run autograd.grad through the model
+    before the loss's backward: that pass must neither count as a backward (the next forward
+    closed a 'skipped' step) nor merge its output gradients into the step's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    w = gs.watch(model, optimizer=opt)
+    seen = {}
+    for s in range(4):
+        opt.zero_grad()
+        x = torch.randn(32, 3, requires_grad=True)
+        u = model(x)
+        du, = torch.autograd.grad(u.sum(), x, create_graph=True)
+        if case == "wgan-gp":
+            loss = u.mean() + 10 * ((du.norm(dim=1) - 1) ** 2).mean()
+        else:  # a PINN residual: u' = cos(x0)
+            loss = ((du[:, 0] - torch.cos(x[:, 0])) ** 2).mean() + u.square().mean()
+        if s == 3:  # the loss's gradient w.r.t. the model output
+            u.register_hook(lambda g: seen.__setitem__("u", g.detach().clone()))
+        loss.backward()
+        opt.step()
+    assert w.step_count == 4 and w.findings().empty, w.findings()[["kind", "message"]]
+    rec = w.last_record()
+    assert rec.backward_passes == 1
+    assert w.layers().set_index("layer").loc["", "grad_norm"] == pytest.approx(seen["u"].norm().item(), rel=1e-5)
+    w.close()

@@ -77,6 +77,14 @@ def _fit32(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x.clamp(max=_F32_MAX), x)
 
 
+def _compiling() -> bool:
+    """Dynamo is tracing the hook. Hooks check that their ``module`` is the one they were put on
+    (``copy.deepcopy`` copies hook tables, so a copy's forwards would write into the watched
+    model's step), except while tracing: touching ``module`` there trips dynamo's mutation
+    tracking, so the check short-circuits before it."""
+    return torch.compiler.is_compiling()
+
+
 def _unit_dims(ndim: int) -> tuple[int, ...] | None:
     """Dimensions to reduce so that one value per unit remains.
 
@@ -187,6 +195,8 @@ class Capture:
         self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
         self._stepped: set[int] | None = None  # parameters whose update is measured (None: all)
         self.carry = GradCarry(self._traceless)  # a forgotten zero_grad (see grad_carry.py)
+        self._pass_task = -1      # the backward pass (graph task) last asked about, and whether it
+        self._pass_trains = True  # accumulates into the parameters (see _training_pass)
         self.eval_forwards_with_grad = 0  # forwards in eval() mode with gradients enabled, ever
         self.changes: ModelChanges | None = None
         try:
@@ -325,9 +335,12 @@ class Capture:
     def _make_root_pre_hook(self, on_root_forward):
         # on_root_forward (the watcher's) is held by this closure, i.e. by the model's hook
         # table: an open watcher lives as long as its model; closed, nothing holds it
+        root = id(self._model())
+
         def pre_hook(module, args, kwargs):
-            if self._closed or not torch.is_grad_enabled() or _in_backward() or module is not self._model():
-                return None  # (a copy.deepcopy of the model carries this hook: not ours)
+            if self._closed or not torch.is_grad_enabled() or _in_backward() or (
+                    not _compiling() and id(module) != root):  # a deep copy's (see _compiling)
+                return None
             target = self
             if on_root_forward is not None:
                 # the watcher may close a step (skipped, forgotten) or follow a model change,
@@ -404,8 +417,8 @@ class Capture:
         mid = self.module_ids[i]
 
         def forward_hook(module, args, kwargs, output):
-            if id(module) != mid:
-                return None  # a copy.deepcopy of the model carries this hook: not a watched module
+            if not _compiling() and id(module) != mid:  # a deep copy's (see _compiling)
+                return None
             if i == 0:
                 self._root_open = False  # the root's forward returned
             if not self._live():
@@ -503,7 +516,7 @@ class Capture:
         L = len(self.names)
 
         def grad_hook(grad):
-            if self._closed or self.paused or grad is None:
+            if self._closed or self.paused or grad is None or not self._training_pass():
                 return None
             paused = self._leave_trace()
             try:
@@ -534,6 +547,36 @@ class Capture:
             return None
 
         return grad_hook
+
+    def _training_pass(self) -> bool:
+        """Is the running backward pass one that accumulates into the parameters (``.backward()``),
+        not an ``autograd.grad`` to the inputs — a gradient penalty (WGAN-GP, R1), a PINN's
+        derivatives, a saliency map — whose output gradients would otherwise be merged into the
+        step's and whose pass would count as a training backward (the next forward then closed a
+        'skipped' step)? Asked once per pass (graph task), of the parameters last in the model
+        first: does the engine run one's gradient accumulator?"""
+        task = torch._C._current_graph_task_id()
+        if task != self._pass_task:
+            self._pass_task = task
+            self._pass_trains = self._accumulates()
+        return self._pass_trains
+
+    def _accumulates(self) -> bool:
+        trainable = 0
+        try:
+            for ref in reversed(self._params):
+                p = ref()
+                if p is None or not p.requires_grad:
+                    continue
+                trainable += 1
+                try:
+                    if torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(p).node):
+                        return True
+                except RuntimeError:  # a leaf that autograd.grad() captures: not accumulated
+                    return False
+        except Exception:  # torch < 2.2 (no get_gradient_edge): count every pass, as before
+            return True
+        return trainable == 0  # a model without trainable parameters: every pass is its backward
 
     def _param_hook(self, p) -> None:
         """A parameter's gradient was accumulated: make sure the end of this backward pass
