@@ -135,6 +135,8 @@ export interface ILayerData {
   readonly watcher: string;
   readonly layer: string;
   readonly type: string;
+  /** The rank the stats and histograms belong to (null: one process). */
+  readonly rank: number | null;
   readonly stats: { readonly [name: string]: number | null };
   readonly histograms: { readonly [K in HistKind]: readonly IHistogramData[] };
 }
@@ -258,7 +260,14 @@ export function layerData(msg: Layer, buffers: readonly Buffer[]): ILayerData {
       zero: h.zero
     }));
   }
-  return { watcher: msg.watcher, layer: msg.layer, type: msg.type, stats: msg.stats, histograms };
+  return {
+    watcher: msg.watcher,
+    layer: msg.layer,
+    type: msg.type,
+    rank: msg.rank ?? null,
+    stats: msg.stats,
+    histograms
+  };
 }
 
 /**
@@ -278,11 +287,23 @@ export function sameEdges(a: Float64Array, b: Float64Array): boolean {
   return a === b || (a.length === b.length && a.every((v, i) => v === b[i]));
 }
 
-/** The most severe finding per layer: what the gradient-flow chart colours a bar by. */
-export function worstSeverityByLayer(rows: readonly Finding[]): Map<string, Severity> {
+/**
+ * Whether a finding belongs on a chart of rank `rank`'s layers: one of that rank's, or of no single
+ * rank (null: a finding of one process, or one that names no single rank); every finding when
+ * `rank` is null (one process).
+ */
+export function ofRank(f: Finding, rank: number | null): boolean {
+  return rank === null || f.rank === null || f.rank === undefined || f.rank === rank;
+}
+
+/**
+ * The most severe finding per layer: what the gradient-flow chart colours a bar by (of the
+ * findings of rank `rank`, see ofRank: a layer of rank 0 is not coloured by rank 1's NaN).
+ */
+export function worstSeverityByLayer(rows: readonly Finding[], rank: number | null = null): Map<string, Severity> {
   const out = new Map<string, Severity>();
   for (const f of rows) {
-    if (f.layer === null) {
+    if (f.layer === null || !ofRank(f, rank)) {
       continue;
     }
     const prev = out.get(f.layer);

@@ -161,7 +161,8 @@ export class GradientsModel implements IDisposable {
 
   /**
    * Show this rank's figures (null: back to the default, see `rank`): its times at once, and,
-   * from a source that holds every rank's layers (a recording of the job), its layer charts.
+   * from a source that holds every rank's layers (a recording of the job), its layer charts and
+   * the layer detail (histograms and latest statistics).
    */
   async selectRank(rank: number | null): Promise<void> {
     if (rank === this._rank) {
@@ -628,8 +629,14 @@ export class GradientsModel implements IDisposable {
       return;
     }
     try {
-      // only a layer the user picked becomes the one the kernel pushes
-      const reply = await conn.request({ kind: 'get_layer', watcher, layer, follow: this._layer !== null });
+      // only a layer the user picked becomes the one the kernel pushes; of the rank shown
+      const reply = await conn.request({
+        kind: 'get_layer',
+        watcher,
+        layer,
+        follow: this._layer !== null,
+        rank: this._wantedRank()
+      });
       if (reply.message.kind === 'layer') {
         this._recovered();
         this._onLayer(reply.message, reply);

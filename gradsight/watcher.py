@@ -28,7 +28,7 @@ from .distributed.cross_rank import QUERY_WAIT_S
 from .distributed.handshake import agree
 from .distributed.layout import Layout
 from .kernel_hooks.capture import Capture
-from .kernel_hooks.filters import select_modules
+from .kernel_hooks.filters import scripted, select_modules
 from .nonfinite import check_mode, copy_inputs, error_for, first_nonfinite, grads_finite
 from .records.histogram import HIST_KINDS
 from .records.queries import RunQueries
@@ -173,6 +173,15 @@ class Watcher(RunQueries):
         if optimizer is not None:
             self._hook_optimizer(optimizer)
         self._global_opt_handles = register_global(self)
+        opaque = scripted(self._compiled or model)
+        if opaque:
+            names = ", ".join(repr(n) for n, _ in opaque[:5]) + (" ..." if len(opaque) > 5 else "")
+            one = len(opaque) == 1
+            warnings.warn(f"gradsight: {names} {'is a TorchScript module' if one else 'are TorchScript modules'}, "
+                          f"which {'takes' if one else 'take'} no Python hooks: {'its' if one else 'their'} parameters' "
+                          "norms, gradients and updates are captured, not activation or output-gradient statistics "
+                          "(those are part of the parent's output). Watch the module before torch.jit.script to see "
+                          "inside it.", GradsightWarning, stacklevel=4)
         if self._compiled is not None:
             warnings.warn(
                 f"gradsight: {type(model).__name__} is torch.compile'd. Hooks inside compiled graphs cannot see "

@@ -98,8 +98,10 @@ def test_a_live_watcher_answers_a_rank_it_does_not_hold_with_its_own_and_says_so
     with unthrottled_hub(KernelSources(reg, list)) as hub:
         Session(comm, hub)
         snap, buffers = _request(comm, "get_snapshot", watcher="DDP", rank=1)
+        layer, _ = _request(comm, "get_layer", watcher="DDP", layer="fc1", rank=1)  # the layer detail too
     assert snap["ranks"]["rank"] == 0 and snap["ranks"]["layers_rank"] == 0
     assert snap["ranks"]["per_rank_layers"] is False
+    assert layer["rank"] == 0 and layer["stats"]["grad_norm"] == w.layers()["grad_norm"].iloc[0]
     np.testing.assert_array_equal(_shown(comm, snap, buffers, "grad_norm"), w.layers()["grad_norm"].to_numpy())
 
 
@@ -158,3 +160,118 @@ def test_the_heatmap_of_a_rank_is_that_rank_s_history_asked_over_the_comm(hub, r
         assert msg["skipped_steps"] == len(hist) - kept.sum() and msg["total_steps"] == kept.sum()
     finally:
         comm.close()
+
+
+# --- the layer detail (histograms, latest statistics, unit activity) of a rank --------------------
+def _first(rec, kind: str) -> str:
+    """The first layer of this type (a Linear has weights; a ReLU keeps unit activity)."""
+    table = rec.layers()
+    return str(table.loc[table["type"] == kind, "layer"].iloc[0])
+
+
+def test_histograms_and_units_of_a_rank_are_that_rank_s_shard_read_with_pandas(rec, job):
+    """rec.histogram(..., rank=r), histogram_steps and unit_history against the naive read: rank r's
+    shard's Parquet tables opened with pandas (rank 0 in the top directory, rank r in ranks/<r>/)."""
+    import pandas as pd
+
+    linear, relu = _first(rec, "Linear"), _first(rec, "ReLU")
+    latest = {}
+    for r, shard in ((0, job), (1, job / "ranks" / "1")):
+        table = pd.read_parquet(shard / "histograms")
+        for layer, of in ((linear, "grad"), (linear, "activation"), (linear, "weight"), (relu, "grad")):
+            rows = table[(table["layer"] == layer) & (table["of"] == of)].sort_values("step")
+            assert len(rows) > 1
+            assert rec.histogram_steps(layer, of, rank=r) == rows["step"].tolist()
+            for row in rows.to_dict("records"):
+                h = rec.histogram(layer, of=of, step=row["step"], rank=r)
+                np.testing.assert_array_equal(h.edges, row["edges"])
+                np.testing.assert_array_equal(h.counts, row["counts"])
+                assert (h.nan, h.posinf, h.neginf, h.zero) == (row["nan"], row["posinf"], row["neginf"], row["zero"])
+            latest[r, layer, of] = rec.histogram(layer, of=of, rank=r)
+            assert latest[r, layer, of].step == rows["step"].iloc[-1]
+        units = pd.read_parquet(shard / "units")
+        units = units[units["layer"] == relu].sort_values("step")
+        got = rec.unit_history(relu, rank=r)
+        assert got.index.tolist() == units["step"].tolist()[-len(got):] and len(got) > 1
+        np.testing.assert_array_equal(got.to_numpy(), np.stack(units["values"].to_numpy()[-len(got):]))
+    # rank 1's inputs are 100x rank 0's: a rank mix-up cannot pass
+    assert not np.array_equal(latest[0, linear, "activation"].edges, latest[1, linear, "activation"].edges)
+    # without rank=: the source's own (rank 0), as before
+    np.testing.assert_array_equal(rec.histogram(linear, of="grad").counts, latest[0, linear, "grad"].counts)
+    with pytest.raises(ValueError, match="ranks 0..1"):
+        rec.histogram(linear, rank=2)
+    with pytest.raises(ValueError, match="ranks 0..1"):
+        rec.unit_history(relu, rank=-1)
+
+
+def test_a_one_process_watcher_refuses_another_rank_s_histograms_clearly():
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    w = gs.watch(model, name="one", histogram_every=1)
+    try:
+        model(torch.randn(2, 4)).sum().backward()
+        w.step()
+        assert w.histogram("0", rank=0).step == w.histogram("0").step  # its own rank: the same
+        with pytest.raises(ValueError, match="not part of a torch.distributed job"):
+            w.histogram("0", rank=1)
+        with pytest.raises(ValueError, match="not part of a torch.distributed job"):
+            w.unit_history("1", rank=1)
+    finally:
+        w.close()
+
+
+def _hist_totals(comm: CheckedComm, series: list, buffers: list) -> list[float]:
+    return [float(comm.array(h["counts"], buffers).sum()) for h in series]
+
+
+def test_the_layer_detail_of_rank_1_is_rank_1_s_over_the_comm_and_in_the_pushes(hub, rec):
+    comm = CheckedComm()
+    session = Session(comm, hub)
+    name = next(w["name"] for w in _request(comm, "hello")[0]["watchers"] if w.get("source") == "recording")
+    layer = _first(rec, "Linear")
+    i = rec.layer_names.index(layer)
+    top = {}
+    for rank in (1, 0):
+        msg, buffers = _request(comm, "get_layer", watcher=name, layer=layer, rank=rank)
+        assert msg["kind"] == "layer" and msg["rank"] == rank
+        expected = rec.layers(rank=rank).iloc[i]
+        for metric in ("grad_norm", "act_norm", "param_norm"):
+            assert msg["stats"][metric] == pytest.approx(expected[metric], rel=1e-12)
+        for of in ("grad", "activation", "weight"):
+            series = msg["histograms"][of]
+            steps = rec.histogram_steps(layer, of, rank=rank)[-len(series):]
+            assert [h["step"] for h in series] == steps and len(steps) > 1
+            naive = [rec.histogram(layer, of=of, step=s, rank=rank) for s in steps]
+            assert [(h["nan"], h["zero"], h["posinf"]) for h in series] == [(n.nan, n.zero, n.posinf) for n in naive]
+            # regridding onto the series' common grid keeps every count
+            np.testing.assert_allclose(_hist_totals(comm, series, buffers), [float(n.counts.sum()) for n in naive])
+        top[rank] = float(np.abs(comm.array(msg["histograms"]["activation"][-1]["edges"], buffers)).max())
+    assert top[1] > 10 * top[0]  # rank 1's activations are 100x rank 0's: the grids show it
+
+    # the pushes carry the rank get_snapshot chose, for the followed layer
+    _request(comm, "get_snapshot", watcher=name, rank=1)
+    _request(comm, "get_layer", watcher=name, layer=layer, rank=1)
+    session.push_update(None)
+    push, pbuf = comm.last("layer")
+    assert push["id"] is None and push["rank"] == 1
+    assert push["stats"]["grad_norm"] == pytest.approx(rec.layers(rank=1).iloc[i]["grad_norm"], rel=1e-12)
+    _request(comm, "get_snapshot", watcher=name)  # back to the source's own rank
+    session.push_update(None)
+    assert comm.last("layer")[0]["rank"] == 0
+
+    outside, _ = _request(comm, "get_layer", watcher=name, layer=layer, rank=5)  # world size 2: its own, said
+    assert outside["rank"] == 0
+    comm.close()
+
+
+def test_a_one_process_layer_reply_has_no_rank():
+    from gradsight.comm.testing import FakeWatcher
+
+    reg = FakeRegistry()
+    w = reg.watch(FakeWatcher())
+    reg.step(w, 2)
+    msg, _ = payloads.layer(w, "fc1", 4, rank=1)
+    validate(msg)
+    assert "rank" not in msg

@@ -193,3 +193,123 @@ def test_first_bad_rank_against_a_naive_reading():
     assert source.first_bad_rank(no_rank) is None
     rows = [_finding(5, "replica_divergence", "error", "w", -1)]  # names no single rank
     assert source.first_bad_rank(pd.DataFrame(rows)) is None
+
+
+def test_a_live_watcher_s_layer_views_stay_its_own_rank_and_say_so():
+    """A live watcher holds only its own rank's layers: choosing another rank keeps its layer views
+    (today's behaviour) and a line says whose they are, never rank 0's numbers as rank 1's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    w = gs.watch(model, name="ddp-rank0-live")
+    for _ in range(3):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        w.step()
+    dash = Dashboard(RankedSource(w))
+    dash._repr_mimebundle_()
+    try:
+        assert dash.rank_choice.value == 1  # the rank that went wrong first
+        view, shown = dash.layer_source()
+        assert view is dash.watcher and shown == 0
+        assert "layer views show rank 0 (this process: rank 1&#x27;s layer statistics stay in rank 1&#x27;s" \
+            in dash.layers_rank_note.value
+        flow = bytes(dash.images["flow"].value)
+        dash.rank_choice.value = 0
+        assert "layer views show rank 0<" in dash.layers_rank_note.value and "process" not in dash.layers_rank_note.value
+        assert bytes(dash.images["flow"].value) == flow  # the same rank's layers, drawn again
+    finally:
+        dash.close()
+        w.close()
+
+
+@pytest.fixture(scope="module")
+def ranked_job(tmp_path_factory):
+    """A recording of a real world-2 gloo job (tests/ranked_recording.py, ~7 s): rank 1's inputs are
+    100x rank 0's and hold a NaN at step 25, so its layers differ from rank 0's everywhere."""
+    pytest.importorskip("pyarrow")
+    import ranked_recording
+
+    return ranked_recording.write(tmp_path_factory.mktemp("ddp") / "run")
+
+
+def _first_of(rec, kind: str) -> str:
+    table = rec.layers()
+    return str(table.loc[table["type"] == kind, "layer"].iloc[0])
+
+
+def test_the_rank_dropdown_switches_the_layer_views_of_a_ranked_recording(ranked_job, monkeypatch):
+    from gradsight.widgets import dashboard as dashboard_module
+    from gradsight.widgets import style
+    from gradsight.widgets.gradient_flow import gradient_flow
+
+    given = {}  # what each layer view was asked to draw
+
+    def spy(name):
+        real = getattr(dashboard_module, name)
+
+        def draw(src, *args, **kw):
+            given[name] = src
+            return real(src, *args, **kw)
+        return draw
+
+    for name in ("gradient_flow", "histogram", "distribution", "heatmap", "dead_units"):
+        monkeypatch.setattr(dashboard_module, name, spy(name))
+    rec = gs.open(ranked_job)
+    dash = rec.dashboard()
+    dash._repr_mimebundle_()
+    try:
+        linear, relu = _first_of(rec, "Linear"), _first_of(rec, "ReLU")
+        assert dash.rank_choice.value == 1  # it opens on the rank that went wrong first
+        flows = {}
+        for rank in (1, 0):
+            dash.rank_choice.value = rank
+            assert dash.layer_source()[1] == rank
+            assert f"layer views show rank {rank}<" in dash.layers_rank_note.value
+            dash.layer.value = linear
+            for tab in (0, 1, 2, 4):
+                dash.tabs.selected_index = tab
+            dash.tabs.selected_index = 0
+            pd.testing.assert_frame_equal(given["gradient_flow"].layers(), rec.layers(rank=rank))
+            for view in ("histogram", "distribution"):
+                np.testing.assert_array_equal(given[view].histogram(linear, "grad").counts,
+                                              rec.histogram(linear, "grad", rank=rank).counts)
+            assert [v for _, v in dash.step.options] == rec.histogram_steps(linear, "grad", rank=rank)
+            pd.testing.assert_frame_equal(given["heatmap"].history("grad_norm"), rec.history("grad_norm", rank=rank))
+            pd.testing.assert_frame_equal(given["heatmap"].history("grad_nan"), rec.history("grad_nan", rank=rank))
+            pd.testing.assert_frame_equal(given["dead_units"].unit_history(relu), rec.unit_history(relu, rank=rank))
+            # the picture itself: the gradient flow of rank's layers table, drawn directly
+            flows[rank] = bytes(dash.images["flow"].value)
+            of_rank = dash._findings[dash._findings["rank"].isin([rank, -1])]  # the naive filter
+            direct = gradient_flow(rec.layers(rank=rank), findings=of_rank, selected=linear)
+            assert flows[rank] == style.png_bytes(direct)
+        # rank 1's NaN origin flags rank 1's layer, not rank 0's layer of the same name
+        found = dash._findings
+        origin = found[found["kind"] == "rank_nonfinite"]
+        assert len(origin) and set(origin["rank"]) == {1}
+        assert not source.findings_of_rank(found, 0)["kind"].eq("rank_nonfinite").any()
+        assert source.findings_of_rank(found, 1)["kind"].eq("rank_nonfinite").any()
+        assert flows[0] != flows[1]
+        assert not np.allclose(rec.layers(rank=0)["grad_norm"], rec.layers(rank=1)["grad_norm"])
+        # the training curves are the job's top directory's (rank 0's) step scalars whatever the rank
+        assert dash.watcher is rec
+    finally:
+        dash.close()
+        rec.close()
+
+
+def test_a_recording_without_a_rank_s_shard_says_whose_layers_it_shows(ranked_job, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(ranked_job, copy)
+    shutil.rmtree(copy / "ranks" / "1")
+    with pytest.warns(gs.GradsightWarning, match="rank 1"):
+        rec = gs.open(copy)
+    dash = rec.dashboard()
+    try:
+        dash.rank_choice.value = 1
+        assert dash.layer_source() == (rec, 0)
+        assert "layer views show rank 0 (this recording holds no layer statistics of rank 1 (yet))" \
+            in dash.layers_rank_note.value
+    finally:
+        dash.close()
+        rec.close()

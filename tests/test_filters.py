@@ -133,3 +133,26 @@ def test_skip_skips_the_step_and_steps_says_so():
     assert list(w.steps()["optimizer_stepped"]) == [1.0, 1.0, 0.0, 1.0]
     assert (w.steps()["grad_scale"] == 1.0).all()
     w.close()
+
+
+def test_saved_bytes_with_include_or_exclude_go_to_the_watched_module_that_ran_them():
+    """Bytes a module's forward saves are counted at the innermost watched module running:
+    rows and the counter agree on indices whatever the filter (they were shifted before)."""
+    def run(**kw):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)
+        w = gs.watch(m, optimizer=opt, histogram_every=1, **kw)
+        for _ in range(2):
+            opt.zero_grad()
+            m(torch.randn(16, 8)).sum().backward()
+            opt.step()
+        out = w.layers().set_index("layer")["saved_bytes"].to_dict()
+        w.close()
+        return out
+
+    full = run()
+    assert full == {"": 0.0, "0": 16 * 8 * 4, "1": 16 * 32 * 4, "2": 0.0, "3": 16 * 32 * 4, "4": 0.0}
+    no_act = run(exclude=["ReLU", "Tanh"])  # their saved outputs belong to the root that ran them
+    assert no_act == {"": 2 * 16 * 32 * 4, "0": 16 * 8 * 4, "2": 0.0, "4": 0.0}
+    assert sum(run(include=["2", "4"]).values()) == sum(full.values())

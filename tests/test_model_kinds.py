@@ -298,3 +298,89 @@ def test_a_deep_copy_of_a_watched_model_trains_without_touching_the_watcher():
     assert rec.act_numel[1] == act.numel() and rec.forward_passes == 1
     assert w.layers().set_index("layer").loc["0", "act_norm"] == pytest.approx(act.norm().item(), rel=1e-5)
     w.close()
+
+
+@pytest.mark.parametrize("case", ["wgan-gp", "pinn"])
+def test_an_autograd_grad_to_the_inputs_is_not_a_training_backward(case):
+    """A gradient penalty (WGAN-GP) or a PINN's derivatives run autograd.grad through the model
+    before the loss's backward: that pass must neither count as a backward (the next forward
+    closed a 'skipped' step) nor merge its output gradients into the step's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    w = gs.watch(model, optimizer=opt)
+    seen = {}
+    for s in range(4):
+        opt.zero_grad()
+        x = torch.randn(32, 3, requires_grad=True)
+        u = model(x)
+        du, = torch.autograd.grad(u.sum(), x, create_graph=True)
+        if case == "wgan-gp":
+            loss = u.mean() + 10 * ((du.norm(dim=1) - 1) ** 2).mean()
+        else:  # a PINN residual: u' = cos(x0)
+            loss = ((du[:, 0] - torch.cos(x[:, 0])) ** 2).mean() + u.square().mean()
+        if s == 3:  # the loss's gradient w.r.t. the model output
+            u.register_hook(lambda g: seen.__setitem__("u", g.detach().clone()))
+        loss.backward()
+        opt.step()
+    assert w.step_count == 4 and w.findings().empty, w.findings()[["kind", "message"]]
+    rec = w.last_record()
+    assert rec.backward_passes == 1
+    assert w.layers().set_index("layer").loc["", "grad_norm"] == pytest.approx(seen["u"].norm().item(), rel=1e-5)
+    w.close()
+
+
+def test_a_torchscript_submodule_is_a_row_of_parameters_and_never_an_error():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script's own
+        model = nn.Sequential(torch.jit.script(Block()), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.warns(gs.GradsightWarning, match="'0' is a TorchScript module"):
+        w = gs.watch(model, optimizer=opt, histogram_every=1, nan_trace="op")
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        opt.step()
+    assert not w.errors
+    table = w.layers().set_index("layer")
+    assert list(table.index) == ["", "0", "1"]  # not the scripted module's insides
+    grad = torch.cat([model[0].lin.weight.grad.flatten(), model[0].lin.bias.grad.flatten()]).norm().item()
+    assert table.loc["0", "param_grad_norm"] == pytest.approx(grad, rel=1e-5)
+    assert np.isnan(table.loc["0", "act_norm"]) and table.loc["1", "act_norm"] > 0
+    w.close()
+    with pytest.raises(TypeError, match="TorchScript module, which takes no Python hooks"):
+        gs.watch(model[0])
+
+
+def test_a_complex_parameter_is_measured_and_histogrammed_by_its_real_and_imaginary_parts():
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4, dtype=torch.cfloat))
+            self.out = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.out((x.to(torch.cfloat) @ self.w).abs())
+
+    torch.manual_seed(0)
+    model = Spectral()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "casting complex to real discards" must not reach the user
+        w = gs.watch(model, optimizer=opt, histogram_every=1)
+        opt.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        opt.step()
+    table = w.layers().set_index("layer")
+    assert table.loc["", "param_norm"] == pytest.approx(model.w.norm().item(), rel=1e-5)
+    assert w.histogram("", of="weight").total == 2 * 16  # real and imaginary parts
+    w.close()

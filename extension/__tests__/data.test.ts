@@ -54,4 +54,20 @@ describe('worstSeverityByLayer', () => {
     const worst = worstSeverityByLayer([f('a', 'info'), f('a', 'error'), f('a', 'warning'), f('b', 'warning')]);
     expect(Object.fromEntries(worst)).toEqual({ a: 'error', b: 'warning' });
   });
+
+  it("colours a rank's layers by that rank's findings and those of no single rank", () => {
+    const f = (layer: string, severity: Finding['severity'], rank: number | null): Finding => ({
+      step: 0,
+      layer,
+      kind: 'k',
+      severity,
+      message: null,
+      rank
+    });
+    // rank 1 produced a NaN in a; rank 0 saw b vanish; c diverged across ranks (no single rank)
+    const rows = [f('a', 'error', 1), f('b', 'warning', 0), f('c', 'error', null), f('a', 'info', 0)];
+    expect(Object.fromEntries(worstSeverityByLayer(rows, 0))).toEqual({ a: 'info', b: 'warning', c: 'error' });
+    expect(Object.fromEntries(worstSeverityByLayer(rows, 1))).toEqual({ a: 'error', c: 'error' });
+    expect(Object.fromEntries(worstSeverityByLayer(rows))).toEqual({ a: 'error', b: 'warning', c: 'error' });
+  });
 });

@@ -1,9 +1,10 @@
 /**
  * @jest-environment jsdom
  *
- * The rank selector switches the per-layer views to that rank's layers: get_snapshot and
- * get_heatmap carry the rank; from a source that holds only its own rank's layers (a live
- * watcher) every per-layer view says whose layers it shows instead.
+ * The rank selector switches the per-layer views to that rank's layers: get_snapshot,
+ * get_heatmap and get_layer carry the rank, and the layer detail (histograms, latest statistics)
+ * shows that rank's; from a source that holds only its own rank's layers (a live watcher) every
+ * per-layer view says whose layers it shows instead.
  */
 import type { JSONObject } from '@lumino/coreutils';
 import { Widget } from '@lumino/widgets';
@@ -54,6 +55,16 @@ function rankedKernel(perRank: boolean): FakeKernel {
     const ranks = { ...msg.ranks, layers_rank: shown, per_rank_layers: perRank };
     return [{ ...msg, id: req.id, ranks }, buffers];
   };
+  kernel.overrides.get_layer = req => {
+    const f = fixture('layer');
+    const msg = f.message as unknown as JSONObject & { stats: JSONObject };
+    const shown = perRank ? ((req.rank as number | null) ?? 0) : 0;
+    const stats = { ...msg.stats, grad_norm: RANK_GRAD_NORM[shown][2] }; // fc2's, of the rank shown
+    return [
+      { ...msg, id: req.id, watcher: req.watcher as string, layer: req.layer as string, rank: shown, stats },
+      f.buffers
+    ];
+  };
   kernel.overrides.get_heatmap = req => {
     const f = fixture('heatmap');
     const rank = perRank ? ((req.rank as number | null) ?? 0) : 0;
@@ -100,6 +111,9 @@ describe('per-layer views of the selected rank', () => {
     await connect(kernel);
     const snapshots = () => kernel.requests.filter(r => r.kind === 'get_snapshot').map(r => r.rank);
     const heatmaps = () => kernel.requests.filter(r => r.kind === 'get_heatmap').map(r => r.rank);
+    const layers = () => kernel.requests.filter(r => r.kind === 'get_layer').map(r => r.rank);
+    const statsHead = () => text('.jp-gradsight-stats-table th')[0];
+    const statsNorm = () => text('.jp-gradsight-stats-table td')[1]; // the 'norm' row's gradient cell
     expect(model.rank).toBe(1);
     expect(snapshots()).toEqual([null, 1]); // the default rank, once the snapshot named it
     expect(heatmaps()[heatmaps().length - 1]).toBe(1);
@@ -108,6 +122,12 @@ describe('per-layer views of the selected rank', () => {
     await frame();
     expect(text('.jp-gradsight-rank-note').filter(t => t.startsWith('layer charts'))).toEqual([]);
     expect(text('.jp-gradsight-flow .jp-gradsight-note')[0]).toMatch(/^rank 1 · step 3/);
+    // the layer detail: rank 1's histograms and statistics, labelled so
+    expect(layers()[layers().length - 1]).toBe(1);
+    expect(model.layer?.rank).toBe(1);
+    expect(model.layer?.stats.grad_norm).toBe(RANK_GRAD_NORM[1][2]);
+    expect(statsHead()).toBe('rank 1, latest (step 2)');
+    expect(statsNorm()).toBe('0.4');
 
     await model.selectRank(0);
     await settle();
@@ -118,6 +138,12 @@ describe('per-layer views of the selected rank', () => {
     expect(Array.from(model.snapshot?.layers.columns.grad_norm ?? [])).toEqual(RANK_GRAD_NORM[0]);
     expect(text('.jp-gradsight-flow .jp-gradsight-note')[0]).toMatch(/^rank 0 · step 3/);
     expect(model.heatmap?.rank).toBe(0);
+    expect(layers()[layers().length - 1]).toBe(0);
+    expect(model.layer?.rank).toBe(0);
+    expect(model.layer?.stats.grad_norm).toBe(RANK_GRAD_NORM[0][2]);
+    expect(statsHead()).toBe('rank 0, latest (step 2)');
+    expect(statsNorm()).toBe('0.04');
+    expect(text('.jp-gradsight-rank-note')).toEqual([]);
   });
 
   it('says so in every per-layer view when a live watcher holds only its own rank', async () => {
@@ -132,6 +158,8 @@ describe('per-layer views of the selected rank', () => {
     const flow = notes.filter(t => t.startsWith('layer charts show rank 0 (this process)'));
     expect(flow).toHaveLength(3); // ranks, flow, heatmap
     expect(notes).toContain('histograms and statistics below: rank 0 (this process)');
+    expect(model.layer?.rank).toBe(0); // asked for rank 1, answered with its own, and labelled so
+    expect(text('.jp-gradsight-stats-table th')[0]).toBe('rank 0, latest (step 2)');
     expect(text('.jp-gradsight-flow .jp-gradsight-note')[1]).toMatch(/^rank 0 · step 3/); // the bars' own label
 
     await model.selectRank(0); // the process's own rank: nothing to explain

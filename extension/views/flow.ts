@@ -69,7 +69,7 @@ export class FlowView extends SectionView {
     this._canvasBox.style.display = '';
     const names = snap.layers.names;
     const types = snap.layers.types;
-    const flagged = worstSeverityByLayer(snap.findings.rows);
+    const flagged = worstSeverityByLayer(snap.findings.rows, shownRank);
     const selected = this.model.layerName;
     const t = theme();
     const colour = (name: string): string => {

@@ -1,8 +1,9 @@
 /**
  * One layer in detail: its histograms over the recent steps (gradient, activation or
  * weight; darker is newer) on the common signed log-spaced grid the kernel regrids a series
- * onto, the non-finite and zero counts kept apart, and its latest statistics. They are the
- * source's own rank's (a note says so when another rank is selected).
+ * onto, the non-finite and zero counts kept apart, and its latest statistics. In a
+ * torch.distributed source they are the selected rank's when the source holds them (a recording
+ * of the job); otherwise (a live watcher) the source's own rank's, and a note says so.
  */
 import type { TooltipItem } from 'chart.js';
 
@@ -80,12 +81,9 @@ export class LayerView extends SectionView {
       return;
     }
     this._fillPicker(snap.layers.names, snap.layers.types, name);
-    const ranks = snap.ranks;
-    const other = ranks && this.model.rank !== ranks.rank;
-    this._rankNote.style.display = other ? '' : 'none';
-    this._rankNote.textContent = other
-      ? `histograms and statistics below: rank ${ranks.rank} (${ranks.perRankLayers ? "the job's top directory; the panel serves one rank's histograms" : 'this process'})`
-      : '';
+    const note = layerRankNote(this.model, data && data.layer === name ? data : null);
+    this._rankNote.style.display = note ? '' : 'none';
+    this._rankNote.textContent = note ?? '';
     const i = snap.layers.names.indexOf(name);
     const type = data?.type ?? (i >= 0 ? snap.layers.types[i] : '');
     this.titleNode.textContent = `Layer ${name || '(root)'}${type ? ` (${type})` : ''}`;
@@ -230,7 +228,7 @@ export class LayerView extends SectionView {
         h(
           'tr',
           {},
-          h('th', {}, `latest (step ${fmt(s.step ?? null)})`),
+          h('th', {}, `${data.rank !== null ? `rank ${data.rank}, ` : ''}latest (step ${fmt(s.step ?? null)})`),
           h('th', {}, 'gradient'),
           h('th', {}, 'activation')
         )
@@ -273,6 +271,21 @@ export class LayerView extends SectionView {
   private _rankNote: HTMLElement;
   private _chart: Chart<'line', number[], string> | null = null;
   private _edges: Float64Array = new Float64Array(0);
+}
+
+/**
+ * What to say when the layer detail shows another rank than the one selected (the source does
+ * not hold the selected rank's layers): never another rank's histograms under the selected label.
+ */
+export function layerRankNote(model: GradientsModel, data: ILayerData | null): string | null {
+  const ranks = model.snapshot?.ranks;
+  const wanted = model.rank;
+  const shown = data?.rank ?? null;
+  if (!ranks || shown === null || wanted === null || shown === wanted) {
+    return null;
+  }
+  const why = ranks.perRankLayers ? `this recording holds no layer statistics of rank ${wanted} (yet)` : 'this process';
+  return `histograms and statistics below: rank ${shown} (${why})`;
 }
 
 /** Each bin labelled by its edge farther from zero: "-1e-2" … "-1e-8", "1e-8" … "1e-2". */

@@ -57,9 +57,13 @@ def open_recording(context: Context, req: dict[str, Any]) -> payloads.Message:
 
 
 def get_layer(context: Context, req: dict[str, Any]) -> payloads.Message:
+    """One layer in detail (of the rank asked, where the source holds it); the pushes keep
+    following the rank get_snapshot chose."""
     w = context.sources.find(req["watcher"])
+    rank = req.get("rank")
     # int(): JSON has one number type, and a schema-valid 5.0 is an integer to the schema
-    msg = payloads.layer(w, req["layer"], int(req.get("max_steps", MAX_HIST_STEPS)), req["id"])
+    msg = payloads.layer(w, req["layer"], int(req.get("max_steps", MAX_HIST_STEPS)), req["id"],
+                         rank=None if rank is None else int(rank))
     context.follow(watcher=w.name, layer=req["layer"] if req.get("follow", True) else None)
     return msg
 

@@ -41,27 +41,29 @@ class Hist:
 
 
 class HistogramCache:
-    """Histograms of one (watcher, layer), keyed by (kind, step); anything else resets it.
+    """Histograms of one (watcher, layer, rank), keyed by (kind, step); anything else resets it.
+    ``rank`` None is the source's own rank (another rank's, from a recording of a job, differ).
 
     Holds the watcher weakly, so a closed watcher's data is not kept alive by an open panel.
     """
 
     def __init__(self, max_entries: int = 96):
         self.max_entries = max_entries
-        self._owner: tuple[weakref.ref, str] | None = None
+        self._owner: tuple[weakref.ref, str, int | None] | None = None
         self._entries: dict[tuple[str, int], Hist] = {}
 
-    def _owned_by(self, w: Any, layer: str) -> bool:
-        return self._owner is not None and self._owner[0]() is w and self._owner[1] == layer
+    def _owned_by(self, w: Any, layer: str, rank: int | None) -> bool:
+        o = self._owner
+        return o is not None and o[0]() is w and o[1] == layer and o[2] == rank
 
-    def get(self, w: Any, layer: str, of: str, step: int) -> Hist | None:
-        if not self._owned_by(w, layer):
+    def get(self, w: Any, layer: str, rank: int | None, of: str, step: int) -> Hist | None:
+        if not self._owned_by(w, layer, rank):
             return None
         return self._entries.get((of, step))
 
-    def put(self, w: Any, layer: str, of: str, step: int, hist: Hist) -> None:
-        if not self._owned_by(w, layer):
-            self._owner = (weakref.ref(w), layer)
+    def put(self, w: Any, layer: str, rank: int | None, of: str, step: int, hist: Hist) -> None:
+        if not self._owned_by(w, layer, rank):
+            self._owner = (weakref.ref(w), layer, rank)
             self._entries = {}
         self._entries[(of, step)] = hist
         while len(self._entries) > self.max_entries:  # oldest inserted first

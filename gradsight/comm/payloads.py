@@ -204,9 +204,7 @@ def first_bad_rank(df: pd.DataFrame) -> dict[str, Any] | None:
     }
 
 
-def own_rank(w: Any) -> int:
-    """The source's own rank: its process's (a live watcher), its top directory's (a recording)."""
-    return max(0, convert.integer(getattr(w, "rank", 0), 0) or 0)
+own_rank = views.own_rank  # the source's own rank: its process's (a live watcher), its top directory's (a recording)
 
 
 def holds_every_rank(w: Any) -> bool:
@@ -308,22 +306,25 @@ def snapshot(
 
 
 def _histograms(
-    w: Any, layer: str, of: str, max_steps: int, packer: Packer, cache: HistogramCache | None
+    w: Any, layer: str, of: str, max_steps: int, packer: Packer, cache: HistogramCache | None, rank: int | None
 ) -> list[dict[str, Any]]:
+    """``layer``'s ``of`` histograms over its last ``max_steps`` histogram steps, of rank ``rank``
+    (None: the source's own; asked with ``rank=`` only then, so a one-process source needs no keyword)."""
+    by_rank = {} if rank is None else {"rank": rank}
     try:
-        steps = list(w.histogram_steps(layer, of=of))[-max_steps:]
+        steps = list(w.histogram_steps(layer, of=of, **by_rank))[-max_steps:]
     except ValueError:  # e.g. no weight histogram for a parameter-free layer
         return []
     hists = []
     for s in steps:
-        h = cache.get(w, layer, of, s) if cache is not None else None
+        h = cache.get(w, layer, rank, of, s) if cache is not None else None
         if h is None:
             try:
-                h = Hist.of(w.histogram(layer, of=of, step=s), s)
+                h = Hist.of(w.histogram(layer, of=of, step=s, **by_rank), s)
             except ValueError:
                 continue
             if cache is not None:
-                cache.put(w, layer, of, s, h)
+                cache.put(w, layer, rank, of, s, h)
         hists.append(h)
     return on_common_grid(hists, packer)
 
@@ -374,14 +375,18 @@ def layer(
     *,
     layers: pd.DataFrame | None = None,
     cache: HistogramCache | None = None,
+    rank: int | None = None,
 ) -> Message:
-    """Latest statistics and histograms over steps of one layer (unknown layer: not_found)."""
+    """Latest statistics and histograms over steps of one layer (unknown layer: not_found), of
+    rank ``rank`` where the source holds that rank's (see rank_layers; ``layers``: the source's
+    own rank's table, reused). In a torch.distributed source the reply says whose they are."""
     packer = Packer()
-    layers = w.layers() if layers is None else layers
+    layers, served = rank_layers(w, rank, layers)
     i = layer_of(layers, name)
     cols, block = _numeric_block(layers, ("layer",))
     stats = {c: convert.number(block[i, j]) for j, c in enumerate(cols)}
     layer_type = layers["type"].iloc[i] if "type" in layers.columns else ""
+    own = own_rank(w) if served is not None else None
     msg = {
         "v": PROTOCOL_VERSION,
         "kind": "layer",
@@ -390,8 +395,11 @@ def layer(
         "layer": name,
         "type": convert.text(layer_type, 128) or "",
         "stats": stats,
-        "histograms": {of: _histograms(w, name, of, max_steps, packer, cache) for of in HISTOGRAM_KINDS},
+        "histograms": {of: _histograms(w, name, of, max_steps, packer, cache, None if served == own else served)
+                       for of in HISTOGRAM_KINDS},
     }
+    if served is not None:
+        msg["rank"] = served
     return msg, packer.buffers
 
 

@@ -201,9 +201,10 @@ class Session:
             msg["selected_layer"] = layer = self._pick_layer(msg)
             self.send((msg, buffers))
             if layer is not None:
-                key = ("layer", id(w), layer)
+                key = ("layer", id(w), layer, rank)
                 if key not in shared:
-                    shared[key] = payloads.layer(w, layer, PUSH_HIST_STEPS, layers=layers, cache=self._hists)
+                    shared[key] = payloads.layer(w, layer, PUSH_HIST_STEPS, layers=layers, cache=self._hists,
+                                                 rank=rank)
                 self.send(shared[key])
         except Exception as e:  # report once per kind of failure, keep training
             key = type(e).__name__

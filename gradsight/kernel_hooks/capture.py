@@ -26,6 +26,8 @@ from ..records.fields import F
 from ..records.histogram import rebin_many
 from ..records.step_record import StepRecord
 from . import sampling
+from .backward_pass import TrainingPass
+from .filters import hookable
 from .grad_carry import GradCarry
 from .histogram import octave_counts
 from .model_changes import ModelChanges
@@ -120,6 +122,7 @@ class Capture:
         L = len(self.names)
         modules = [m for _, m in named]
         self.module_ids = [id(m) for m in modules]  # which module each row is (for re-indexing)
+        self._module_refs = [weakref.ref(m) for m in modules]  # row order (saved bytes are counted by row)
         self.relu_rows = {i for i, m in enumerate(modules) if isinstance(m, RELU_FAMILY)}
         # inputs kept for the in-model gradcheck: modules with their own parameters, or user
         # classes (custom layers); plain torch activations and containers are not worth a copy
@@ -147,7 +150,7 @@ class Capture:
         self._params: list[weakref.ref] = []
         seen: set[int] = set()
         for i, m in enumerate(modules):
-            for pname, p in m.named_parameters(recurse=False):
+            for pname, p in m.named_parameters(recurse=not hookable(m)):  # a TorchScript row owns its insides
                 if id(p) in seen:  # tied weights count once, at their first owner
                     continue
                 seen.add(id(p))
@@ -195,6 +198,7 @@ class Capture:
         self._snapshot_store: list[torch.Tensor | None] | None = None  # reused by _take_snapshot
         self._stepped: set[int] | None = None  # parameters whose update is measured (None: all)
         self.carry = GradCarry(self._traceless)  # a forgotten zero_grad (see grad_carry.py)
+        self._training_pass = TrainingPass(self._params)  # .backward(), not autograd.grad to the inputs
         self.eval_forwards_with_grad = 0  # forwards in eval() mode with gradients enabled, ever
         self.changes: ModelChanges | None = None
         try:
@@ -237,7 +241,8 @@ class Capture:
         self._handles.append(model.register_forward_pre_hook(self._make_root_pre_hook(on_root_forward),
                                                              with_kwargs=True))
         for i, m in enumerate(modules):
-            self._handles.append(m.register_forward_hook(self._make_forward_hook(i), with_kwargs=True))
+            if hookable(m):
+                self._handles.append(m.register_forward_hook(self._make_forward_hook(i), with_kwargs=True))
         for ref in self._params:
             p = ref()
             if p is not None and p.requires_grad:
@@ -371,7 +376,7 @@ class Capture:
                 self._first_fwd = self._fwd_start
             self.forward_passes += 1
             if self.detail:
-                self.saved.begin([m for _, m in model.named_modules()], self.parameters())
+                self.saved.begin([r() for r in self._module_refs], self.parameters())
             if self.measure_update and self._snapshot is None and self.update_source == "forward":
                 self._take_snapshot()
         except Exception as exc:  # a debugger must never break the training step
@@ -514,7 +519,7 @@ class Capture:
         L = len(self.names)
 
         def grad_hook(grad):
-            if self._closed or self.paused or grad is None:
+            if self._closed or self.paused or grad is None or not self._training_pass():
                 return None
             paused = self._leave_trace()
             try:

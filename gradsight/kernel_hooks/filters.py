@@ -15,6 +15,7 @@ import difflib
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+import torch
 from torch import nn
 
 
@@ -40,7 +41,12 @@ def _matches(name: str, module: nn.Module, pats: tuple[str, ...]) -> bool:
 def select_modules(model: nn.Module, include=None, exclude=None) -> list[tuple[str, nn.Module]]:
     """The ``(name, module)`` pairs to watch, in ``named_modules()`` order, root first."""
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
-    named = list(model.named_modules())
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(f"gradsight.watch: {type(model).__name__} is a TorchScript module, which takes no Python "
+                        "hooks. Watch the nn.Module before torch.jit.script (debug it uncompiled), or use "
+                        "torch.compile, whose models are watched through their parameters.")
+    opaque = [n + "." for n, _ in scripted(model)]  # kept as rows (their parameters), not their insides
+    named = [(n, m) for n, m in model.named_modules() if not any(n.startswith(o) for o in opaque)]
     if inc is None and exc is None:
         return named
     picked_by: dict[str, bool] = {}   # name -> included (by itself or an ancestor)
@@ -60,3 +66,19 @@ def select_modules(model: nn.Module, include=None, exclude=None) -> list[tuple[s
                          f"(patterns are globs on qualified names such as 'encoder.layer.0' or class names "
                          f"such as 'Linear').{hint} See [n for n, _ in model.named_modules()].")
     return selected
+
+
+def hookable(m: nn.Module) -> bool:
+    """TorchScript modules take no Python hooks (torch raises)."""
+    return not isinstance(m, torch.jit.ScriptModule)
+
+
+def scripted(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The outermost TorchScript submodules: rows that own all their parameters (norms, gradients,
+    updates), with no activation or gradient statistics of their own — their outputs are part of
+    their parent's."""
+    out: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if name and isinstance(m, torch.jit.ScriptModule) and not any(name.startswith(s + ".") for s, _ in out):
+            out.append((name, m))
+    return out

@@ -23,7 +23,9 @@ import torch
 
 class GradCarry:
     def __init__(self, traceless: Callable[[Callable[[], bool]], bool]):
-        self._traceless = traceless  # runs a tensor op outside a NaN tracer's dispatch mode
+        # runs a tensor op outside a NaN tracer's dispatch mode; held weakly: the capture owns this
+        # object, and a cycle would leave a closed capture to the cyclic collector (memory, RSS)
+        self._traceless = weakref.WeakMethod(traceless) if hasattr(traceless, "__self__") else lambda: traceless
         self._p: weakref.ref | None = None
         self._g: weakref.ref | None = None
         self._name = ""
@@ -83,7 +85,9 @@ class GradCarry:
         g = self._g()
         if g.device.type != "cpu" and self._nonzero_on_device is not None:
             return self._nonzero_on_device
-        seen = self._traceless(lambda: bool(g.detach().ne(0).any()))
+        traceless = self._traceless()
+        op = lambda: bool(g.detach().ne(0).any())  # noqa: E731
+        seen = traceless(op) if traceless is not None else op()
         if g.device.type != "cpu":
             self._nonzero_on_device = seen
         return seen

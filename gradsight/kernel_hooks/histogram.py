@@ -72,7 +72,10 @@ def _sample(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """The float32 values ``t``'s histogram is counted from (all, or every ``stride``-th), the
     number of values ``n`` they stand for, and the stride. Only the sample is converted:
     exact for half types, float64 rounds to the nearest float32."""
-    flat = t.detach().reshape(-1)  # a view when contiguous
+    flat = t.detach()
+    if flat.is_complex():  # a complex weight: its real and imaginary parts, as its norm counts them
+        flat = torch.view_as_real(flat.resolve_conj())
+    flat = flat.reshape(-1)  # a view when contiguous
     n = flat.numel()
     stride = sample_stride(n) if n else 1
     if stride > 1:

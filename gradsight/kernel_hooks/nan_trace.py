@@ -36,6 +36,8 @@ from torch import nn
 from torch._C._autograd import _get_sequence_nr
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode, _push_mode
 
+from .filters import hookable
+
 _set_grad = torch._C._set_grad_enabled
 MAX_EVENTS = 16          # per step: the first ones are what matters
 MAX_NODE_INFO = 1 << 16  # forward ops remembered per step (bounded even for huge graphs)
@@ -216,7 +218,7 @@ class NanTracer:
         index = {n: i for i, n in enumerate(self._names)}
         for name, m in model.named_modules():
             i = index.get(name)
-            if i is None:  # not watched (gs.watch(include=/exclude=))
+            if i is None or not hookable(m):  # not watched (gs.watch(include=/exclude=)), or TorchScript
                 continue
             self._handles.append(m.register_forward_pre_hook(self._make_pre(i)))
             self._handles.append(m.register_forward_hook(self._make_post(i), always_call=True))

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from .filters import hookable
 from .tensors import local_tensor
 
 _autograd = torch._C._autograd
@@ -46,7 +47,7 @@ class SavedBytes:
         self._params = {local_tensor(p).untyped_storage().data_ptr() for p in params}
         self._stack = [0]
         for i, m in enumerate(modules):
-            if i:  # not the root: its pre-hooks are running right now
+            if i and m is not None and hookable(m):  # not the root (its pre-hooks run now), not TorchScript
                 self._handles.append(m.register_forward_pre_hook(self._make_enter(i)))
         self._outer = _autograd._top_saved_tensors_default_hooks(False)
         _autograd._push_saved_tensors_default_hooks(self._pack, self._unpack)

@@ -163,8 +163,8 @@ class Recording(RunQueries):
                                 else f": {str(shard_root(self.root, rank))!r} does not exist (yet)."))
         return shard
 
-    def _history_of(self, rank: int) -> RunHistory:
-        return self._shard(rank, f"history(rank={rank})").run
+    def _history_of(self, rank: int, what: str = "history") -> RunHistory:
+        return self._shard(rank, f"{what}(rank={rank})").run
 
     def _rank_history(self, metric: str, rank: int) -> pd.DataFrame:
         shard = self._shard(rank, f"history({metric!r}, rank={rank})")

@@ -39,8 +39,8 @@ class RunQueries:
         """The latest recorded step, or None before the first."""
         return self._history.latest_step
 
-    def _layer_index(self, layer: str, where: str) -> int:
-        h = self._history
+    def _layer_index(self, layer: str, where: str, h: RunHistory | None = None) -> int:
+        h = self._history if h is None else h
         if not isinstance(layer, str):
             raise TypeError(f"gradsight: {where} takes a layer name (str) as in model.named_modules(); "
                             f"got {type(layer).__name__}.")
@@ -55,11 +55,7 @@ class RunQueries:
     def layers(self, rank: int | None = None) -> pd.DataFrame:
         """One row per watched module, in model order, with the latest step's statistics (of rank
         ``rank`` of a torch.distributed job: a watcher holds its own rank's, a recording every rank's)."""
-        if rank is None:
-            h = self._history
-        else:
-            self._check_rank(rank)
-            h = self._history_of(int(rank))
+        h = self._of_rank(rank, "layers")
         L = h.n_layers
         metrics = h.latest_metrics or {}
         columns = {"layer": list(h.names), "type": list(h.types), "params": h.param_counts.copy(),
@@ -88,14 +84,22 @@ class RunQueries:
         """A :data:`RANK_METRICS` series of ``rank`` (subclasses in a job hold them)."""
         raise ValueError(f"gradsight: history({metric!r}, rank={rank}): no per-rank step times in this run.")
 
-    def _history_of(self, rank: int) -> RunHistory:
-        """The layer metrics of ``rank``: a watcher holds its own rank's only; a recording, every rank's."""
+    def _history_of(self, rank: int, what: str = "history") -> RunHistory:
+        """The layer statistics of ``rank`` (metrics, histograms, unit activity): a watcher holds its
+        own rank's only; a recording, every rank's. ``what`` names the query in errors."""
         if rank == self.rank:
             return self._history
-        raise ValueError(f"gradsight: history(rank={rank}): this watcher is rank {self.rank}; rank {rank}'s layer "
-                         f"metrics are in that rank's own watcher, or in a recording of the job (gs.watch(..., "
-                         f"record=path) in every rank, then gs.open(path).history(metric, rank={rank})). Every rank "
+        raise ValueError(f"gradsight: {what}(rank={rank}): this watcher is rank {self.rank}; rank {rank}'s layer "
+                         f"statistics are in that rank's own watcher, or in a recording of the job (gs.watch(..., "
+                         f"record=path) in every rank, then gs.open(path).{what}(..., rank={rank})). Every rank "
                          f"holds every rank's {', '.join(RANK_METRICS)}.")
+
+    def _of_rank(self, rank: int | None, what: str) -> RunHistory:
+        """The history a query with ``rank=`` reads: the source's own (None), else rank ``rank``'s."""
+        if rank is None:
+            return self._history
+        self._check_rank(rank)
+        return self._history_of(int(rank), what)
 
     def _check_rank(self, rank) -> None:
         W = self.world_size
@@ -126,18 +130,18 @@ class RunQueries:
         df.insert(0, "step", steps)
         return df
 
-    def histogram_steps(self, layer: str, of: str = "grad") -> list[int]:
-        i = self._layer_index(layer, "histogram_steps")
-        k = _of_index(of)
-        steps, counts = self._history.hist_counts.valid()
-        return [int(s) for s, c in zip(steps, counts, strict=True) if c[i, k, 0] >= 0]
+    def histogram_steps(self, layer: str, of: str = "grad", rank: int | None = None) -> list[int]:
+        """The steps with a histogram of ``layer``'s ``of`` (of rank ``rank``, as in :meth:`layers`)."""
+        h = self._of_rank(rank, "histogram_steps")
+        return _histogram_steps(h, self._layer_index(layer, "histogram_steps", h), _of_index(of))
 
-    def histogram(self, layer: str, of: str = "grad", step: int | None = None) -> Histogram:
-        """The histogram of ``layer``'s gradient, activation or weight (latest, or at ``step``)."""
-        h = self._history
-        i = self._layer_index(layer, "histogram")
+    def histogram(self, layer: str, of: str = "grad", step: int | None = None, rank: int | None = None) -> Histogram:
+        """The histogram of ``layer``'s gradient, activation or weight (latest, or at ``step``; of
+        rank ``rank`` of a torch.distributed job: a watcher holds its own rank's, a recording every rank's)."""
+        h = self._of_rank(rank, "histogram")
+        i = self._layer_index(layer, "histogram", h)
         k = _of_index(of)
-        available = self.histogram_steps(layer, of)
+        available = _histogram_steps(h, i, k)
         if not available:
             raise ValueError(
                 f"gradsight: no {of} histogram of {layer!r} yet. Histograms are taken every "
@@ -154,11 +158,12 @@ class RunQueries:
         return Histogram(layer=layer, of=of, step=int(step), edges=h.hist_edges.data[r, i, k].copy(),
                          counts=h.hist_counts.data[r, i, k].copy(), **extra)
 
-    def unit_history(self, layer: str) -> pd.DataFrame:
+    def unit_history(self, layer: str, rank: int | None = None) -> pd.DataFrame:
         """Per-unit max output of a ReLU-family layer over the last steps (rows: steps, columns:
-        units). A unit whose column never exceeds 0 produced no positive value in the window."""
-        h = self._history
-        i = self._layer_index(layer, "unit_history")
+        units; of rank ``rank``, as in :meth:`layers`). A unit whose column never exceeds 0 produced
+        no positive value in the window."""
+        h = self._of_rank(rank, "unit_history")
+        i = self._layer_index(layer, "unit_history", h)
         ring = h.units.get(i)
         if ring is None:
             raise ValueError(f"gradsight: unit_history({layer!r}): no unit activity recorded for this "
@@ -194,6 +199,11 @@ def _history_frame(h: RunHistory, metric: str) -> pd.DataFrame:
     steps, data = h.layer_metrics.valid()
     k = LAYER_METRICS.index(metric)
     return pd.DataFrame(data[:, k, :].astype(np.float64), index=pd.Index(steps, name="step"), columns=list(h.names))
+
+
+def _histogram_steps(h: RunHistory, i: int, k: int) -> list[int]:
+    steps, counts = h.hist_counts.valid()
+    return [int(s) for s, c in zip(steps, counts, strict=True) if c[i, k, 0] >= 0]
 
 
 def _of_index(of: str) -> int:

@@ -10,8 +10,11 @@ lists the live watchers and the recordings open in this kernel by name (the name
 JupyterLab panel uses); choosing one redraws every view from it. ``gs.dashboard()`` opens on
 the newest watcher. A source of a torch.distributed job (``world_size > 1``) adds a *rank*
 dropdown, a line naming the rank that went wrong first, and a "Ranks" tab with per-rank step
-times (:mod:`.rank_times`); layer views show the source's own layer statistics (a live watcher
-holds only its own rank's, every rank's step times and findings).
+times (:mod:`.rank_times`). The rank chosen there is the one the layer views (gradient flow,
+histograms, heatmap, dead units) show when the source holds its layer statistics — a recording
+of the job holds every rank's; a live watcher only its own rank's (and every rank's step times
+and findings), and then a line says whose layers are shown. Layers are flagged by the findings
+of the rank shown (and those of no single rank).
 
 Live: while displayed, the dashboard subscribes to the watcher's steps
 (:func:`gradsight.bus.subscribe`) and redraws the visible tab from
@@ -90,6 +93,7 @@ class Dashboard(widgets.VBox):
         self.source_choice = widgets.Dropdown(description="source", layout=widgets.Layout(width="340px"))
         self.rank_choice = widgets.Dropdown(description="rank", layout=widgets.Layout(width="330px", display="none"))
         self.rank_note = widgets.HTML()
+        self.layers_rank_note = widgets.HTML()  # whose layers the layer views show (a job's source)
         self.findings = widgets.Select(options=[("No findings yet.", -1)], rows=4,
                                        layout=widgets.Layout(width="100%"))
         self.findings.add_class("jp-gradsight-findings")
@@ -123,7 +127,8 @@ class Dashboard(widgets.VBox):
         ]
         self.tabs = widgets.Tab(children=self._pages[:RANKS_TAB], titles=TABS[:RANKS_TAB])
         # source and rank choosers: a row in the page only while it has something to choose
-        self.choosers = widgets.HBox([self.source_choice, self.rank_choice, self.rank_note])
+        self.choosers = widgets.HBox([self.source_choice, self.rank_choice,
+                                      widgets.VBox([self.rank_note, self.layers_rank_note])])
         css = widgets.HTML("<style>.jp-gradsight-findings select{font-family:var(--jp-code-font-family,"
                            "monospace);font-size:12px}</style>", layout=widgets.Layout(display="none"))
         super().__init__([css, widgets.HBox([self.header, self.refresh_button],
@@ -194,7 +199,8 @@ class Dashboard(widgets.VBox):
             return super().close()
         for child in (self.header, self.findings, self.layer, self.of, self.step, self.refresh_button,
                       self.check_button, self.gradcheck_html, self.source_choice, self.rank_choice,
-                      self.rank_note, self.ranks_html, self.choosers, *self.images.values(), *self._pages):
+                      self.rank_note, self.layers_rank_note, self.ranks_html, self.choosers,
+                      *self.choosers.children[2:], *self.images.values(), *self._pages):
             child.close()
         self.tabs.close()
         super().close()
@@ -255,23 +261,29 @@ class Dashboard(widgets.VBox):
             self.throttle.shown_elsewhere()
 
     # --- rendering -------------------------------------------------------------------------
+    def layer_source(self):
+        """``(view, rank)``: what the layer views draw (the chosen rank's layers where the source
+        holds them, see :func:`.source.of_rank`) and the rank it is (None outside a job)."""
+        return source.of_rank(self.watcher, self.rank_choice.value if self.world_size > 1 else None)
+
     def _render(self, tab: int) -> None:
         w = self.watcher
         layer = self.layer.value
         found = self._findings
         try:
+            v, shown = self.layer_source() if tab in (0, 1, 2, 4) else (w, None)
             if tab == 0:
-                self._show("flow", gradient_flow(w, findings=found, selected=layer))
+                self._show("flow", gradient_flow(v, findings=source.findings_of_rank(found, shown), selected=layer))
             elif tab == 1:
                 step = self.step.value if self.step.value != -1 else None
-                self._show("hist", histogram(w, layer, of=self.of.value, step=step))
-                self._show("dist", distribution(w, layer, of=self.of.value, selected_step=step))
+                self._show("hist", histogram(v, layer, of=self.of.value, step=step))
+                self._show("dist", distribution(v, layer, of=self.of.value, selected_step=step))
             elif tab == 2:
-                self._show("heat", heatmap(w, findings=found))
+                self._show("heat", heatmap(v, findings=source.findings_of_rank(found, shown)))
             elif tab == 3:
                 self._show("curves", training_curves(w))
             elif tab == 4:
-                self._show("dead", dead_units(w, layer, window=self.window))
+                self._show("dead", dead_units(v, layer, window=self.window))
             elif tab == 5:
                 self._show("gradcheck", gradcheck_figure(self._report))
             elif tab == RANKS_TAB and self.world_size > 1:
@@ -334,7 +346,7 @@ class Dashboard(widgets.VBox):
 
     def _update_steps(self) -> None:
         try:
-            steps = self.watcher.histogram_steps(self.layer.value, self.of.value)
+            steps = self.layer_source()[0].histogram_steps(self.layer.value, self.of.value)
         except Exception:
             steps = []
         options = [(str(s), s) for s in steps] or [("—", -1)]
@@ -461,7 +473,7 @@ class Dashboard(widgets.VBox):
             self.tabs.titles = TABS[:len(children)]
         if world < 2:
             self.rank_choice.layout.display = "none"
-            self.rank_note.value = ""
+            self.rank_note.value = self.layers_rank_note.value = ""
             self._place_choosers()
             return
         bad = source.first_bad_rank(self._findings)
@@ -482,6 +494,25 @@ class Dashboard(widgets.VBox):
         self.rank_note.value = (f'<span class="jp-gradsight-first-bad" style="color:{style.VERMILLION};'
                                 f'font-weight:bold">{html.escape(first_bad_text(bad))}</span>' if bad else
                                 f'<span style="opacity:0.7">no rank has an error finding ({world} ranks)</span>')
+        self._update_layers_rank()
+
+    def _update_layers_rank(self) -> None:
+        """Say which rank the layer views show; when it is not the chosen one (a live watcher holds
+        only its own rank's layers), say why and where the chosen rank's are."""
+        chosen = self.rank_choice.value
+        _, shown = self.layer_source()
+        if shown is None or chosen is None:
+            self.layers_rank_note.value = ""
+        elif shown == chosen:
+            self.layers_rank_note.value = (f'<span class="jp-gradsight-layers-rank" style="opacity:0.7">layer views '
+                                           f"show rank {shown}</span>")
+        else:
+            why = ("this process: rank {c}'s layer statistics stay in rank {c}'s process; record the job "
+                   "(gs.watch(..., record=path) on every rank) and gs.open it to see every rank" if not
+                   hasattr(self.watcher, "root") else "this recording holds no layer statistics of rank {c} (yet)")
+            self.layers_rank_note.value = (f'<span class="jp-gradsight-layers-rank" style="color:{style.VERMILLION}">'
+                                           f"layer views show rank {shown} ({html.escape(why.format(c=chosen))})"
+                                           "</span>")
 
     def _place_choosers(self) -> None:
         wanted = self.source_choice.layout.display != "none" or self.rank_choice.layout.display != "none"
@@ -492,7 +523,15 @@ class Dashboard(widgets.VBox):
             self.children = [c for c in children if c is not self.choosers]
 
     def _on_rank(self, change) -> None:
-        if not self._updating and change["new"] is not None:
+        """Another rank: its times, and its layers in every layer view the source holds them for."""
+        if self._updating or change["new"] is None:
+            return
+        self._update_layers_rank()
+        self._update_steps()
+        self._stale = set(range(len(TABS)))
+        tab = self.tabs.selected_index or 0
+        self._render(tab)
+        if tab != RANKS_TAB:
             self._render(RANKS_TAB)
 
     def run_gradcheck(self) -> None:

@@ -96,6 +96,81 @@ def world_size(src) -> int:
         return 1
 
 
+def own_rank(src) -> int:
+    """A source's own rank, whose layers its queries show without ``rank=``: its process's (a live
+    watcher), its top directory's (a recording); 0 outside a job."""
+    try:
+        return max(0, int(getattr(src, "rank", 0) or 0))
+    except Exception:
+        return 0
+
+
+class RankView:
+    """One rank of a source that holds every rank's layer statistics (a recording of a
+    torch.distributed job), with the read API the views use: layer tables, histories,
+    histograms and unit activity are rank ``rank``'s (``src.layers(rank=r)``, ...); step
+    scalars and findings are the source's (the findings of every rank, with their ``rank``)."""
+
+    def __init__(self, src, rank: int):
+        self.src = src
+        self.rank = int(rank)
+
+    def __getattr__(self, attr: str):  # name, step_count, world_size, closed, root, steps(), findings() ...
+        return getattr(self.src, attr)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [str(n) for n in self.layers()["layer"]]
+
+    @property
+    def last_step(self) -> int | None:
+        steps = self.history("grad_norm").index
+        return int(steps[-1]) if len(steps) else None
+
+    def layers(self) -> pd.DataFrame:
+        return self.src.layers(rank=self.rank)
+
+    def history(self, metric: str = "grad_norm") -> pd.DataFrame:
+        return self.src.history(metric, rank=self.rank)
+
+    def histogram_steps(self, layer: str, of: str = "grad") -> list[int]:
+        return self.src.histogram_steps(layer, of, rank=self.rank)
+
+    def histogram(self, layer: str, of: str = "grad", step: int | None = None):
+        return self.src.histogram(layer, of=of, step=step, rank=self.rank)
+
+    def unit_history(self, layer: str) -> pd.DataFrame:
+        return self.src.unit_history(layer, rank=self.rank)
+
+
+def of_rank(src, rank: int | None):
+    """``(view, shown)``: the source to draw the layer views of rank ``rank`` from, and the rank they
+    show (None outside a job). A source that holds every rank's layers (a recording of the job) gives
+    a :class:`RankView`; one that holds only its own rank's (a live watcher), or a rank it has no
+    layers of (a missing shard), gives itself and its own rank: a view then says whose it shows,
+    never another rank's numbers under the chosen rank's label."""
+    if world_size(src) < 2:
+        return src, None
+    own = own_rank(src)
+    if rank is None or rank == own:
+        return src, own
+    try:
+        src.layers(rank=rank)  # raises ValueError for a rank whose layers the source does not hold
+    except (TypeError, ValueError):
+        return src, own
+    return RankView(src, rank), int(rank)
+
+
+def findings_of_rank(findings: pd.DataFrame, rank: int | None) -> pd.DataFrame:
+    """The findings a view of rank ``rank``'s layers marks: that rank's, and those of no single rank
+    (rank -1 or missing); all of them for one process (``rank`` None). A layer of rank 0 is not
+    flagged by the NaN rank 1 produced in the layer of the same name."""
+    if rank is None or "rank" not in findings.columns:
+        return findings
+    ranks = pd.to_numeric(findings["rank"], errors="coerce")
+    return findings[(ranks == rank) | (ranks < 0) | ranks.isna()]
+
+
 def label(src) -> str:
     """How a chooser names a source: its run name; a recording adds its directory (a recording of
     the model watched in this kernel has the same run name)."""

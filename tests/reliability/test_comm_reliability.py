@@ -115,6 +115,9 @@ def test_case9_requests_on_another_thread_read_consistent_steps(trained):
     stop = threading.Event()
     layer = w.layer_names[1]
 
+    asked = threading.Event()
+    answered = []
+
     def panel():
         k = 0
         while not stop.is_set():
@@ -122,21 +125,23 @@ def test_case9_requests_on_another_thread_read_consistent_steps(trained):
                           "max_steps": 24})
             comm.deliver({"v": 1, "kind": "get_snapshot", "id": f"s{k}", "watcher": w.name})
             k += 1
-            time.sleep(0.0005)  # yield the GIL now and then: requests still land inside every step
+            asked.set()
+            time.sleep(0.0005)  # yield the GIL now and then: requests still land inside the steps
         answered.append(k)
-
-    answered = []
 
     t = threading.Thread(target=panel)
     t.start()
     try:
-        steps(80)
+        for _ in range(80):  # at least one request between any two steps, whatever the machine's load
+            steps(1)
+            asked.wait(timeout=10)
+            asked.clear()
     finally:
         stop.set()
         t.join()
     errors = [m for m, _ in comm.sent if m["kind"] == "error"]
     assert not errors, errors[:3]
-    assert answered[0] >= 100, answered  # the panel really raced the training
+    assert answered[0] >= 80, answered  # the panel really raced the training
     session.close()
 
 

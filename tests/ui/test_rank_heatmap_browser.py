@@ -2,10 +2,11 @@
 
 1. A recording of a real world-2 gloo job (tests/ranked_recording.py: rank 1's inputs are 100x
    rank 0's, and rank 1 meets a NaN batch at step 25), opened in the notebook: the panel selects
-   rank 1 (it went wrong first) and its gradient-flow chart and heatmap carry rank 1's layer
-   statistics (the numbers the recording holds for rank 1, compared here); clicking rank 0
-   switches both to rank 0's. The heatmap of rank 1 has a red (NaN/Inf) column at step 25;
-   rank 0's has none. Screenshots: rank-layers-rank1.png, rank-layers-rank0.png.
+   rank 1 (it went wrong first) and its gradient-flow chart, heatmap and layer detail
+   (histograms over steps, latest statistics) carry rank 1's layer statistics (the numbers the
+   recording holds for rank 1, compared here); clicking rank 0 switches all three to rank 0's.
+   The heatmap of rank 1 has a red (NaN/Inf) column at step 25; rank 0's has none.
+   Screenshots: rank-layers-rank1.png, rank-layers-rank0.png, rank-layer-detail-rank{1,0}.png.
 2. A model trained in the notebook's kernel (a live watcher), 600 steps with a NaN batch at
    step 400: the heatmap thins the steps to 300 columns of 2 and says so, keeps the NaN step
    as a red column, reads out a hovered cell, and switches metric (act_std, measured on detail
@@ -21,8 +22,10 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pytest
 from lab_page import KERNEL_IDLE, PANEL, RUN_CELL, open_panel, widen_sidebar
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 # what the panel's store holds (the bars and the heatmap are drawn from it)
@@ -34,6 +37,10 @@ MODEL = """() => {
     rank: m.rank, layersRank: m.layersRank,
     names: s ? s.layers.names : [], gradNorm: s && s.layers.columns.grad_norm ? Array.from(s.layers.columns.grad_norm) : [],
     heatmapRank: m.heatmap ? m.heatmap.rank : null, heatmapColumns: m.heatmap ? m.heatmap.columns : 0,
+    layerName: m.layerName, layerRank: m.layer ? m.layer.rank : null,
+    layerStats: m.layer ? m.layer.stats : null,
+    layerHists: m.layer ? Object.fromEntries(Object.entries(m.layer.histograms).map(([of, series]) => [of,
+      series.map(h => [h.step, h.nan, h.zero, h.counts.reduce((a, b) => a + b, 0)])])) : null,
   };
 }"""
 # red (NaN/Inf) pixels of the heatmap canvas per cell column (by each pixel's centre), and how
@@ -89,7 +96,14 @@ def _open_panel(page: Page, lab, name: str, cells: int):
 
 
 def _wait_model(page: Page, predicate: str) -> dict:
-    page.wait_for_function(f"() => {{ const m = ({MODEL})(); return {predicate}; }}", timeout=30_000)
+    """What the panel's store holds once ``predicate`` holds; a clear failure naming what it holds instead."""
+    try:
+        page.wait_for_function(f"() => {{ const m = ({MODEL})(); return {predicate}; }}", timeout=30_000)
+    except PlaywrightTimeout:
+        held = page.evaluate(MODEL)
+        pytest.fail(f"the panel never reached {predicate} in 30 s; it holds rank {held['rank']}, layers of rank "
+                    f"{held['layersRank']}, heatmap of rank {held['heatmapRank']}, layer detail of rank "
+                    f"{held['layerRank']}")
     return page.evaluate(MODEL)
 
 
@@ -100,9 +114,17 @@ def test_rank_selector_switches_the_layer_charts_of_a_ranked_recording(page: Pag
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     subprocess.run([sys.executable, str(ROOT / "tests" / "ranked_recording.py"), str(job)], env=env, check=True,
                    timeout=180, capture_output=True)
+    from gradsight.comm.limits import MAX_HIST_STEPS
+
     rec = gs.open(job)
     try:
         expected = {r: rec.layers(rank=r) for r in (0, 1)}
+        # the layer detail the panel must show, per rank and layer: [step, NaN, zeros, binned count]
+        # of each kind's last MAX_HIST_STEPS histograms, read from the recording directly
+        hists = {(r, layer, of): [[s, h.nan, h.zero, float(h.counts.sum())] for s in steps
+                                  for h in [rec.histogram(layer, of=of, step=s, rank=r)]]
+                 for r in (0, 1) for layer in rec.layer_names for of in ("grad", "activation", "weight")
+                 for steps in [rec.histogram_steps(layer, of, rank=r)[-MAX_HIST_STEPS:]]}
     finally:
         rec.close()
     _notebook(lab, "ranked.ipynb", ["import gradsight as gs", 'rec = gs.open("runs/ddp")'])
@@ -129,6 +151,24 @@ def test_rank_selector_switches_the_layer_charts_of_a_ranked_recording(page: Pag
         assert red == ([25] if rank == 1 else []), f"rank {rank}: red (NaN/Inf) columns {red}"
         flow.scroll_into_view_if_needed()
         panel.screenshot(path=str(artifacts / f"rank-layers-rank{rank}.png"))
+
+        # the layer detail: that rank's histograms over steps and latest statistics, labelled so
+        shown = _wait_model(page, f"m.layerRank === {rank}")
+        layer = shown["layerName"]
+        row = expected[rank].set_index("layer").loc[layer]
+        for metric in ("grad_norm", "act_norm"):  # measured every step
+            np.testing.assert_allclose(shown["layerStats"][metric], row[metric], rtol=1e-12)
+        for of in ("grad", "activation", "weight"):
+            got, want = shown["layerHists"][of], hists[rank, layer, of]
+            assert [g[:3] for g in got] == [w[:3] for w in want], f"rank {rank} {layer} {of}"
+            np.testing.assert_allclose([g[3] for g in got], [w[3] for w in want], rtol=1e-9)
+        detail = panel.locator(".jp-gradsight-layer")
+        expect(detail.locator(".jp-gradsight-stats-table th").first).to_have_text(
+            f"rank {rank}, latest (step {int(row['step'])})")
+        expect(detail.locator(".jp-gradsight-rank-note")).to_be_hidden()
+        detail.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        detail.screenshot(path=str(artifacts / f"rank-layer-detail-rank{rank}.png"))
     assert not np.allclose(expected[0]["grad_norm"], expected[1]["grad_norm"])  # the switch was visible
     expect(panel.locator(".jp-gradsight-error")).to_have_count(0)  # every request answered
 
