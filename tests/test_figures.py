@@ -319,3 +319,12 @@ def test_importing_gradsight_loads_no_view_library():
             "bad = [m for m in ('matplotlib', 'ipywidgets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_compare_lines_name_the_rank_of_a_job_s_findings():
+    from gradsight.widgets.compare import finding_line
+
+    row = {"severity": "error", "kind": "nan_origin", "layer": "net.0", "step": 7, "last_step": 7}
+    assert finding_line(pd.Series(row)) == "ERROR    nan_origin at net.0, step 7"
+    assert finding_line(pd.Series(row | {"rank": 1.0})).endswith("step 7 [rank 1]")
+    assert "[rank" not in finding_line(pd.Series(row | {"rank": float("nan")}))  # names no single rank

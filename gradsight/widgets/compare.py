@@ -170,11 +170,18 @@ def _findings(ax, run, label: str, color: str) -> None:
     y = 0.9
     for _, f in found.head(MAX_FINDINGS).iterrows():
         sev = str(f["severity"])
-        where = style.short_name(str(f["layer"]), 26)
-        span = f"{f['step']}" if f["step"] == f["last_step"] else f"{f['step']}-{f['last_step']}"
-        text = f"{sev.upper():8} {f['kind']} at {where}, step {span}"
-        ax.text(0.0, y, text, transform=ax.transAxes, fontsize=8.5, family="monospace",
+        ax.text(0.0, y, finding_line(f), transform=ax.transAxes, fontsize=8.5, family="monospace",
                 color=style.SEVERITY_COLOR.get(sev, style.BLACK))
         y -= 0.11
     if len(found) > MAX_FINDINGS:
         ax.text(0.0, y, f"... {len(found) - MAX_FINDINGS} more", transform=ax.transAxes, fontsize=8, color="#555555")
+
+
+def finding_line(f) -> str:
+    """One finding as a line of the comparison; a job's findings name their rank (two ranks'
+    nan_origin at one layer are not duplicates: one produced the NaN, the other inherited it)."""
+    where = style.short_name(str(f["layer"]), 26)
+    span = f"{f['step']}" if f["step"] == f["last_step"] else f"{f['step']}-{f['last_step']}"
+    rank = f.get("rank")
+    on = f" [rank {int(rank)}]" if rank is not None and rank == rank else ""
+    return f"{str(f['severity']).upper():8} {f['kind']} at {where}, step {span}{on}"
