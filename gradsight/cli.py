@@ -93,7 +93,7 @@ def _ranks(rec: Any) -> list[str]:
            f"{'findings':>8}"]
     for k in _shown(len(df)):
         if k < 0:
-            out.append(f"  ... {len(df) - 2 * (MAX_LAYER_ROWS // 2)} more ranks ...")
+            out.append(f"  ... {_hidden(len(df))} more ranks ...")
             continue
         r = df.iloc[k]
         first = int(r["first_nonfinite_step"])
@@ -115,7 +115,7 @@ def _layers(df, whose: str = "") -> list[str]:
            f"  {'layer':32} {'type':16} {'grad_norm':>10} {'act_norm':>10} {'update/w':>10}  non-finite"]
     for k in _shown(len(rows)):
         if k < 0:
-            out.append(f"  ... {len(rows) - 2 * (MAX_LAYER_ROWS // 2)} more layers ...")
+            out.append(f"  ... {_hidden(len(rows))} more layers ...")
             continue
         r = rows.iloc[k]
         bad = sum(float(r.get(f"{p}_{n}", 0) or 0) for p in ("act", "grad") for n in ("nan", "posinf", "neginf")
@@ -132,6 +132,11 @@ def _shown(n: int) -> list[int]:
         return list(range(n))
     half = MAX_LAYER_ROWS // 2
     return list(range(half)) + [-1] + list(range(n - half, n))
+
+
+def _hidden(n: int) -> int:
+    """How many of ``n`` rows the gap of :func:`_shown` stands for."""
+    return n - 2 * (MAX_LAYER_ROWS // 2)
 
 
 def _loss_line(steps, loss) -> str:

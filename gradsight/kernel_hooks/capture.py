@@ -566,8 +566,9 @@ class Capture:
         # moved: the optimizer's pre-step said so (fused optimizers bump no version counter)
         if p is None or not (self._updating or p._version != mark[1]):
             return
-        j = next((j for j, r in enumerate(self._params) if r is mark[0]), None)
-        if self._stepped is not None:  # a parameter the given optimizer steps, not another's
+        if self._stepped is None:
+            j = next((j for j, r in enumerate(self._params) if r is mark[0]), None)
+        else:  # a parameter the given optimizer steps, not another's
             j = next((j for j, r in enumerate(self._params)
                       if j in self._stepped and (q := r()) is not None and q.grad is not None), None)
         if j is not None and (q := self._params[j]()) is not None:

@@ -41,7 +41,7 @@ def _matches(name: str, module: nn.Module, pats: tuple[str, ...]) -> bool:
 def select_modules(model: nn.Module, include=None, exclude=None) -> list[tuple[str, nn.Module]]:
     """The ``(name, module)`` pairs to watch, in ``named_modules()`` order, root first."""
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
-    if isinstance(model, torch.jit.ScriptModule):
+    if not hookable(model):
         raise TypeError(f"gradsight.watch: {type(model).__name__} is a TorchScript module, which takes no Python "
                         "hooks. Watch the nn.Module before torch.jit.script (debug it uncompiled), or use "
                         "torch.compile, whose models are watched through their parameters.")
@@ -79,6 +79,6 @@ def scripted(model: nn.Module) -> list[tuple[str, nn.Module]]:
     their parent's."""
     out: list[tuple[str, nn.Module]] = []
     for name, m in model.named_modules():
-        if name and isinstance(m, torch.jit.ScriptModule) and not any(name.startswith(s + ".") for s, _ in out):
+        if name and not hookable(m) and not any(name.startswith(s + ".") for s, _ in out):
             out.append((name, m))
     return out
